@@ -1,0 +1,380 @@
+//! The /compile service: cache → single flight → admission → sandbox → rendered answer. It knows
+//! nothing of HTTP beyond status codes; answers leave here already serialized, so the cache can
+//! hand out the same bytes again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::admission::Admission;
+use crate::cache::{self, Cache, Key, Stored};
+use crate::hooks::{Hooks, RunResult};
+use crate::sandbox::{Chunk, Limits, RunOutcome, Sandbox, SandboxError, StreamKind};
+
+/// The Go server's notice after a killed run; existing frontends show it.
+pub const TIMEOUT_NOTICE: &str = "\nTime exceeded, killing...\n";
+pub const PROGRAM_TOO_LARGE: &str = "Program too large.";
+pub const OUTPUT_TOO_LARGE: &str = "Program output too large.";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheStatus {
+    Hit,
+    Miss,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: u16,
+    /// JSON, ready to send.
+    pub body: Bytes,
+    pub cache: Option<CacheStatus>,
+    /// Seconds, for 503s that are worth retrying.
+    pub retry_after: Option<u64>,
+    /// What became of the run, when one was attempted; for logs.
+    pub result: Option<RunResult>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(rename = "Errors")]
+    errors: &'a str,
+    #[serde(rename = "Events")]
+    events: Option<Vec<Event<'a>>>,
+    #[serde(rename = "Status", skip_serializing_if = "Option::is_none")]
+    status: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct Event<'a> {
+    #[serde(rename = "Message")]
+    message: std::borrow::Cow<'a, str>,
+    #[serde(rename = "Kind")]
+    kind: &'static str,
+    #[serde(rename = "Delay")]
+    delay: u64,
+}
+
+fn json(body: &Body<'_>) -> Bytes {
+    Bytes::from(serde_json::to_vec(body).expect("answer serializes"))
+}
+
+/// `{"Errors": message, "Events": null}`
+pub fn error_body(message: &str) -> Bytes {
+    json(&Body {
+        errors: message,
+        events: None,
+        status: None,
+    })
+}
+
+fn events<'a>(output: &'a [Chunk], notice: Option<String>) -> Vec<Event<'a>> {
+    let mut events: Vec<Event<'a>> = output
+        .iter()
+        .map(|c| Event {
+            message: String::from_utf8_lossy(&c.data),
+            kind: c.kind.as_str(),
+            delay: 0,
+        })
+        .collect();
+    if let Some(n) = notice {
+        events.push(Event {
+            message: n.into(),
+            kind: StreamKind::Stderr.as_str(),
+            delay: 0,
+        });
+    }
+    events
+}
+
+/// One row of the outcome table in `shared/design.md`: (status, body, metric result, cacheable).
+fn render(
+    result: &Result<RunOutcome, SandboxError>,
+    limits: &Limits,
+) -> (u16, Bytes, RunResult, bool) {
+    match result {
+        Ok(RunOutcome::Exited { status, output }) => {
+            let body = json(&Body {
+                errors: "",
+                events: Some(events(output, None)),
+                status: Some(*status),
+            });
+            let r = if *status == 0 {
+                RunResult::Ok
+            } else {
+                RunResult::ExitNonzero
+            };
+            (200, body, r, true)
+        }
+        Ok(RunOutcome::OutputTooLarge) => (
+            400,
+            error_body(OUTPUT_TOO_LARGE),
+            RunResult::OutputTooLarge,
+            true,
+        ),
+        Ok(RunOutcome::TimedOut { output }) => {
+            let body = json(&Body {
+                errors: "",
+                events: Some(events(output, Some(TIMEOUT_NOTICE.into()))),
+                status: None,
+            });
+            (200, body, RunResult::Timeout, false)
+        }
+        Ok(RunOutcome::OutOfMemory { output }) => {
+            let notice = format!(
+                "\nOut of memory: the program used more than its {} MiB and was killed.\n",
+                limits.memory_bytes >> 20
+            );
+            let body = json(&Body {
+                errors: "",
+                events: Some(events(output, Some(notice))),
+                status: None,
+            });
+            (200, body, RunResult::Oom, false)
+        }
+        Err(e) => {
+            let body = error_body(&format!("Sandbox failed: {}", e.message));
+            (503, body, RunResult::SandboxError, false)
+        }
+    }
+}
+
+type Flight = Shared<BoxFuture<'static, Answer>>;
+
+pub struct CompileService {
+    sandbox: Arc<dyn Sandbox>,
+    cache: Cache,
+    admission: Arc<Admission>,
+    hooks: Arc<dyn Hooks>,
+    limits: Limits,
+    max_program_bytes: usize,
+    fingerprint: String,
+    inflight: Mutex<HashMap<Key, Flight>>,
+    idle: Notify,
+}
+
+pub struct Options {
+    pub limits: Limits,
+    pub max_program_bytes: usize,
+    pub cache_entries: usize,
+    pub cache_bytes: usize,
+    pub max_concurrent_runs: usize,
+    pub max_queued: usize,
+}
+
+impl CompileService {
+    pub fn new(sandbox: Arc<dyn Sandbox>, opts: Options, hooks: Arc<dyn Hooks>) -> Arc<Self> {
+        let fingerprint = format!("{}|{}", sandbox.name(), sandbox.fingerprint());
+        Arc::new(CompileService {
+            cache: Cache::new(opts.cache_entries, opts.cache_bytes, hooks.clone()),
+            admission: Admission::new(opts.max_concurrent_runs, opts.max_queued, hooks.clone()),
+            sandbox,
+            hooks,
+            limits: opts.limits,
+            max_program_bytes: opts.max_program_bytes,
+            fingerprint,
+            inflight: Mutex::new(HashMap::new()),
+            idle: Notify::new(),
+        })
+    }
+
+    pub fn max_program_bytes(&self) -> usize {
+        self.max_program_bytes
+    }
+
+    pub fn sandbox(&self) -> &Arc<dyn Sandbox> {
+        &self.sandbox
+    }
+
+    /// (running, queued, cache entries) for status lines.
+    pub fn load(&self) -> (usize, usize, usize) {
+        (
+            self.admission.running(),
+            self.admission.queued(),
+            self.cache.size().0,
+        )
+    }
+
+    /// The answer to a program that is over the size limit; never run, never cached.
+    pub fn program_too_large(&self) -> Answer {
+        self.hooks.program_too_large();
+        Answer {
+            status: 400,
+            body: error_body(PROGRAM_TOO_LARGE),
+            cache: None,
+            retry_after: None,
+            result: None,
+        }
+    }
+
+    pub fn key(&self, program: &[u8]) -> Key {
+        cache::key(&self.fingerprint, program)
+    }
+
+    pub async fn compile(self: &Arc<Self>, program: Bytes) -> Answer {
+        if program.len() > self.max_program_bytes {
+            return self.program_too_large();
+        }
+        let key = self.key(&program);
+        if let Some(Stored { status, body }) = self.cache.get(&key) {
+            return Answer {
+                status,
+                body,
+                cache: Some(CacheStatus::Hit),
+                retry_after: None,
+                result: None,
+            };
+        }
+        let flight = {
+            let mut inflight = self.inflight.lock().unwrap();
+            match inflight.get(&key) {
+                Some(f) => f.clone(),
+                None => {
+                    // The run lives in its own task: a client that hangs up must not cancel a run
+                    // that others wait on, nor skip its sandbox's cleanup.
+                    let this = self.clone();
+                    let task = tokio::spawn(async move {
+                        let answer = this.run_uncached(key, program).await;
+                        this.land(&key);
+                        answer
+                    });
+                    let flight = async move {
+                        task.await.unwrap_or_else(|e| {
+                            tracing::error!(error = %e, "run task failed");
+                            Answer {
+                                status: 500,
+                                body: error_body("Internal error while running the program."),
+                                cache: None,
+                                retry_after: None,
+                                result: None,
+                            }
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    inflight.insert(key, flight.clone());
+                    flight
+                }
+            }
+        };
+        flight.await
+    }
+
+    fn land(&self, key: &Key) {
+        let mut inflight = self.inflight.lock().unwrap();
+        inflight.remove(key);
+        if inflight.is_empty() {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Resolves once no run is in flight, for the drain.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.inflight.lock().unwrap().is_empty() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    async fn run_uncached(&self, key: Key, program: Bytes) -> Answer {
+        let _slot = match self.admission.acquire().await {
+            Ok(slot) => slot,
+            Err(_) => {
+                self.hooks.overload_rejected();
+                let retry = self.limits.timeout.as_secs_f64().ceil().max(1.0) as u64;
+                return Answer {
+                    status: 503,
+                    body: error_body("Server busy: too many programs are running. Retry shortly."),
+                    cache: None,
+                    retry_after: Some(retry),
+                    result: None,
+                };
+            }
+        };
+        let started = Instant::now();
+        let result = self.sandbox.run(program).await;
+        let elapsed: Duration = started.elapsed();
+        if let Err(e) = &result {
+            self.hooks.sandbox_error(e.kind.as_str());
+            tracing::error!(kind = e.kind.as_str(), error = %e.message, "sandbox failed");
+        }
+        let (status, body, run_result, cacheable) = render(&result, &self.limits);
+        self.hooks.run_finished(run_result, elapsed);
+        if cacheable {
+            self.cache.insert(
+                key,
+                Stored {
+                    status,
+                    body: body.clone(),
+                },
+            );
+        }
+        Answer {
+            status,
+            body,
+            cache: Some(CacheStatus::Miss),
+            retry_after: None,
+            result: Some(run_result),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(kind: StreamKind, s: &[u8]) -> Chunk {
+        Chunk {
+            kind,
+            data: s.to_vec(),
+        }
+    }
+
+    #[test]
+    fn renders_the_wire_contract() {
+        let limits = Limits::default();
+        let out = Ok(RunOutcome::Exited {
+            status: 3,
+            output: vec![
+                chunk(StreamKind::Stdout, b"hi\n"),
+                chunk(StreamKind::Stderr, b"\xffx"),
+            ],
+        });
+        let (status, body, r, cacheable) = render(&out, &limits);
+        assert_eq!((status, r, cacheable), (200, RunResult::ExitNonzero, true));
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            r#"{"Errors":"","Events":[{"Message":"hi\n","Kind":"stdout","Delay":0},{"Message":"�x","Kind":"stderr","Delay":0}],"Status":3}"#
+        );
+        let (status, body, _, cacheable) = render(&Ok(RunOutcome::OutputTooLarge), &limits);
+        assert_eq!((status, cacheable), (400, true));
+        assert_eq!(
+            &body[..],
+            br#"{"Errors":"Program output too large.","Events":null}"#
+        );
+        let (_, body, r, cacheable) = render(&Ok(RunOutcome::TimedOut { output: vec![] }), &limits);
+        assert_eq!((r, cacheable), (RunResult::Timeout, false));
+        assert!(
+            std::str::from_utf8(&body)
+                .unwrap()
+                .contains(r#"Time exceeded, killing...\n"#)
+        );
+    }
+}

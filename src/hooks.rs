@@ -1,0 +1,63 @@
+//! Events the request path reports, so that the cache, admission and sandbox code never import
+//! prometheus. `metrics::Metrics` implements this; tests and embedders can pass `NoHooks`.
+
+use std::time::Duration;
+
+/// What became of one run, as a bounded metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RunResult {
+    Ok,
+    ExitNonzero,
+    Timeout,
+    OutputTooLarge,
+    Oom,
+    SandboxError,
+}
+
+impl RunResult {
+    pub const ALL: [RunResult; 6] = [
+        RunResult::Ok,
+        RunResult::ExitNonzero,
+        RunResult::Timeout,
+        RunResult::OutputTooLarge,
+        RunResult::Oom,
+        RunResult::SandboxError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunResult::Ok => "ok",
+            RunResult::ExitNonzero => "exit_nonzero",
+            RunResult::Timeout => "timeout",
+            RunResult::OutputTooLarge => "output_too_large",
+            RunResult::Oom => "oom",
+            RunResult::SandboxError => "sandbox_error",
+        }
+    }
+}
+
+/// Every method has a no-op default so that an implementor only writes what it needs.
+pub trait Hooks: Send + Sync + 'static {
+    fn cache_lookup(&self, _hit: bool) {}
+    fn cache_evicted(&self, _entries: u64) {}
+    fn cache_size(&self, _entries: usize, _bytes: usize) {}
+    fn program_too_large(&self) {}
+    fn overload_rejected(&self) {}
+    fn runs_in_flight(&self, _n: usize) {}
+    fn runs_queued(&self, _n: usize) {}
+    fn run_finished(&self, _result: RunResult, _duration: Duration) {}
+    /// `kind` is one of `SandboxErrorKind::as_str`'s values.
+    fn sandbox_error(&self, _kind: &'static str) {}
+    fn request_finished(&self, _handler: &'static str, _code: u16, _duration: Duration) {}
+    fn lameduck(&self, _on: bool) {}
+    /// Pre-started containers ready to take a program.
+    fn pool_ready(&self, _n: usize) {}
+    /// A run found no pre-started container and had to start one itself.
+    fn pool_empty(&self) {}
+    /// How long it took to create and start one pool container.
+    fn pool_refill(&self, _latency: Duration) {}
+}
+
+/// Hooks that record nothing.
+pub struct NoHooks;
+impl Hooks for NoHooks {}

@@ -1,0 +1,111 @@
+//! The HTTP side: a hyper-util accept loop (HTTP/1 and HTTP/2) that can stop accepting and then
+//! let every accepted request finish, plus the routes.
+
+mod body;
+pub mod cors;
+mod routes;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::compile::CompileService;
+use crate::hooks::Hooks;
+use crate::lifecycle::Health;
+use crate::metrics::Metrics;
+pub use cors::Cors;
+
+/// Everything a request handler needs; shared by all connections.
+pub struct App {
+    pub compile: Arc<CompileService>,
+    pub cors: Cors,
+    pub health: Arc<Health>,
+    pub metrics: Option<Arc<Metrics>>,
+    pub hooks: Arc<dyn Hooks>,
+    /// How long a client may take to send the whole body.
+    pub body_timeout: Duration,
+    next_request_id: AtomicU64,
+}
+
+impl App {
+    pub fn new(
+        compile: Arc<CompileService>,
+        cors: Cors,
+        health: Arc<Health>,
+        metrics: Option<Arc<Metrics>>,
+        hooks: Arc<dyn Hooks>,
+    ) -> Arc<App> {
+        Arc::new(App {
+            compile,
+            cors,
+            health,
+            metrics,
+            hooks,
+            body_timeout: Duration::from_secs(10),
+            next_request_id: AtomicU64::new(1),
+        })
+    }
+}
+
+/// How long a client may take to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves until `stop_accepting` resolves, then closes the listener and waits for the accepted
+/// connections' requests to be answered (idle keep-alive connections are closed at once).
+pub async fn serve(listener: TcpListener, app: Arc<App>, stop_accepting: impl Future<Output = ()>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(20))
+        .max_concurrent_streams(128);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(stop_accepting);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of fds or a connection reset before accept: not fatal; back off a
+                        // moment so an fd shortage does not spin the loop.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let service = service_fn(move |req| {
+                    let app = app.clone();
+                    async move { Ok::<_, std::convert::Infallible>(routes::handle(&app, req).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut stop_accepting => break,
+        }
+    }
+    drop(listener);
+    tracing::info!(
+        connections = graceful.count(),
+        "listener closed; finishing accepted requests"
+    );
+    graceful.shutdown().await;
+}

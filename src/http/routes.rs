@@ -1,0 +1,160 @@
+//! Routing and the error → (status, message) table for everything that never reaches a sandbox.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use super::App;
+use super::body::{BodyError, read_bounded};
+use super::cors::ALLOW_METHODS;
+use crate::compile::{Answer, error_body};
+
+type Resp = Response<Full<Bytes>>;
+
+fn response(status: u16, content_type: &'static str, body: Bytes) -> Resp {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json_error(status: u16, message: &str) -> Resp {
+    response(status, "application/json", error_body(message))
+}
+
+pub async fn handle(app: &App, req: Request<Incoming>) -> Resp {
+    let started = Instant::now();
+    let (handler, resp) = match req.uri().path() {
+        "/compile" => ("compile", compile(app, req, started).await),
+        "/healthz" => ("healthz", healthz(app, &req)),
+        "/metrics" => ("metrics", metrics(app, &req)),
+        _ => (
+            "other",
+            response(
+                404,
+                "text/plain; charset=utf-8",
+                Bytes::from_static(b"404 page not found\n"),
+            ),
+        ),
+    };
+    app.hooks
+        .request_finished(handler, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+fn only_get(req: &Request<Incoming>) -> Option<Resp> {
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        return None;
+    }
+    let mut r = response(
+        405,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(b"method not allowed\n"),
+    );
+    r.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+    Some(r)
+}
+
+fn healthz(app: &App, req: &Request<Incoming>) -> Resp {
+    if let Some(r) = only_get(req) {
+        return r;
+    }
+    if app.health.is_lameduck() {
+        response(
+            503,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(b"lameduck\n"),
+        )
+    } else {
+        response(200, "text/plain; charset=utf-8", Bytes::from_static(b"ok"))
+    }
+}
+
+fn metrics(app: &App, req: &Request<Incoming>) -> Resp {
+    if let Some(r) = only_get(req) {
+        return r;
+    }
+    match &app.metrics {
+        Some(m) => response(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            Bytes::from(m.render()),
+        ),
+        None => response(
+            404,
+            "text/plain; charset=utf-8",
+            Bytes::from_static(b"metrics are off\n"),
+        ),
+    }
+}
+
+async fn compile(app: &App, req: Request<Incoming>, started: Instant) -> Resp {
+    let id = app.next_request_id.fetch_add(1, Ordering::Relaxed);
+    let (parts, body) = req.into_parts();
+    let mut resp = match parts.method {
+        Method::OPTIONS => {
+            let mut r = response(204, "text/plain; charset=utf-8", Bytes::new());
+            app.cors.preflight(&parts.headers, r.headers_mut());
+            return r;
+        }
+        Method::POST => {
+            let max = app.compile.max_program_bytes();
+            match read_bounded(&parts.headers, body, max, app.body_timeout).await {
+                Ok(program) => {
+                    let hash = hex::encode(&app.compile.key(&program)[..8]);
+                    let answer = app.compile.compile(program).await;
+                    log_compile(id, &hash, &answer, started);
+                    answer_response(answer)
+                }
+                Err(BodyError::TooLarge) => {
+                    let answer = app.compile.program_too_large();
+                    log_compile(id, "-", &answer, started);
+                    answer_response(answer)
+                }
+                Err(BodyError::Timeout) => {
+                    json_error(408, "Request body was not received in time.")
+                }
+                Err(BodyError::Broken) => json_error(400, "Request body could not be read."),
+            }
+        }
+        _ => {
+            let mut r = json_error(405, "Method not allowed: use POST.");
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(ALLOW_METHODS));
+            r
+        }
+    };
+    app.cors.apply(&parts.headers, resp.headers_mut());
+    resp
+}
+
+fn answer_response(answer: Answer) -> Resp {
+    let mut r = response(answer.status, "application/json", answer.body);
+    if let Some(c) = answer.cache {
+        r.headers_mut()
+            .insert("x-cache", HeaderValue::from_static(c.as_str()));
+    }
+    if let Some(secs) = answer.retry_after {
+        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    r
+}
+
+fn log_compile(id: u64, hash: &str, answer: &Answer, started: Instant) {
+    tracing::info!(
+        request_id = id,
+        program_hash = hash,
+        status = answer.status,
+        cache = answer.cache.map_or("-", |c| c.as_str()),
+        outcome = answer.result.map_or("-", |r| r.as_str()),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "compile"
+    );
+}

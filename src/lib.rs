@@ -1,0 +1,16 @@
+//! compilerd: the execution backend of code playgrounds. A frontend POSTs a program to /compile;
+//! compilerd runs it in a fresh, locked-down sandbox and answers with its output as JSON, in the
+//! wire format of the Go playground's compile server.
+
+pub mod admission;
+pub mod cache;
+pub mod compile;
+pub mod config;
+pub mod hooks;
+pub mod http;
+pub mod lifecycle;
+pub mod logging;
+pub mod metrics;
+pub mod sandbox;
+pub mod server;
+pub mod systemd;

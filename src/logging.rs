@@ -1,0 +1,55 @@
+//! Logging: journald with structured fields when stderr is the journal, text or JSON otherwise.
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
+
+use crate::config::LogFormat;
+
+/// True when systemd connected our stderr to the journal (JOURNAL_STREAM names its device:inode).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.split_once(':') else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
+}
+
+pub fn init(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_env("COMPILERD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let format = match format {
+        LogFormat::Auto if stderr_is_journal() => LogFormat::Journald,
+        LogFormat::Auto => LogFormat::Text,
+        f => f,
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Journald => match tracing_journald::layer() {
+            Ok(layer) => registry
+                .with(layer.with_syslog_identifier("compilerd".into()))
+                .init(),
+            Err(e) => {
+                registry
+                    .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                    .init();
+                tracing::warn!(error = %e, "journald is not reachable; logging text to stderr");
+            }
+        },
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+        _ => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init(),
+    }
+}
