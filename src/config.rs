@@ -178,6 +178,9 @@ pub struct Settings {
     /// Size of the writable /tmp of a run [default: 16MiB].
     #[arg(long)]
     pub tmpfs_size: Option<ByteSize>,
+    /// How long a client may take to send a request's head, and again its body [default: 10s].
+    #[arg(long)]
+    pub read_timeout: Option<HumanDuration>,
     /// Log format [default: auto].
     #[arg(long)]
     pub log_format: Option<LogFormat>,
@@ -219,6 +222,7 @@ impl Settings {
             pids,
             cpus,
             tmpfs_size,
+            read_timeout,
             log_format
         )
     }
@@ -251,6 +255,7 @@ pub struct Config {
     pub max_concurrent_runs: usize,
     pub max_queued: usize,
     pub pool_size: usize,
+    pub read_timeout: Duration,
     pub log_format: LogFormat,
 }
 
@@ -313,6 +318,7 @@ impl Config {
             max_concurrent_runs,
             max_queued: s.max_queued.unwrap_or(64),
             pool_size: s.pool_size.unwrap_or(max_concurrent_runs),
+            read_timeout: s.read_timeout.map_or(Duration::from_secs(10), |d| d.0),
             log_format: s.log_format.unwrap_or(LogFormat::Auto),
         };
         c.check(&mut errors);
@@ -352,6 +358,10 @@ impl Config {
         need(
             self.max_concurrent_runs > 0,
             "max-concurrent-runs must be at least 1",
+        );
+        need(
+            !self.read_timeout.is_zero(),
+            "read-timeout must be more than 0",
         );
         need(!self.image.is_empty(), "image must not be empty");
         need(!self.command.trim().is_empty(), "command must not be empty");

@@ -119,6 +119,7 @@ impl Daemon {
             health.clone(),
             metrics,
             hooks,
+            config.read_timeout,
         );
 
         let (stop_accepting_tx, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();

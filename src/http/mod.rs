@@ -29,8 +29,8 @@ pub struct App {
     pub health: Arc<Health>,
     pub metrics: Option<Arc<Metrics>>,
     pub hooks: Arc<dyn Hooks>,
-    /// How long a client may take to send the whole body.
-    pub body_timeout: Duration,
+    /// How long a client may take to send the request head, and again the whole body.
+    pub read_timeout: Duration,
     next_request_id: AtomicU64,
 }
 
@@ -41,6 +41,7 @@ impl App {
         health: Arc<Health>,
         metrics: Option<Arc<Metrics>>,
         hooks: Arc<dyn Hooks>,
+        read_timeout: Duration,
     ) -> Arc<App> {
         Arc::new(App {
             compile,
@@ -48,14 +49,11 @@ impl App {
             health,
             metrics,
             hooks,
-            body_timeout: Duration::from_secs(10),
+            read_timeout,
             next_request_id: AtomicU64::new(1),
         })
     }
 }
-
-/// How long a client may take to send its request head.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves until `stop_accepting` resolves, then closes the listener and waits for the accepted
 /// connections' requests to be answered (idle keep-alive connections are closed at once).
@@ -64,7 +62,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop_accepting: impl Fu
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
+        .header_read_timeout(app.read_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -106,7 +106,7 @@ async fn compile(app: &App, req: Request<Incoming>, started: Instant) -> Resp {
         }
         Method::POST => {
             let max = app.compile.max_program_bytes();
-            match read_bounded(&parts.headers, body, max, app.body_timeout).await {
+            match read_bounded(&parts.headers, body, max, app.read_timeout).await {
                 Ok(program) => {
                     let hash = hex::encode(&app.compile.key(&program)[..8]);
                     let answer = app.compile.compile(program).await;
