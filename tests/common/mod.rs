@@ -22,19 +22,21 @@ pub fn test_rootfs() -> std::path::PathBuf {
 
 /// Settings for tests: short deadline, no self-halt, no drain, the test image or rootfs.
 pub fn config(backend: Backend) -> Config {
-    let mut c = Config::default();
-    c.address = "127.0.0.1:0".parse().unwrap();
-    c.backend = backend;
-    c.shutdown = false;
-    c.drain = Duration::ZERO;
-    c.image = test_image();
-    c.rootfs = Some(test_rootfs());
+    let mut c = Config {
+        address: "127.0.0.1:0".parse().unwrap(),
+        backend,
+        shutdown: false,
+        drain: Duration::ZERO,
+        image: test_image(),
+        rootfs: Some(test_rootfs()),
+        max_concurrent_runs: 4,
+        pool_size: 2,
+        ..Config::default()
+    };
     c.limits.timeout = Duration::from_millis(1500);
     c.limits.memory_bytes = 64 << 20;
-    c.max_concurrent_runs = 4;
-    c.pool_size = 2;
     c
-}
+}}
 
 pub struct TestDaemon {
     pub addr: SocketAddr,
