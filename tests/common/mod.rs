@@ -36,7 +36,7 @@ pub fn config(backend: Backend) -> Config {
     c.limits.timeout = Duration::from_millis(1500);
     c.limits.memory_bytes = 64 << 20;
     c
-}}
+}
 
 pub struct TestDaemon {
     pub addr: SocketAddr,
