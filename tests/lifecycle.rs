@@ -356,10 +356,10 @@ impl Notify {
         loop {
             let n = self.socket.recv(&mut buf).expect("a STATUS= line");
             let msg = String::from_utf8_lossy(&buf[..n]).to_string();
-            if let Some(line) = msg.lines().find_map(|l| l.strip_prefix("STATUS=")) {
-                if line.starts_with(prefix) {
-                    return line.to_string();
-                }
+            if let Some(line) = msg.lines().find_map(|l| l.strip_prefix("STATUS="))
+                && line.starts_with(prefix)
+            {
+                return line.to_string();
             }
         }
     }
