@@ -31,9 +31,14 @@ pub fn init(format: LogFormat) {
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Journald => match tracing_journald::layer() {
-            Ok(layer) => registry
-                .with(layer.with_syslog_identifier("compilerd".into()))
-                .init(),
+            Ok(layer) => {
+                // Fields keep their own names (REQUEST_ID, PROGRAM_HASH, ...), so that
+                // `journalctl REQUEST_ID=7` finds a request.
+                let layer = layer
+                    .with_syslog_identifier("compilerd".into())
+                    .with_field_prefix(None);
+                registry.with(layer).init()
+            }
             Err(e) => {
                 registry
                     .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
