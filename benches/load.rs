@@ -1,0 +1,435 @@
+//! The performance benchmark of the README's "Performance" section. It starts the real compilerd
+//! binary on loopback and measures, in one run and on one machine, each figure next to its
+//! reference, because absolute times on shared machines drift while ratios hold:
+//!   (a) cache hits: requests/s and latency at 32 connections (wrk), vs a minimal hyper server
+//!       that reads the body and returns a fixed JSON answer;
+//!   (b) 20 sequential cold runs, p50/p90, vs `docker run` of the same image per program;
+//!   (c) 40 distinct programs 8 at a time: wall time and errors, vs `docker run`;
+//!   (d) RSS after caching 2 000 answers of ~32 KiB, and again after replaying them all.
+//! Run: `cargo bench --bench load` (root, Docker engine, wrk, bubblewrap, the test image).
+//! `BENCH_QUICK=1` shortens every phase for a smoke test.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_compilerd");
+
+fn quick() -> bool {
+    std::env::var_os("BENCH_QUICK").is_some()
+}
+
+fn image() -> String {
+    std::env::var("COMPILERD_TEST_IMAGE").unwrap_or_else(|_| "compilerd-test".into())
+}
+
+fn rootfs() -> String {
+    std::env::var("COMPILERD_TEST_ROOTFS")
+        .unwrap_or_else(|_| "/var/lib/compilerd-test/rootfs".into())
+}
+
+/// A compilerd child process; its address is read back from its own log line.
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Daemon {
+    fn start(extra: &[&str]) -> Daemon {
+        let mut child = Command::new(BIN)
+            .args([
+                "--address",
+                "127.0.0.1:0",
+                "--shutdown",
+                "false",
+                "--drain",
+                "0s",
+                "--log-format",
+                "text",
+            ])
+            .args(extra)
+            .env("COMPILERD_LOG", "warn,compilerd=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("compilerd starts");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("compilerd exited before serving")
+                .unwrap();
+            if let Some(rest) = line.split("address=").nth(1) {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        // Keep draining its stderr so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Daemon { child, addr }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/compile", self.addr)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn post(client: &reqwest::blocking::Client, url: &str, program: String) -> (u16, String) {
+    match client.post(url).body(program).send() {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            (s, r.text().unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// `docker run` of the image with the program on stdin: what the Go server paid per request.
+fn docker_run(program: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new("docker")
+        .args(["run", "--rm", "-i", "--network", "none", &image()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("docker CLI");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(program.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// (b): latencies of `n` sequential distinct programs.
+fn sequential(n: usize, tag: &str, run: impl Fn(String) -> bool) -> (Vec<Duration>, usize) {
+    let mut times = Vec::new();
+    let mut errors = 0;
+    for i in 0..n {
+        let program = format!("echo cold {tag} {i} {}", std::process::id());
+        let t = Instant::now();
+        if !run(program) {
+            errors += 1;
+        }
+        times.push(t.elapsed());
+    }
+    times.sort();
+    (times, errors)
+}
+
+/// (c): `n` distinct programs, `width` at a time; wall time and errors.
+fn concurrent(
+    n: usize,
+    width: usize,
+    tag: &str,
+    run: impl Fn(String) -> bool + Sync,
+) -> (Duration, usize) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let errors = std::sync::atomic::AtomicUsize::new(0);
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..width {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if i >= n {
+                        break;
+                    }
+                    if !run(format!("echo wide {tag} {i} {}", std::process::id())) {
+                        errors.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    (t.elapsed(), errors.into_inner())
+}
+
+struct Wrk {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+fn wrk(url: &str, body: &str, seconds: u32) -> Wrk {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("post.lua");
+    std::fs::write(
+        &script,
+        format!("wrk.method = \"POST\"\nwrk.body = {body:?}\nwrk.headers[\"Content-Type\"] = \"text/plain\"\n"),
+    )
+    .unwrap();
+    let out = Command::new("wrk")
+        .args(["-t2", "-c32", &format!("-d{seconds}s"), "--latency", "-s"])
+        .arg(&script)
+        .arg(url)
+        .output()
+        .expect("wrk is installed (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |prefix: &str| -> Option<String> {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_string()))
+    };
+    let latency = |s: String| -> f64 {
+        let s = s.trim();
+        if let Some(v) = s.strip_suffix("us") {
+            v.parse::<f64>().unwrap() / 1000.0
+        } else if let Some(v) = s.strip_suffix("ms") {
+            v.parse().unwrap()
+        } else if let Some(v) = s.strip_suffix('s') {
+            v.parse::<f64>().unwrap() * 1000.0
+        } else {
+            f64::NAN
+        }
+    };
+    let errors = text
+        .lines()
+        .filter(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+        .flat_map(|l| {
+            l.split(|c: char| !c.is_ascii_digit())
+                .filter_map(|n| n.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    Wrk {
+        rps: field("Requests/sec:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0),
+        p50_ms: field("50%").map(latency).unwrap_or(f64::NAN),
+        p99_ms: field("99%").map(latency).unwrap_or(f64::NAN),
+        errors,
+    }
+}
+
+/// The reference for (a): the least a hyper server can do for this request, in its own process.
+fn reference_server() {
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("{}", listener.local_addr().unwrap());
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    let body = bytes::Bytes::from_static(br#"{"Errors":"","Events":[{"Message":"hit\n","Kind":"stdout","Delay":0}],"Status":0}"#);
+                    let mut r = hyper::Response::new(Full::new(body));
+                    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+                    Ok::<_, std::convert::Infallible>(r)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+fn start_reference() -> (Child, SocketAddr) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .arg("--reference-server")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line.trim().parse().unwrap())
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "meets target" } else { "MISSES target" }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--reference-server") {
+        reference_server();
+        return;
+    }
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (cold_n, wide_n, fill_n, wrk_s) = if quick() {
+        (5, 16, 100, 2)
+    } else {
+        (20, 40, 2000, 10)
+    };
+    println!(
+        "machine: {cpus} CPUs; image {}; rootfs {}",
+        image(),
+        rootfs()
+    );
+
+    // (a) cache hits vs a minimal hyper server.
+    let d = Daemon::start(&["--backend", "docker", "--image", &image()]);
+    let (s, body) = post(&client, &d.url(), "echo hit".into());
+    assert_eq!(s, 200, "{body}");
+    let ours = wrk(&d.url(), "echo hit", wrk_s);
+    let (mut refc, refaddr) = start_reference();
+    let reference = wrk(&format!("http://{refaddr}/compile"), "echo hit", wrk_s);
+    let _ = refc.kill();
+    let _ = refc.wait();
+    println!("\n(a) cache hits, 32 connections, {wrk_s}s (wrk):");
+    println!(
+        "    compilerd       {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms  errors {}",
+        ours.rps, ours.p50_ms, ours.p99_ms, ours.errors
+    );
+    println!(
+        "    minimal hyper   {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms",
+        reference.rps, reference.p50_ms, reference.p99_ms
+    );
+    let ratio = ours.rps / reference.rps;
+    println!(
+        "    ratio {:.0}% of the minimal server; p99 {:.2} ms: {}",
+        ratio * 100.0,
+        ours.p99_ms,
+        verdict(ratio >= 0.8 && ours.p99_ms < 5.0)
+    );
+
+    // (b) sequential cold runs.
+    let url = d.url();
+    let run_ours = |p: String| post(&client, &url, p).0 == 200;
+    let (ours_cold, ours_err) = sequential(cold_n, "docker", run_ours);
+    let (docker_cold, docker_err) = sequential(cold_n, "cli", |p| docker_run(&p).0);
+    let (p50, p90) = (percentile(&ours_cold, 0.5), percentile(&ours_cold, 0.9));
+    let (dp50, dp90) = (percentile(&docker_cold, 0.5), percentile(&docker_cold, 0.9));
+    println!("\n(b) {cold_n} sequential cold runs (distinct programs):");
+    println!(
+        "    compilerd docker  p50 {:>7.1} ms  p90 {:>7.1} ms  errors {ours_err}",
+        ms(p50),
+        ms(p90)
+    );
+    println!(
+        "    docker run        p50 {:>7.1} ms  p90 {:>7.1} ms  errors {docker_err}",
+        ms(dp50),
+        ms(dp90)
+    );
+    let speedup = dp50.as_secs_f64() / p50.as_secs_f64();
+    println!(
+        "    p50 {speedup:.1}x faster than docker run: {}",
+        verdict(speedup >= 10.0)
+    );
+
+    // (c) 40 distinct programs 8 at a time.
+    let (wall, errs) = concurrent(wide_n, 8, "docker", |p| post(&client, &url, p).0 == 200);
+    let (dwall, derrs) = concurrent(wide_n, 8, "cli", |p| docker_run(&p).0);
+    println!("\n(c) {wide_n} distinct programs, 8 at a time:");
+    println!("    compilerd docker  {:>7.0} ms  errors {errs}", ms(wall));
+    println!(
+        "    docker run        {:>7.0} ms  errors {derrs}",
+        ms(dwall)
+    );
+    let speedup = dwall.as_secs_f64() / wall.as_secs_f64();
+    println!(
+        "    {speedup:.1}x faster: {}",
+        verdict(errs == 0 && speedup >= 2.0)
+    );
+    drop(d);
+
+    // The bubblewrap backend on (b) and (c).
+    let root = rootfs();
+    let b = Daemon::start(&["--backend", "bwrap", "--rootfs", &root]);
+    let burl = b.url();
+    let (bw_cold, bw_err) = sequential(cold_n.max(100), "bwrap", |p| {
+        post(&client, &burl, p).0 == 200
+    });
+    let (bwall, berrs) = concurrent(wide_n, 8, "bwrap", |p| post(&client, &burl, p).0 == 200);
+    println!("\n(b, c) bubblewrap backend:");
+    println!(
+        "    {} sequential cold runs: p50 {:.1} ms  p90 {:.1} ms  errors {bw_err}: {}",
+        bw_cold.len(),
+        ms(percentile(&bw_cold, 0.5)),
+        ms(percentile(&bw_cold, 0.9)),
+        verdict(percentile(&bw_cold, 0.5) < Duration::from_millis(10))
+    );
+    println!(
+        "    {wide_n} programs 8 at a time: {:.0} ms  errors {berrs}",
+        ms(bwall)
+    );
+    drop(b);
+
+    // (d) RSS with the cache full of ~32 KiB answers, then replayed.
+    let d = Daemon::start(&[
+        "--backend",
+        "docker",
+        "--image",
+        &image(),
+        "--max-concurrent-runs",
+        "4",
+    ]);
+    let url = d.url();
+    let rss_start = d.rss_kib();
+    let program = |i: usize| format!("head -c 32000 /dev/zero | tr '\\0' a; echo {i}");
+    let fill = |tag: &str| {
+        concurrent(fill_n, 8, tag, |p| {
+            let i: usize = p.split_whitespace().nth(2).unwrap().parse().unwrap();
+            post(&client, &url, program(i)).0 == 200
+        })
+    };
+    let (fill_wall, fill_errs) = fill("fill");
+    let rss_full = d.rss_kib();
+    let (replay_wall, replay_errs) = fill("replay");
+    let rss_replayed = d.rss_kib();
+    let budget_kib = (fill_n * (32_000 + 64 + 128)) / 1024;
+    println!("\n(d) RSS with {fill_n} cached answers of ~32 KiB (cache bytes ~{budget_kib} KiB):");
+    println!(
+        "    at start {rss_start} KiB; after filling {rss_full} KiB ({:.1} s, errors {fill_errs});",
+        fill_wall.as_secs_f64()
+    );
+    println!(
+        "    after replaying all {rss_replayed} KiB ({:.1} s, errors {replay_errs})",
+        replay_wall.as_secs_f64()
+    );
+    let growth = rss_replayed as f64 / rss_full as f64 - 1.0;
+    let overhead = rss_full.saturating_sub(rss_start) as f64 / budget_kib as f64;
+    println!(
+        "    growth over the cached bytes x{overhead:.2}; replay growth {:+.1}%: {}",
+        growth * 100.0,
+        verdict(growth.abs() <= 0.05)
+    );
+}
