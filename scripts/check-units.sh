@@ -75,6 +75,13 @@ else
     fail "packaging/config.toml with every documented key enabled: $out"
 fi
 
+printf 'tiemout = "1s"\n' >"$tmp/bad.toml"
+if "$bin" check-config --config "$tmp/bad.toml" >/dev/null 2>&1; then
+    fail "check-config accepted an unknown key (so the checks above prove nothing)"
+else
+    pass "check-config rejects an unknown key"
+fi
+
 # --- the halt helper -------------------------------------------------------------------------
 # A fake systemctl that answers `show --property=Job` with $FAKE_JOB and records a poweroff.
 mkdir -p "$tmp/bin"
