@@ -1,0 +1,683 @@
+//! bubblewrap backend: each run is a fresh `bwrap` sandbox, which starts in milliseconds where a
+//! container takes hundreds, and needs no engine.
+//!
+//! A run is: make the run's cgroup, fork on the fork thread (the child joins the cgroup, drops
+//! root to nobody and execs bwrap), hand the program to stdin, collect stdout and stderr under
+//! one cap, and stop at exit, at the cap or at the deadline. Then every process left in the
+//! cgroup is killed and waited for, one pidfd each, until the cgroup is empty. Only then is the
+//! cgroup removed and the run over. Without a usable cgroup, limits fall back to rlimits and the
+//! startup log says, loudly, what that leaves unenforced.
+//!
+//! The command is pid 1 of its namespace (`--as-pid-1`), as in a container without an init: bwrap's
+//! monitor then waits for it directly, and pid 1's exit waits until the kernel has killed and
+//! reaped everything else in the namespace. With bwrap's own init instead, the monitor would
+//! report the command's exit at once and leave that init to die orphaned, a zombie that some
+//! host reaper collects whenever it gets to it.
+//!
+//! Inside: new user, pid, net, ipc, uts and cgroup namespaces; uid and gid 65534; no
+//! capabilities; no new privileges; only `SANDBOX_ENV`; a read-only root (the given rootfs, or
+//! the host's /usr and friends with an almost empty /etc); /proc and a read-only /dev; a
+//! size-limited tmpfs at /tmp (and one at /dev/shm), the only writable places.
+
+mod cgroup;
+mod spawn;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+use self::cgroup::{BWRAP_TASKS, Cgroups, Controller, RunCgroup};
+use self::spawn::{ChildSetup, Resource};
+use super::output::OutputCollector;
+use super::{Limits, RunOutcome, SANDBOX_ENV, Sandbox, SandboxError, SandboxErrorKind, StreamKind};
+use crate::hooks::Hooks;
+
+/// The host uid and gid a sandbox gets when the daemon is root. Without capabilities, host root
+/// would still own most host files and processes; nobody owns nothing.
+const NOBODY: u32 = 65534;
+
+/// The startup probe runs the command on empty input; it should end long before this.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug)]
+pub struct BwrapOptions {
+    /// What runs inside, split on whitespace; the program arrives on its stdin.
+    pub command: String,
+    /// A directory to use as the read-only root; `None` binds the host's /usr, /bin, /lib*.
+    pub rootfs: Option<std::path::PathBuf>,
+}
+
+pub struct BwrapSandbox {
+    bwrap: PathBuf,
+    args: Vec<OsString>,
+    limits: Limits,
+    cgroups: Option<Cgroups>,
+    /// Always RLIMIT_CORE and RLIMIT_NOFILE; the fallbacks for whatever no cgroup enforces.
+    rlimits: Vec<(Resource, libc::rlim_t)>,
+    /// RLIMIT_NPROC stands in for pids.max and must leave room for the daemon's own threads.
+    nproc_fallback: bool,
+    drop_to: Option<(libc::uid_t, libc::gid_t)>,
+    enforcement: String,
+    fingerprint: String,
+    running: AtomicUsize,
+}
+
+fn err(kind: SandboxErrorKind, message: impl Into<String>) -> SandboxError {
+    SandboxError::new(kind, message)
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The host directories a sandbox without a rootfs sees, read-only. Merged-/usr hosts have
+/// /bin -> usr/bin and so on, which become the same symlinks inside.
+fn host_root_args(args: &mut Vec<OsString>) {
+    for dir in ["usr", "bin", "sbin", "lib", "lib64", "lib32", "libx32"] {
+        let path = Path::new("/").join(dir);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            if let Ok(target) = std::fs::read_link(&path) {
+                args.extend(["--symlink".into(), target.into(), path.into()]);
+            }
+        } else if meta.is_dir() {
+            args.extend(["--ro-bind".into(), path.clone().into(), path.into()]);
+        }
+    }
+    // The loader's cache (libraries in multiarch directories) and the alternatives symlinks that
+    // many commands in /usr/bin point through; nothing that names or configures the host.
+    args.extend(["--dir".into(), "/etc".into()]);
+    for file in [
+        "/etc/ld.so.cache",
+        "/etc/ld.so.conf",
+        "/etc/ld.so.conf.d",
+        "/etc/alternatives",
+    ] {
+        args.extend(["--ro-bind-try".into(), file.into(), file.into()]);
+    }
+}
+
+fn bwrap_args(rootfs: Option<&Path>, command: &[String], limits: &Limits) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    let mut add = |xs: &[&str]| args.extend(xs.iter().map(OsString::from));
+    // --unshare-all tries the cgroup namespace and takes the rest; --unshare-user makes the user
+    // namespace mandatory even where bwrap would otherwise run without one.
+    add(&[
+        "--unshare-all",
+        "--unshare-user",
+        "--as-pid-1",
+        "--die-with-parent",
+        "--new-session",
+        "--clearenv",
+    ]);
+    for (k, v) in SANDBOX_ENV {
+        add(&["--setenv", k, v]);
+    }
+    match rootfs {
+        Some(dir) => args.extend(["--ro-bind".into(), dir.into(), "/".into()]),
+        None => host_root_args(&mut args),
+    }
+    let tmpfs = limits.tmpfs_bytes.to_string();
+    let mut add = |xs: &[&str]| args.extend(xs.iter().map(OsString::from));
+    // bwrap's /dev is a tmpfs of its own, writable and unbounded: read-only, it still holds the
+    // device nodes, which are separate mounts. /dev/shm, as in the Docker backend, is a tmpfs no
+    // bigger than /tmp (some runtimes need shm_open); both are charged to the memory limit.
+    add(&["--proc", "/proc", "--dev", "/dev"]);
+    add(&["--perms", "1777", "--size", &tmpfs, "--tmpfs", "/dev/shm"]);
+    add(&["--remount-ro", "/dev"]);
+    add(&["--perms", "1777", "--size", &tmpfs, "--tmpfs", "/tmp"]);
+    if rootfs.is_none() {
+        // Without a rootfs, / is a tmpfs bwrap made to hold the binds; last, after every mount point.
+        add(&["--remount-ro", "/"]);
+    }
+    let id = NOBODY.to_string();
+    add(&[
+        "--chdir",
+        "/tmp",
+        "--uid",
+        &id,
+        "--gid",
+        &id,
+        "--hostname",
+        "sandbox",
+        "--cap-drop",
+        "ALL",
+        "--",
+    ]);
+    args.extend(command.iter().map(OsString::from));
+    args
+}
+
+/// bwrap reports a failure to build the sandbox as `bwrap: ...` on stderr and exit status 1,
+/// before the command could write anything.
+fn setup_failure(outcome: &RunOutcome) -> Option<String> {
+    match outcome {
+        RunOutcome::Exited { status: 1, output }
+            if output.len() == 1
+                && output[0].kind == StreamKind::Stderr
+                && output[0].data.starts_with(b"bwrap: ") =>
+        {
+            Some(String::from_utf8_lossy(&output[0].data).trim().to_string())
+        }
+        _ => None,
+    }
+}
+
+fn exit_status(status: std::process::ExitStatus) -> i64 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => i64::from(code),
+        (None, Some(sig)) => 128 + i64::from(sig),
+        (None, None) => -1,
+    }
+}
+
+fn own_threads() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; num_threads is the 20th field.
+            let rest = &s[s.rfind(')')? + 2..];
+            rest.split(' ').nth(17)?.parse().ok()
+        })
+        .unwrap_or(64)
+}
+
+/// Counts a run as in flight while alive.
+struct Running<'a>(&'a AtomicUsize);
+
+impl<'a> Running<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Running(n)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+enum Ending {
+    Exited(std::process::ExitStatus),
+    OverCap,
+    Deadline,
+}
+
+impl BwrapSandbox {
+    /// Checks that bwrap is present and can create namespaces and that the command exists.
+    pub async fn connect(
+        opts: BwrapOptions,
+        limits: Limits,
+        hooks: Arc<dyn Hooks>,
+    ) -> Result<BwrapSandbox, SandboxError> {
+        Self::open(opts, limits, hooks, true).await
+    }
+
+    /// As `connect`, but ignoring cgroups, so that tests can exercise the rlimit fallback on a
+    /// host that has cgroups.
+    #[doc(hidden)]
+    pub async fn connect_without_cgroups(
+        opts: BwrapOptions,
+        limits: Limits,
+        hooks: Arc<dyn Hooks>,
+    ) -> Result<BwrapSandbox, SandboxError> {
+        Self::open(opts, limits, hooks, false).await
+    }
+
+    async fn open(
+        opts: BwrapOptions,
+        limits: Limits,
+        _hooks: Arc<dyn Hooks>,
+        use_cgroups: bool,
+    ) -> Result<BwrapSandbox, SandboxError> {
+        static INSTANCES: AtomicU64 = AtomicU64::new(0);
+        let command: Vec<String> = opts.command.split_whitespace().map(String::from).collect();
+        if command.is_empty() {
+            return Err(err(
+                SandboxErrorKind::ImageMissing,
+                "the bwrap command is empty",
+            ));
+        }
+        let root_desc = match &opts.rootfs {
+            Some(dir) => {
+                let meta = std::fs::metadata(dir).map_err(|e| {
+                    err(
+                        SandboxErrorKind::ImageMissing,
+                        format!("rootfs {}: {e}", dir.display()),
+                    )
+                })?;
+                if !meta.is_dir() {
+                    return Err(err(
+                        SandboxErrorKind::ImageMissing,
+                        format!("rootfs {} is not a directory", dir.display()),
+                    ));
+                }
+                let mtime = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                format!("rootfs:{}@{mtime}", dir.display())
+            }
+            None => "host".to_string(),
+        };
+        let bwrap = find_in_path("bwrap").ok_or_else(|| {
+            err(
+                SandboxErrorKind::Unavailable,
+                "bubblewrap is not installed (no bwrap in PATH): apt-get install bubblewrap",
+            )
+        })?;
+        let version = tokio::process::Command::new(&bwrap)
+            .arg("--version")
+            .env_clear()
+            .output()
+            .await
+            .map_err(|e| {
+                err(
+                    SandboxErrorKind::Unavailable,
+                    format!("cannot run {}: {e}", bwrap.display()),
+                )
+            })?;
+        let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        let drop_to = (euid == 0).then_some((NOBODY, NOBODY));
+        let host_uid = drop_to.map_or(euid, |(uid, _)| uid);
+
+        let detected = if use_cgroups {
+            Cgroups::detect(&limits, INSTANCES.fetch_add(1, Ordering::Relaxed))
+        } else {
+            cgroup::Detected {
+                cgroups: None,
+                notes: vec!["cgroups disabled by the caller".into()],
+            }
+        };
+        let cgroups = detected.cgroups;
+        let by_cgroup = |c| cgroups.as_ref().is_some_and(|g| g.enforces(c));
+
+        // As the Docker backend: no core dumps (they would go to the host's handler), 1024 files.
+        let mut rlimits: Vec<(Resource, libc::rlim_t)> =
+            vec![(libc::RLIMIT_CORE, 0), (libc::RLIMIT_NOFILE, 1024)];
+        let mut unenforced: Vec<String> = Vec::new();
+        if !by_cgroup(Controller::Memory) {
+            rlimits.push((libc::RLIMIT_AS, limits.memory_bytes));
+            unenforced.push(format!(
+                "memory is only RLIMIT_AS of {} bytes per process, not per run, and an out-of-memory program is not reported as such",
+                limits.memory_bytes
+            ));
+        }
+        let nproc_fallback = !by_cgroup(Controller::Pids);
+        if nproc_fallback {
+            unenforced.push(format!(
+                "the process limit is only RLIMIT_NPROC, which counts every process of host uid {host_uid} across all runs: one run's fork bomb can starve the others"
+            ));
+        }
+        if !by_cgroup(Controller::Cpu) {
+            let secs = limits.timeout.as_secs() + 2;
+            rlimits.push((libc::RLIMIT_CPU, secs));
+            unenforced.push(format!(
+                "the CPU share ({} cpus) is not enforced, only RLIMIT_CPU of {secs} s per process",
+                limits.cpus
+            ));
+        }
+        if cgroups.is_none() {
+            unenforced.push(
+                "a killed run's processes are found through bwrap's pid namespace alone".into(),
+            );
+        }
+        let enforcement = match &cgroups {
+            Some(g) if unenforced.is_empty() => g.describe(),
+            Some(g) => format!("{}; rlimits for the rest", g.describe()),
+            None => "rlimits only".to_string(),
+        };
+        if !unenforced.is_empty() {
+            tracing::warn!(
+                why = ?detected.notes,
+                "bwrap: no usable cgroup for part of the limits; NOT ENFORCED as configured: {}",
+                unenforced.join("; ")
+            );
+        } else {
+            tracing::info!(why = ?detected.notes, "bwrap: limits enforced by {enforcement}");
+        }
+        if let Some(g) = &cgroups {
+            for dir in g.sweep() {
+                tracing::warn!(cgroup = %dir.display(), "removed a run cgroup that a previous daemon left behind");
+            }
+        }
+
+        let args = bwrap_args(opts.rootfs.as_deref(), &command, &limits);
+        let mode = match &cgroups {
+            Some(_) if unenforced.is_empty() => "cgroup",
+            Some(_) => "cgroup+rlimits",
+            None => "rlimits",
+        };
+        let fingerprint = format!(
+            "bwrap;{version};command={};root={root_desc};enforce={mode};{}",
+            command.join(" "),
+            limits.fingerprint()
+        );
+        let sandbox = BwrapSandbox {
+            bwrap,
+            args,
+            limits,
+            cgroups,
+            rlimits,
+            nproc_fallback,
+            drop_to,
+            enforcement,
+            fingerprint,
+            running: AtomicUsize::new(0),
+        };
+        sandbox.probe(&version, &opts, host_uid).await?;
+        Ok(sandbox)
+    }
+
+    /// Runs the command on empty input in a real sandbox: proves that bwrap can create every
+    /// namespace and mount, that the cgroups work and that the command exists inside.
+    async fn probe(
+        &self,
+        version: &str,
+        opts: &BwrapOptions,
+        host_uid: u32,
+    ) -> Result<(), SandboxError> {
+        let outcome = self
+            .execute(Bytes::new(), PROBE_TIMEOUT, &mut Vec::new())
+            .await
+            .map_err(|e| {
+                err(
+                    SandboxErrorKind::Unavailable,
+                    format!("bwrap startup check: {}", e.message),
+                )
+            })?;
+        if let Some(msg) = setup_failure(&outcome) {
+            let place = match &opts.rootfs {
+                Some(dir) => format!("in the rootfs {}", dir.display()),
+                None => "on the host's /usr, /bin and /lib".into(),
+            };
+            return Err(if msg.contains("execvp") {
+                err(
+                    SandboxErrorKind::ImageMissing,
+                    format!(
+                        "the command `{}` cannot run inside the sandbox ({msg}): it must exist {place} and be readable by uid {host_uid}",
+                        opts.command
+                    ),
+                )
+            } else if msg.contains("Unknown option") || msg.contains("Unrecognized") {
+                err(
+                    SandboxErrorKind::Unavailable,
+                    format!(
+                        "{version} lacks an option compilerd needs ({msg}): install bubblewrap 0.8 or newer"
+                    ),
+                )
+            } else {
+                err(
+                    SandboxErrorKind::Unavailable,
+                    format!(
+                        "bwrap cannot create a sandbox as uid {host_uid} ({msg}): unprivileged user namespaces must be enabled: \
+                         `sysctl user.max_user_namespaces` must be > 0, on Debian kernels `sysctl -w kernel.unprivileged_userns_clone=1`, \
+                         on Ubuntu 24.04+ `sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` (or an AppArmor profile for bwrap); \
+                         inside a container, its seccomp profile must allow unshare and mount"
+                    ),
+                )
+            });
+        }
+        match outcome {
+            RunOutcome::Exited { status: 0, .. } => {}
+            other => tracing::warn!(
+                outcome = ?other,
+                "bwrap: the command `{}` does not end cleanly on empty input",
+                opts.command
+            ),
+        }
+        Ok(())
+    }
+
+    /// How the limits are enforced on this host, e.g. "cgroup v1: memory in ...".
+    pub fn enforcement(&self) -> &str {
+        &self.enforcement
+    }
+
+    /// Like `run`, also returning the run's cgroup directories (gone again once it returns), so
+    /// that tests can prove nothing of a run outlives it.
+    #[doc(hidden)]
+    pub async fn run_traced(
+        &self,
+        program: Bytes,
+    ) -> (Result<RunOutcome, SandboxError>, Vec<PathBuf>) {
+        let mut dirs = Vec::new();
+        let result = self.run_checked(program, &mut dirs).await;
+        (result, dirs)
+    }
+
+    /// Where this sandbox makes run cgroups, and the name prefix of its runs.
+    #[doc(hidden)]
+    pub fn cgroup_parents(&self) -> Option<(Vec<PathBuf>, String)> {
+        let g = self.cgroups.as_ref()?;
+        Some((
+            g.parents().map(Path::to_path_buf).collect(),
+            g.prefix().to_string(),
+        ))
+    }
+
+    async fn run_checked(
+        &self,
+        program: Bytes,
+        dirs: &mut Vec<PathBuf>,
+    ) -> Result<RunOutcome, SandboxError> {
+        let outcome = self.execute(program, self.limits.timeout, dirs).await?;
+        match setup_failure(&outcome) {
+            Some(msg) => Err(err(
+                SandboxErrorKind::Start,
+                format!("bwrap could not set up the sandbox: {msg}"),
+            )),
+            None => Ok(outcome),
+        }
+    }
+
+    fn rlimits_for_run(&self) -> Vec<(Resource, libc::rlim_t)> {
+        let mut rl = self.rlimits.clone();
+        if self.nproc_fallback {
+            let mut n = u64::from(self.limits.pids) + u64::from(BWRAP_TASKS);
+            if self.drop_to.is_none() {
+                // Every thread of the daemon's user counts, the daemon's own included.
+                n += own_threads();
+            }
+            rl.push((libc::RLIMIT_NPROC, n));
+        }
+        rl
+    }
+
+    async fn execute(
+        &self,
+        program: Bytes,
+        timeout: Duration,
+        trace: &mut Vec<PathBuf>,
+    ) -> Result<RunOutcome, SandboxError> {
+        let _running = Running::new(&self.running);
+        let mut cg = match &self.cgroups {
+            Some(g) => Some(g.create().map_err(|e| {
+                err(
+                    SandboxErrorKind::Start,
+                    format!("cannot create the run's cgroup: {e}"),
+                )
+            })?),
+            None => None,
+        };
+        if let Some(c) = &cg {
+            trace.extend(c.dirs().iter().cloned());
+        }
+        let setup = ChildSetup {
+            cgroup_procs: cg.as_mut().map(RunCgroup::take_procs).unwrap_or_default(),
+            rlimits: self.rlimits_for_run(),
+            drop_to: self.drop_to,
+            // SAFETY: getpid has no preconditions.
+            parent: unsafe { libc::getpid() },
+        };
+        let mut cmd = Command::new(&self.bwrap);
+        cmd.args(&self.args).env_clear().kill_on_drop(true);
+        // SAFETY: `apply` makes only async-signal-safe calls and does not allocate.
+        unsafe {
+            cmd.pre_exec(move || setup.apply());
+        }
+        let started = Instant::now();
+        let mut child = spawn::spawn(cmd).await.map_err(|e| {
+            err(
+                SandboxErrorKind::Start,
+                format!("cannot start {}: {e}", self.bwrap.display()),
+            )
+        })?;
+
+        let ending = self.supervise(&mut child, program, started + timeout).await;
+        let (ending, output) = match ending {
+            Ok(x) => x,
+            Err(e) => {
+                kill(&mut child, cg.as_ref()).await;
+                return Err(e);
+            }
+        };
+        // After a normal exit too: the namespace is empty by then, and this proves it.
+        kill(&mut child, cg.as_ref()).await;
+        let oom = cg.as_ref().is_some_and(RunCgroup::oom_killed);
+        if let Some(mut c) = cg
+            && let Err(e) = c.remove()
+        {
+            // Dropping `c` kills what is left and retries on a background thread.
+            tracing::warn!(error = %e, "a run's cgroup was not empty after the run");
+        }
+        Ok(match ending {
+            Ending::OverCap => RunOutcome::OutputTooLarge,
+            Ending::Deadline => RunOutcome::TimedOut {
+                output: output.into_chunks(),
+            },
+            Ending::Exited(_) if oom => RunOutcome::OutOfMemory {
+                output: output.into_chunks(),
+            },
+            Ending::Exited(status) => RunOutcome::Exited {
+                status: exit_status(status),
+                output: output.into_chunks(),
+            },
+        })
+    }
+
+    /// Feeds stdin and collects output until the run has exited and both streams are closed, the
+    /// output passes the cap, or the deadline passes.
+    async fn supervise(
+        &self,
+        child: &mut Child,
+        program: Bytes,
+        deadline: Instant,
+    ) -> Result<(Ending, OutputCollector), SandboxError> {
+        let mut output = OutputCollector::new(self.limits.max_output_bytes);
+        let (Some(stdin), Some(mut stdout), Some(mut stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(err(
+                SandboxErrorKind::Internal,
+                "bwrap's stdio is not piped",
+            ));
+        };
+        // A program need not read its input: a broken pipe just ends the feeding.
+        let feed = async move {
+            let mut stdin = stdin;
+            let _ = stdin.write_all(&program).await;
+        };
+        tokio::pin!(feed);
+        let sleep = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(sleep);
+        let mut out_buf = vec![0u8; 16 << 10];
+        let mut err_buf = vec![0u8; 16 << 10];
+        let (mut out_open, mut err_open, mut feeding) = (true, true, true);
+        let mut status = None;
+        loop {
+            if let (false, false, Some(s)) = (out_open, err_open, status) {
+                return Ok((Ending::Exited(s), output));
+            }
+            tokio::select! {
+                r = stdout.read(&mut out_buf), if out_open => match r {
+                    Ok(n) if n > 0 => {
+                        if output.push(StreamKind::Stdout, &out_buf[..n]).is_err() {
+                            return Ok((Ending::OverCap, output));
+                        }
+                    }
+                    _ => out_open = false,
+                },
+                r = stderr.read(&mut err_buf), if err_open => match r {
+                    Ok(n) if n > 0 => {
+                        if output.push(StreamKind::Stderr, &err_buf[..n]).is_err() {
+                            return Ok((Ending::OverCap, output));
+                        }
+                    }
+                    _ => err_open = false,
+                },
+                s = child.wait(), if status.is_none() => match s {
+                    Ok(s) => status = Some(s),
+                    Err(e) => {
+                        return Err(err(SandboxErrorKind::Io, format!("waiting for bwrap: {e}")));
+                    }
+                },
+                () = &mut feed, if feeding => feeding = false,
+                () = &mut sleep => return Ok((Ending::Deadline, output)),
+            }
+        }
+    }
+}
+
+/// Kills every process of the run and returns once they are all gone.
+async fn kill(child: &mut Child, cg: Option<&RunCgroup>) {
+    match cg {
+        Some(cg) => {
+            if !cg.kill_all().await {
+                tracing::error!("a run's processes survived SIGKILL for seconds");
+            }
+        }
+        // No cgroup: the monitor's death takes the namespace's pid 1 (its parent-death signal),
+        // and with it every process in the namespace, a moment later.
+        None => {
+            let _ = child.start_kill();
+        }
+    }
+    let _ = child.wait().await;
+}
+
+#[async_trait]
+impl Sandbox for BwrapSandbox {
+    fn name(&self) -> &'static str {
+        "bwrap"
+    }
+
+    fn fingerprint(&self) -> String {
+        self.fingerprint.clone()
+    }
+
+    async fn run(&self, program: Bytes) -> Result<RunOutcome, SandboxError> {
+        self.run_checked(program, &mut Vec::new()).await
+    }
+
+    fn status(&self) -> String {
+        format!(
+            "bwrap {} running ({})",
+            self.running.load(Ordering::Relaxed),
+            if self.cgroups.is_some() {
+                "cgroup"
+            } else {
+                "rlimits"
+            }
+        )
+    }
+}
