@@ -1,11 +1,18 @@
-//! Reads a request body without ever holding more than `max + 1` bytes of it, and without letting
-//! a slow client hold the request open forever. The Go server read the whole body first.
+//! Reads a request body without ever holding more than `max` bytes of it, and without letting a
+//! slow client hold the request open forever. The Go server read the whole body first.
+//!
+//! A body over the limit is not kept, but up to `DISCARD` more bytes of it are read and thrown
+//! away before answering: a client that is still sending then reads a clean 400 instead of a reset
+//! connection. Anything larger is cut off at once.
 
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+
+/// How much of an oversized body is read and dropped so its client can read our answer.
+const DISCARD: u64 = 1 << 20;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum BodyError {
@@ -25,21 +32,30 @@ pub async fn read_bounded(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
+    if declared.is_some_and(|n| n > max as u64 + DISCARD) {
         return Err(BodyError::TooLarge);
     }
     let read = async {
         let mut buf = BytesMut::with_capacity(declared.map_or(0, |n| n as usize).min(max));
+        let mut seen = 0u64;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|_| BodyError::Broken)?;
-            if let Ok(data) = frame.into_data() {
-                if buf.len() + data.len() > max {
-                    return Err(BodyError::TooLarge);
-                }
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            seen += data.len() as u64;
+            if seen > max as u64 + DISCARD {
+                return Err(BodyError::TooLarge);
+            }
+            if seen <= max as u64 {
                 buf.extend_from_slice(&data);
             }
         }
-        Ok(buf.freeze())
+        if seen > max as u64 {
+            Err(BodyError::TooLarge)
+        } else {
+            Ok(buf.freeze())
+        }
     };
     tokio::time::timeout(timeout, read)
         .await
