@@ -20,6 +20,21 @@ fn stderr_is_journal() -> bool {
     dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
+type TextLayer<S> = tracing_subscriber::fmt::Layer<
+    S,
+    tracing_subscriber::fmt::format::DefaultFields,
+    tracing_subscriber::fmt::format::Format,
+    fn() -> std::io::Stderr,
+>;
+
+/// Colours only for a person at a terminal, never into pipes or files.
+fn text_layer<S>() -> TextLayer<S> {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr as fn() -> std::io::Stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+}
+
 pub fn init(format: LogFormat) {
     let filter =
         EnvFilter::try_from_env("COMPILERD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -40,9 +55,7 @@ pub fn init(format: LogFormat) {
                 registry.with(layer).init()
             }
             Err(e) => {
-                registry
-                    .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-                    .init();
+                registry.with(text_layer()).init();
                 tracing::warn!(error = %e, "journald is not reachable; logging text to stderr");
             }
         },
@@ -53,8 +66,6 @@ pub fn init(format: LogFormat) {
                     .with_writer(std::io::stderr),
             )
             .init(),
-        _ => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .init(),
+        _ => registry.with(text_layer()).init(),
     }
 }

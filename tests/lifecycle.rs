@@ -112,14 +112,26 @@ async fn serves_on_a_socket_from_systemd_socket_activate() {
     let mut args = vec![
         "-l".to_string(),
         format!("127.0.0.1:{port}"),
+        // systemd-socket-activate passes on only the variables it is told to.
+        "-E".to_string(),
+        format!("NOTIFY_SOCKET={}", notify.path.display()),
         BIN.to_string(),
     ];
     // --address would bind elsewhere: the inherited socket must win.
     args.extend(base_args());
-    args.extend(["--shutdown", "false", "--address", "127.0.0.1:1"].map(String::from));
+    args.extend(
+        [
+            "--shutdown",
+            "false",
+            "--drain",
+            "0s",
+            "--address",
+            "127.0.0.1:1",
+        ]
+        .map(String::from),
+    );
     let mut child = Command::new("systemd-socket-activate")
         .args(&args)
-        .env("NOTIFY_SOCKET", &notify.path)
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .spawn()
