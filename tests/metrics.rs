@@ -7,7 +7,7 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{TestDaemon, config, metric_value};
+use common::{TestDaemon, config, find_metric, metric_value};
 use compilerd::config::Backend;
 
 async fn scrape(d: &TestDaemon) -> String {
@@ -33,7 +33,7 @@ async fn deltas<F: std::future::Future<Output = ()>>(
     let after = scrape(d).await;
     series
         .iter()
-        .map(|s| metric_value(&after, s) - metric_value(&before, s))
+        .map(|s| metric_value(&after, s) - find_metric(&before, s).unwrap_or(0.0))
         .collect()
 }
 

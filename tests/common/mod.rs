@@ -115,15 +115,17 @@ impl TestDaemon {
 }
 
 pub fn metric_value(text: &str, series: &str) -> f64 {
+    find_metric(text, series).unwrap_or_else(|| panic!("no series {series}"))
+}
+
+/// A labelled series appears with its first sample; before that it is None.
+pub fn find_metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| {
             l.strip_prefix(series)
                 .and_then(|rest| rest.strip_prefix(' '))
         })
-        .unwrap_or_else(|| panic!("no series {series}"))
-        .trim()
-        .parse()
-        .unwrap()
+        .map(|v| v.trim().parse().unwrap())
 }
 
 pub struct Reply {
