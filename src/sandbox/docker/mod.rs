@@ -1,5 +1,8 @@
 //! Docker Engine API backend (filled in by its own change).
 
+pub mod settings;
+pub mod sweep;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
