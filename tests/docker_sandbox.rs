@@ -392,6 +392,25 @@ async fn missing_image_fails_at_connect() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_the_engine_rejects_fail_at_connect() {
+    // More CPUs than any test machine has: the engine refuses to create the container.
+    let mut too_many_cpus = limits();
+    too_many_cpus.cpus = 4096.0;
+    for pool_size in [0, 1] {
+        let opts = DockerOptions {
+            image: image(),
+            pool_size,
+        };
+        let err = DockerSandbox::connect(opts, too_many_cpus.clone(), Arc::new(NoHooks))
+            .await
+            .err()
+            .expect("connect must fail");
+        assert_eq!(err.kind, SandboxErrorKind::Start, "pool {pool_size}: {err}");
+        assert!(err.message.contains("CPU"), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_engine_fails_at_connect() {
     for host in ["unix:///nonexistent/docker.sock", "tcp://127.0.0.1:1"] {
         let opts = DockerOptions {
@@ -496,7 +515,10 @@ async fn latency_report() {
         for joined in futures_util::future::join_all(runs).await {
             assert_eq!(joined.unwrap().0, 0);
         }
-        eprintln!("40 programs 8 at a time, pool={pool}: {:?}", began.elapsed());
+        eprintln!(
+            "40 programs 8 at a time, pool={pool}: {:?}",
+            began.elapsed()
+        );
         finish(Arc::into_inner(sb).unwrap()).await;
     }
 }

@@ -116,7 +116,8 @@ impl Engine {
     }
 
     /// Creates, attaches to and starts one container. Attaching before the start means no byte
-    /// of output can be missed, and the shell blocks on stdin until a program arrives.
+    /// of output can be missed; the image's command then blocks reading stdin until a program
+    /// arrives, which is what lets a started container wait in the pool.
     pub async fn launch(self: &Arc<Self>) -> Result<Started, SandboxError> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         self.live.send_modify(|live| *live += 1);

@@ -126,11 +126,23 @@ impl DockerSandbox {
             limits.fingerprint()
         );
         let engine = Engine::new(docker, host.to_owned(), opts.image.clone(), limits);
-        let (pool, filler) = if opts.pool_size > 0 {
-            let (pool, filler) = Pool::start(engine.clone(), hooks.clone(), opts.pool_size).await?;
-            (Some(pool), Some(filler))
+        let filled = if opts.pool_size > 0 {
+            Pool::start(engine.clone(), hooks.clone(), opts.pool_size)
+                .await
+                .map(|(pool, filler)| (Some(pool), Some(filler)))
         } else {
-            (None, None)
+            // Without a pool, one throwaway container proves the engine accepts our settings
+            // (CPU and memory ranges, init, cgroup namespace), so a bad setting fails the
+            // startup instead of every request.
+            engine.launch().await.map(|_| (None, None))
+        };
+        let (pool, filler) = match filled {
+            Ok(filled) => filled,
+            Err(e) => {
+                // The caller is likely to exit on this error: remove what was created first.
+                let _ = tokio::time::timeout(ENGINE_TIMEOUT, engine.all_removed()).await;
+                return Err(e);
+            }
         };
         tracing::info!(
             host,

@@ -1,5 +1,5 @@
-//! Pre-started containers, so that a run costs an attach-free hand-over instead of a
-//! `docker run` (create + start is most of a cold run's ~250 ms).
+//! Pre-started containers, so that a run costs a hand-over on an already attached container
+//! instead of a create + attach + start (most of a cold run).
 //!
 //! Each idle container is held by its own small task that watches the container's attach stream:
 //! the engine ends that stream when the container dies (killed, OOM, engine restart), so a dead
