@@ -6,7 +6,9 @@
 //! COMPILERD_TEST_IMAGE). Each test ends with `finish`, which shuts the sandbox down and checks
 //! the engine for containers carrying its instance label.
 
-mod common;
+// By path, so that this suite needs no tests/common/mod.rs shared with the other suites.
+#[path = "common/docker.rs"]
+mod common_docker;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, KillContainerOptionsBuilder, RemoveContainerOptionsBuilder,
     WaitContainerOptions, WaitContainerOptionsBuilder,
 };
-use common::docker::*;
+use common_docker::*;
 use compilerd::hooks::NoHooks;
 use compilerd::sandbox::docker::sweep::{LABEL_MANAGED, LABEL_OWNER, current_owner};
 use compilerd::sandbox::docker::{DockerOptions, DockerSandbox};

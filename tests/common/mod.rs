@@ -1,3 +1,0 @@
-//! Shared test helpers, one module per area.
-
-pub mod docker;
