@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bollard::models::ContainerCreateBody;
+use bollard::models::{ContainerConfig, ContainerCreateBody};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, RemoveContainerOptionsBuilder,
-    WaitContainerOptions, WaitContainerOptionsBuilder,
+    CommitContainerOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, WaitContainerOptions,
+    WaitContainerOptionsBuilder,
 };
 use common_docker::*;
 use compilerd::hooks::NoHooks;
@@ -362,6 +363,55 @@ async fn pool_refills_after_each_run() {
     );
     assert!(hooks.refills.load(Ordering::SeqCst) >= 4);
     finish(sb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_before_the_program_is_kept_with_or_without_the_pool() {
+    // An image whose command greets before it reads the program, made from the test image.
+    let docker = engine();
+    let suffix = format!("{:08x}", rand::random::<u32>());
+    let base = format!("compilerd-test-banner-base-{suffix}");
+    let tag = format!("compilerd-test-banner-{suffix}");
+    let body = ContainerCreateBody {
+        image: Some(image()),
+        ..Default::default()
+    };
+    let create = CreateContainerOptionsBuilder::new().name(&base).build();
+    docker.create_container(Some(create), body).await.unwrap();
+    let commit = CommitContainerOptionsBuilder::new()
+        .container(&base)
+        .repo(&tag)
+        .build();
+    let config = ContainerConfig {
+        cmd: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "echo banner; exec sh".into(),
+        ]),
+        ..Default::default()
+    };
+    let committed = docker.commit_container(commit, config).await;
+    let force = RemoveContainerOptionsBuilder::new().force(true).build();
+    docker.remove_container(&base, Some(force)).await.unwrap();
+    committed.unwrap();
+
+    for pool_size in [1, 0] {
+        let (sb, hooks) = connect_image(tag.clone(), pool_size, limits()).await;
+        let (status, out, _) = exited(run(&sb, "echo program").await);
+        assert_eq!(
+            (status, out.as_str()),
+            (0, "banner\nprogram\n"),
+            "pool {pool_size}"
+        );
+        if pool_size > 0 {
+            // Served by the pool: a greeting is not mistaken for a dead container.
+            assert_eq!(hooks.empty.load(Ordering::SeqCst), 0);
+            hooks.wait_ready(1).await;
+        }
+        finish(sb).await;
+    }
+    let force = RemoveImageOptionsBuilder::new().force(true).build();
+    docker.remove_image(&tag, Some(force), None).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,15 +70,20 @@ pub async fn connect(pool_size: usize) -> (DockerSandbox, Arc<PoolHooks>) {
 }
 
 pub async fn connect_with(pool_size: usize, limits: Limits) -> (DockerSandbox, Arc<PoolHooks>) {
+    connect_image(image(), pool_size, limits).await
+}
+
+pub async fn connect_image(
+    image: String,
+    pool_size: usize,
+    limits: Limits,
+) -> (DockerSandbox, Arc<PoolHooks>) {
     let hooks = Arc::new(PoolHooks {
         ready: watch::Sender::new(0),
         empty: AtomicUsize::new(0),
         refills: AtomicUsize::new(0),
     });
-    let opts = DockerOptions {
-        image: image(),
-        pool_size,
-    };
+    let opts = DockerOptions { image, pool_size };
     let sandbox = DockerSandbox::connect(opts, limits, hooks.clone())
         .await
         .expect("connect to the engine (is dockerd running and the test image built?)");

@@ -58,6 +58,25 @@ pub(super) struct Started {
     guard: Guard,
     output: OutputStream,
     input: InputSink,
+    /// What the image's command printed before it had a program (a banner, say). A cold run
+    /// would show it first, so a pooled run does too.
+    early: Vec<LogOutput>,
+    early_bytes: usize,
+}
+
+impl Started {
+    /// Keeps one item of output that came before the program; false when the stream ended or
+    /// failed (the container died), or when the command printed more than any run may.
+    fn keep_early(&mut self, item: Option<Result<LogOutput, DockerError>>, cap: usize) -> bool {
+        match item {
+            Some(Ok(item)) => {
+                self.early_bytes += item.as_ref().len();
+                self.early.push(item);
+                self.early_bytes <= cap
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Removes the container it names when dropped.
@@ -161,14 +180,18 @@ impl Engine {
             guard,
             output: attached.output,
             input: attached.input,
+            early: Vec::new(),
+            early_bytes: 0,
         })
     }
 
     /// Whether a pre-started container can still take a program: its attach stream has not ended
     /// (the engine closes it when the container dies or restarts) and the engine says it runs.
     pub async fn usable(&self, c: &mut Started) -> bool {
-        if c.output.next().now_or_never().is_some() {
-            return false;
+        while let Some(item) = c.output.next().now_or_never() {
+            if !c.keep_early(item, self.limits.max_output_bytes) {
+                return false;
+            }
         }
         match self.docker.inspect_container(&c.guard.name, None).await {
             Ok(info) => info.state.and_then(|s| s.running).unwrap_or(false),
@@ -176,10 +199,15 @@ impl Engine {
         }
     }
 
-    /// Resolves when the container has died, or printed something before it had a program (which
-    /// the image's command must not do): either way it must not be handed to a run.
-    pub async fn died(c: &mut Started) {
-        c.output.next().await;
+    /// Resolves when an idle container has died. Cancel-safe: what it printed meanwhile is kept
+    /// in the container.
+    pub async fn idle(&self, c: &mut Started) {
+        loop {
+            let item = c.output.next().await;
+            if !c.keep_early(item, self.limits.max_output_bytes) {
+                return;
+            }
+        }
     }
 
     pub fn name(c: &Started) -> &str {
@@ -192,10 +220,18 @@ impl Engine {
             guard,
             mut output,
             mut input,
+            early,
+            early_bytes: _,
         } = c;
         let name = guard.name.as_str();
         let deadline = Instant::now() + self.limits.timeout;
         let mut collector = OutputCollector::new(self.limits.max_output_bytes);
+        for item in early {
+            if let Some((kind, data)) = stream_of(item) {
+                // `usable` and `idle` keep no more than the cap.
+                let _ = collector.push(kind, &data);
+            }
+        }
 
         let mut write = Box::pin(async move {
             // A failed write means the program exited or closed its stdin without reading it
@@ -228,11 +264,10 @@ impl Engine {
                 () = &mut expired => break Some(RunOutcome::TimedOut { output: Vec::new() }),
                 item = output.next(), if !output_done => {
                     let (kind, data) = match item {
-                        Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
-                            (StreamKind::Stdout, message)
-                        }
-                        Some(Ok(LogOutput::StdErr { message })) => (StreamKind::Stderr, message),
-                        Some(Ok(LogOutput::StdIn { .. })) => continue,
+                        Some(Ok(item)) => match stream_of(item) {
+                            Some(chunk) => chunk,
+                            None => continue,
+                        },
                         Some(Err(e)) => {
                             return Err(self.error(SandboxErrorKind::Io, "reading the program's output", e));
                         }
@@ -351,6 +386,18 @@ impl Engine {
     pub async fn all_removed(&self) {
         let mut rx = self.live.subscribe();
         let _ = rx.wait_for(|n| *n == 0).await;
+    }
+}
+
+/// Which stream a piece of attach output belongs to; `None` for what is not program output.
+fn stream_of(item: LogOutput) -> Option<(StreamKind, Bytes)> {
+    match item {
+        // Console is what the engine sends for a TTY; ours have none, but it is stdout if seen.
+        LogOutput::StdOut { message } | LogOutput::Console { message } => {
+            Some((StreamKind::Stdout, message))
+        }
+        LogOutput::StdErr { message } => Some((StreamKind::Stderr, message)),
+        LogOutput::StdIn { .. } => None,
     }
 }
 

@@ -145,7 +145,13 @@ impl Pool {
             let id = state.next_id;
             state.next_id += 1;
             state.idle.push_back(Slot { id, ask });
-            tokio::spawn(hold(Arc::downgrade(self), id, c, asked));
+            tokio::spawn(hold(
+                Arc::downgrade(self),
+                self.engine.clone(),
+                id,
+                c,
+                asked,
+            ));
             state.idle.len()
         };
         self.hooks.pool_ready(ready);
@@ -220,10 +226,16 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_millis(ms.min(5000))
 }
 
-async fn hold(pool: Weak<Pool>, id: u64, mut c: Started, asked: oneshot::Receiver<Handoff>) {
+async fn hold(
+    pool: Weak<Pool>,
+    engine: Arc<Engine>,
+    id: u64,
+    mut c: Started,
+    asked: oneshot::Receiver<Handoff>,
+) {
     let handoff = tokio::select! {
         handoff = asked => handoff.ok(),
-        () = Engine::died(&mut c) => None,
+        () = engine.idle(&mut c) => None,
     };
     match handoff {
         // If the run gave up waiting, the container comes back here and is dropped (removed).
