@@ -33,6 +33,12 @@ use crate::sandbox::{Limits, RunOutcome, SandboxError, SandboxErrorKind, StreamK
 /// 128 + SIGKILL.
 const SIGKILL_EXIT: i64 = 137;
 
+/// Why a run was killed before it ended by itself.
+enum Cut {
+    Deadline,
+    OutputCap,
+}
+
 type OutputStream = Pin<Box<dyn Stream<Item = Result<LogOutput, DockerError>> + Send>>;
 type InputSink = Pin<Box<dyn AsyncWrite + Send>>;
 
@@ -261,7 +267,7 @@ impl Engine {
             }
             tokio::select! {
                 biased;
-                () = &mut expired => break Some(RunOutcome::TimedOut { output: Vec::new() }),
+                () = &mut expired => break Some(Cut::Deadline),
                 item = output.next(), if !output_done => {
                     let (kind, data) = match item {
                         Some(Ok(item)) => match stream_of(item) {
@@ -277,7 +283,7 @@ impl Engine {
                         }
                     };
                     if collector.push(kind, &data).is_err() {
-                        break Some(RunOutcome::OutputTooLarge);
+                        break Some(Cut::OutputCap);
                     }
                 }
                 result = &mut exit, if status.is_none() => status = Some(result?),
@@ -291,20 +297,20 @@ impl Engine {
             drop(write);
             self.kill(name).await;
             return Ok(match cut {
-                RunOutcome::TimedOut { .. } => RunOutcome::TimedOut {
+                Cut::Deadline => RunOutcome::TimedOut {
                     output: collector.into_chunks(),
                 },
-                other => other,
+                Cut::OutputCap => RunOutcome::OutputTooLarge,
             });
         }
 
         let status = status.unwrap_or_default();
         let output = collector.into_chunks();
         // The engine's OOMKilled flag cannot be trusted on its own: when the killed process was
-        // the last one, the cgroup is gone before the engine hears of the OOM and it reports a
-        // plain exit 137 (every time, on this project's Debian 12 engine). Inside a sandbox only
-        // the kernel's OOM killer and the program itself send SIGKILL (our own kills returned
-        // above), so a SIGKILL exit counts as the memory limit.
+        // the last one, the cgroup is gone before the engine hears of the OOM, and it reports a
+        // plain exit 137 (nearly always, on the Debian 12 engine this project targets). Inside
+        // a sandbox only the kernel's OOM killer and the program itself send SIGKILL (our own
+        // kills returned above), so a SIGKILL exit counts as the memory limit.
         if status == SIGKILL_EXIT {
             return Ok(RunOutcome::OutOfMemory { output });
         }
