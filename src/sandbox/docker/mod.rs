@@ -1,0 +1,240 @@
+//! Docker Engine API backend: one fresh, hardened container per run, talked to over the
+//! engine's socket (bollard), never through the `docker` CLI.
+//!
+//! - `settings`: the one function that decides the container's hardening;
+//! - `engine`: one container's life, from create to removal, and the run itself;
+//! - `pool`: pre-started containers waiting on stdin, refilled in the background;
+//! - `sweep`: labels, owners, and removal of what a crashed daemon left behind.
+
+mod engine;
+mod pool;
+pub mod settings;
+pub mod sweep;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+
+use self::engine::{Engine, engine_error};
+use self::pool::Pool;
+use super::{Limits, RunOutcome, Sandbox, SandboxError, SandboxErrorKind};
+use crate::hooks::Hooks;
+
+/// Where bollard looks when DOCKER_HOST is unset.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+/// Engine calls that take longer than this count as an unreachable engine. The attach stream
+/// and the wait for a program's exit are not bounded by it (runs have their own deadline).
+const ENGINE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug)]
+pub struct DockerOptions {
+    pub image: String,
+    /// Containers kept started and waiting for a program; 0 disables the pool.
+    pub pool_size: usize,
+}
+
+pub struct DockerSandbox {
+    engine: Arc<Engine>,
+    hooks: Arc<dyn Hooks>,
+    pool: Option<Arc<Pool>>,
+    filler: Mutex<Option<JoinHandle<()>>>,
+    fingerprint: String,
+}
+
+impl DockerSandbox {
+    /// Connects to the engine (DOCKER_HOST or the default socket), negotiates the API version,
+    /// checks the image, sweeps containers a previous run left behind and fills the pool.
+    pub async fn connect(
+        opts: DockerOptions,
+        limits: Limits,
+        hooks: Arc<dyn Hooks>,
+    ) -> Result<DockerSandbox, SandboxError> {
+        let host = std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_owned());
+        Self::connect_to(&host, opts, limits, hooks).await
+    }
+
+    /// `connect` with an explicit engine address (`unix://…`, `tcp://…`, `http://…`), for
+    /// embedders and tests that must not touch the process environment.
+    pub async fn connect_to(
+        host: &str,
+        opts: DockerOptions,
+        limits: Limits,
+        hooks: Arc<dyn Hooks>,
+    ) -> Result<DockerSandbox, SandboxError> {
+        let image = opts.image.as_str();
+        let unavailable =
+            |e| engine_error(host, image, SandboxErrorKind::Unavailable, "connecting", e);
+        let docker = Docker::connect_with_host(host)
+            .map_err(unavailable)?
+            .with_timeout(ENGINE_TIMEOUT)
+            .negotiate_version()
+            .await
+            .map_err(unavailable)?;
+
+        let image_id = match docker.inspect_image(image).await {
+            Ok(info) => info.id.unwrap_or_default(),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404 | 400,
+                message,
+            }) => {
+                return Err(SandboxError::new(
+                    SandboxErrorKind::ImageMissing,
+                    format!(
+                        "image {image} not found on the Docker engine at {host} ({message}); \
+                         build it with scripts/build-test-image.sh {image}, or load it with \
+                         docker load / docker import"
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(engine_error(
+                    host,
+                    image,
+                    SandboxErrorKind::Unavailable,
+                    "inspecting the image",
+                    e,
+                ));
+            }
+        };
+
+        let swept = sweep::sweep_orphans(&docker).await.map_err(|e| {
+            engine_error(
+                host,
+                image,
+                SandboxErrorKind::Unavailable,
+                "listing old containers",
+                e,
+            )
+        })?;
+        if swept > 0 {
+            tracing::info!(
+                count = swept,
+                "removed sandbox containers left by a previous daemon"
+            );
+        }
+
+        let fingerprint = format!(
+            "backend=docker;image={image}@{image_id};{}",
+            limits.fingerprint()
+        );
+        let engine = Engine::new(docker, host.to_owned(), opts.image.clone(), limits);
+        let filled = if opts.pool_size > 0 {
+            Pool::start(engine.clone(), hooks.clone(), opts.pool_size)
+                .await
+                .map(|(pool, filler)| (Some(pool), Some(filler)))
+        } else {
+            // Without a pool, one throwaway container proves the engine accepts our settings
+            // (CPU and memory ranges, init, cgroup namespace), so a bad setting fails the
+            // startup instead of every request.
+            engine.launch().await.map(|_| (None, None))
+        };
+        let (pool, filler) = match filled {
+            Ok(filled) => filled,
+            Err(e) => {
+                // The caller is likely to exit on this error: remove what was created first.
+                let _ = tokio::time::timeout(ENGINE_TIMEOUT, engine.all_removed()).await;
+                return Err(e);
+            }
+        };
+        tracing::info!(
+            host,
+            image,
+            image_id,
+            pool = opts.pool_size,
+            instance = engine.instance,
+            "docker sandbox ready"
+        );
+        Ok(DockerSandbox {
+            engine,
+            hooks,
+            pool,
+            filler: Mutex::new(filler),
+            fingerprint,
+        })
+    }
+
+    /// The value of this sandbox's `compilerd.instance` label, which every container it
+    /// creates carries.
+    pub fn instance(&self) -> &str {
+        &self.engine.instance
+    }
+
+    /// Containers of this sandbox that exist or are being created or removed.
+    pub fn live_containers(&self) -> usize {
+        self.engine.live()
+    }
+}
+
+#[async_trait]
+impl Sandbox for DockerSandbox {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn fingerprint(&self) -> String {
+        self.fingerprint.clone()
+    }
+
+    async fn run(&self, program: Bytes) -> Result<RunOutcome, SandboxError> {
+        let pooled = match &self.pool {
+            Some(pool) => {
+                let c = pool.take().await;
+                if c.is_none() {
+                    self.hooks.pool_empty();
+                }
+                c
+            }
+            None => None,
+        };
+        let container = match pooled {
+            Some(c) => c,
+            None => self.engine.launch().await?,
+        };
+        self.engine.drive(container, program).await
+    }
+
+    fn status(&self) -> String {
+        match &self.pool {
+            Some(pool) => format!("pool {}/{}", pool.ready(), pool.target()),
+            None => "pool off".to_owned(),
+        }
+    }
+
+    async fn shutdown(&self) {
+        if let Some(pool) = &self.pool {
+            pool.close();
+        }
+        let filler = self.filler.lock().unwrap().take();
+        if let Some(filler) = filler {
+            let _ = filler.await;
+        }
+        // Bounded: removals give up after a few attempts, but an engine that hangs should not
+        // hold the daemon's exit hostage; the next startup sweep covers what is left.
+        if tokio::time::timeout(ENGINE_TIMEOUT * 2, self.engine.all_removed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.engine.live(),
+                "gave up waiting for sandbox containers to be removed"
+            );
+        }
+    }
+}
+
+impl Drop for DockerSandbox {
+    fn drop(&mut self) {
+        // Without a shutdown call the filler would keep the pool topped up forever.
+        if let Some(pool) = &self.pool {
+            pool.close();
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The one place that decides how a sandbox container is locked down. Pool containers and
+//! on-demand containers both come from `container_body`, so a pooled run can never be weaker than
+//! a cold one, and a review of the hardening is a review of this file.
+
+use std::collections::HashMap;
+
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigCgroupnsModeEnum, HostConfigLogConfig,
+    ResourcesUlimits,
+};
+
+use crate::sandbox::{Limits, SANDBOX_ENV};
+
+/// nobody:nogroup. Numeric, so it works even in an image without /etc/passwd.
+pub const SANDBOX_USER: &str = "65534:65534";
+
+/// A fixed hostname: the default (the container id) would leak into output and make the same
+/// program answer differently on every run, which the cache would then freeze.
+pub const SANDBOX_HOSTNAME: &str = "sandbox";
+
+/// Everything the engine needs to create one sandbox container from `image`.
+pub fn container_body(
+    image: &str,
+    limits: &Limits,
+    labels: HashMap<String, String>,
+) -> ContainerCreateBody {
+    let memory = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);
+    let tmpfs_bytes = i64::try_from(limits.tmpfs_bytes).unwrap_or(i64::MAX);
+    let ulimit = |name: &str, n: i64| ResourcesUlimits {
+        name: Some(name.to_owned()),
+        soft: Some(n),
+        hard: Some(n),
+    };
+    ContainerCreateBody {
+        image: Some(image.to_owned()),
+        hostname: Some(SANDBOX_HOSTNAME.to_owned()),
+        user: Some(SANDBOX_USER.to_owned()),
+        // The engine adds the image's own ENV and HOSTNAME, never the daemon's environment.
+        env: Some(
+            SANDBOX_ENV
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+        ),
+        // stdin_once: when our attach connection half-closes, the engine closes the program's
+        // stdin (EOF) but keeps stdout/stderr flowing. Without it the engine would end the whole
+        // attach at stdin EOF and the output would be cut off.
+        attach_stdin: Some(true),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        open_stdin: Some(true),
+        stdin_once: Some(true),
+        tty: Some(false),
+        network_disabled: Some(true),
+        labels: Some(labels),
+        host_config: Some(HostConfig {
+            network_mode: Some("none".to_owned()),
+            // Equal memory and memory+swap: no swap, so a hog is OOM-killed instead of thrashing.
+            memory: Some(memory),
+            memory_swap: Some(memory),
+            pids_limit: Some(i64::from(limits.pids)),
+            nano_cpus: Some((limits.cpus * 1e9).round() as i64),
+            readonly_rootfs: Some(true),
+            // exec stays allowed: compiled languages build and run their binary in /tmp.
+            tmpfs: Some(HashMap::from([(
+                "/tmp".to_owned(),
+                format!("rw,nosuid,nodev,size={tmpfs_bytes},mode=1777"),
+            )])),
+            // A private IPC namespace keeps shm_open working (some runtimes need it), with
+            // /dev/shm no bigger than /tmp; both are charged to the memory limit.
+            ipc_mode: Some("private".to_owned()),
+            shm_size: Some(tmpfs_bytes),
+            cap_drop: Some(vec!["ALL".to_owned()]),
+            security_opt: Some(vec!["no-new-privileges".to_owned()]),
+            privileged: Some(false),
+            cgroupns_mode: Some(HostConfigCgroupnsModeEnum::PRIVATE),
+            // A real PID 1 (docker-init) reaps zombies and forwards signals, so a program
+            // that forks a lot behaves as it would on a normal machine.
+            init: Some(true),
+            ulimits: Some(vec![ulimit("nofile", 1024), ulimit("core", 0)]),
+            // Under host memory pressure the kernel should pick a sandbox, never the daemon.
+            oom_score_adj: Some(1000),
+            // Output reaches us through the attach stream; a log driver would only copy every
+            // byte (a `yes` flood included) to the engine's disk.
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("none".to_owned()),
+                config: None,
+            }),
+            // Removal is ours, on every path, so that the exit code and OOM state can still be
+            // read after the program ends.
+            auto_remove: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hardening_follows_limits() {
+        let limits = Limits::default();
+        let body = container_body("img", &limits, HashMap::new());
+        let host = body.host_config.unwrap();
+        assert_eq!(host.network_mode.as_deref(), Some("none"));
+        assert_eq!(host.memory, Some(128 << 20));
+        assert_eq!(host.memory_swap, host.memory);
+        assert_eq!(host.pids_limit, Some(64));
+        assert_eq!(host.nano_cpus, Some(1_000_000_000));
+        assert_eq!(host.readonly_rootfs, Some(true));
+        assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
+        assert!(host.tmpfs.unwrap()["/tmp"].contains(&format!("size={}", 16 << 20)));
+        assert_eq!(body.user.as_deref(), Some(SANDBOX_USER));
+        assert_eq!(body.env.unwrap().len(), SANDBOX_ENV.len());
+    }
+}

@@ -1,0 +1,147 @@
+//! Helpers for the Docker backend's tests: a sandbox against the real engine with small limits,
+//! hooks that record pool events, and the end-of-test check that nothing of ours is left.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::query_parameters::ListContainersOptionsBuilder;
+use bytes::Bytes;
+use compilerd::hooks::Hooks;
+use compilerd::sandbox::docker::sweep::LABEL_INSTANCE;
+use compilerd::sandbox::docker::{DockerOptions, DockerSandbox};
+use compilerd::sandbox::{Chunk, Limits, RunOutcome, Sandbox, StreamKind};
+use tokio::sync::watch;
+
+pub fn image() -> String {
+    std::env::var("COMPILERD_TEST_IMAGE").unwrap_or_else(|_| "compilerd-test".to_owned())
+}
+
+/// Small limits so the adversarial tests end quickly.
+pub fn limits() -> Limits {
+    Limits {
+        timeout: Duration::from_secs(2),
+        max_output_bytes: 64 << 10,
+        memory_bytes: 64 << 20,
+        pids: 32,
+        cpus: 1.0,
+        tmpfs_bytes: 8 << 20,
+    }
+}
+
+/// Records the pool's hooks; `ready` lets a test wait for a refill without sleeping.
+pub struct PoolHooks {
+    pub ready: watch::Sender<usize>,
+    pub empty: AtomicUsize,
+    pub refills: AtomicUsize,
+}
+
+impl Hooks for PoolHooks {
+    fn pool_ready(&self, n: usize) {
+        self.ready.send_replace(n);
+    }
+    fn pool_empty(&self) {
+        self.empty.fetch_add(1, Ordering::SeqCst);
+    }
+    fn pool_refill(&self, _latency: Duration) {
+        self.refills.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl PoolHooks {
+    /// Waits (bounded) until the pool reports `n` ready containers.
+    pub async fn wait_ready(&self, n: usize) {
+        let mut rx = self.ready.subscribe();
+        let reached = tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|r| *r == n)).await;
+        assert!(
+            reached.is_ok(),
+            "pool never reached {n} ready (now {})",
+            *self.ready.borrow()
+        );
+    }
+}
+
+pub async fn connect(pool_size: usize) -> (DockerSandbox, Arc<PoolHooks>) {
+    connect_with(pool_size, limits()).await
+}
+
+pub async fn connect_with(pool_size: usize, limits: Limits) -> (DockerSandbox, Arc<PoolHooks>) {
+    connect_image(image(), pool_size, limits).await
+}
+
+pub async fn connect_image(
+    image: String,
+    pool_size: usize,
+    limits: Limits,
+) -> (DockerSandbox, Arc<PoolHooks>) {
+    let hooks = Arc::new(PoolHooks {
+        ready: watch::Sender::new(0),
+        empty: AtomicUsize::new(0),
+        refills: AtomicUsize::new(0),
+    });
+    let opts = DockerOptions { image, pool_size };
+    let sandbox = DockerSandbox::connect(opts, limits, hooks.clone())
+        .await
+        .expect("connect to the engine (is dockerd running and the test image built?)");
+    (sandbox, hooks)
+}
+
+pub async fn run(sandbox: &DockerSandbox, program: &str) -> RunOutcome {
+    sandbox
+        .run(Bytes::from(program.to_owned()))
+        .await
+        .unwrap_or_else(|e| panic!("run failed: {e:?}"))
+}
+
+pub fn text(chunks: &[Chunk], kind: StreamKind) -> String {
+    chunks
+        .iter()
+        .filter(|c| c.kind == kind)
+        .map(|c| String::from_utf8_lossy(&c.data).into_owned())
+        .collect()
+}
+
+/// The output and status of a run that must have exited.
+pub fn exited(outcome: RunOutcome) -> (i64, String, String) {
+    match outcome {
+        RunOutcome::Exited { status, output } => (
+            status,
+            text(&output, StreamKind::Stdout),
+            text(&output, StreamKind::Stderr),
+        ),
+        other => panic!("expected an exit, got {other:?}"),
+    }
+}
+
+pub fn engine() -> Docker {
+    Docker::connect_with_defaults().unwrap()
+}
+
+/// Names of the containers (any state) carrying this sandbox's instance label.
+pub async fn containers_of(instance: &str) -> Vec<String> {
+    let filters = HashMap::from([("label", vec![format!("{LABEL_INSTANCE}={instance}")])]);
+    let options = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    engine()
+        .list_containers(Some(options))
+        .await
+        .unwrap()
+        .into_iter()
+        .flat_map(|c| c.names.unwrap_or_default())
+        .collect()
+}
+
+/// Shuts the sandbox down and checks that the engine holds none of its containers.
+pub async fn finish(sandbox: DockerSandbox) {
+    let instance = sandbox.instance().to_owned();
+    sandbox.shutdown().await;
+    assert_eq!(sandbox.live_containers(), 0);
+    let left = containers_of(&instance).await;
+    assert!(left.is_empty(), "containers left behind: {left:?}");
+}

@@ -1,0 +1,576 @@
+//! The Docker backend against the real engine (no mocks): what a program can and cannot do
+//! inside, how runs end (exit, deadline, output cap, memory limit), the pre-started pool, startup
+//! checks, and that no container of ours is left after any test.
+//!
+//! Needs a running dockerd and the test image (`scripts/build-test-image.sh`, or set
+//! COMPILERD_TEST_IMAGE). Each test ends with `finish`, which shuts the sandbox down and checks
+//! the engine for containers carrying its instance label.
+
+// By path, so that this suite needs no tests/common/mod.rs shared with the other suites.
+#[path = "common/docker.rs"]
+mod common_docker;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bollard::models::{ContainerConfig, ContainerCreateBody};
+use bollard::query_parameters::{
+    CommitContainerOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, WaitContainerOptions,
+    WaitContainerOptionsBuilder,
+};
+use common_docker::*;
+use compilerd::hooks::NoHooks;
+use compilerd::sandbox::docker::sweep::{LABEL_MANAGED, LABEL_OWNER, current_owner};
+use compilerd::sandbox::docker::{DockerOptions, DockerSandbox};
+use compilerd::sandbox::{RunOutcome, SANDBOX_ENV, Sandbox, SandboxErrorKind, StreamKind};
+use futures_util::StreamExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_world_keeps_streams_apart_and_in_order() {
+    let (sb, _) = connect(1).await;
+    // The pauses are part of the program: the engine copies stdout and stderr on separate
+    // paths, so only writes further apart than its copy latency have a defined order.
+    let program = "echo out1; echo out2; sleep 0.2; echo err1 >&2; sleep 0.2; echo out3";
+    match run(&sb, program).await {
+        RunOutcome::Exited { status, output } => {
+            assert_eq!(status, 0);
+            let chunks: Vec<(StreamKind, String)> = output
+                .iter()
+                .map(|c| (c.kind, String::from_utf8_lossy(&c.data).into_owned()))
+                .collect();
+            assert_eq!(
+                chunks,
+                vec![
+                    (StreamKind::Stdout, "out1\nout2\n".to_owned()),
+                    (StreamKind::Stderr, "err1\n".to_owned()),
+                    (StreamKind::Stdout, "out3\n".to_owned()),
+                ]
+            );
+        }
+        other => panic!("expected an exit, got {other:?}"),
+    }
+    finish(sb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_status_is_reported() {
+    let (sb, _) = connect(0).await;
+    assert_eq!(
+        exited(run(&sb, "echo bye; exit 3").await),
+        (3, "bye\n".into(), "".into())
+    );
+    // Killed by a signal: 128 + N. (SIGKILL is the exception: it counts as the memory limit,
+    // see `memory_hog_is_killed_by_the_limit`.)
+    let (status, _, _) = exited(run(&sb, "kill -TERM $$").await);
+    assert_eq!(status, 143);
+    finish(sb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn program_reading_stdin_gets_eof() {
+    let (sb, _) = connect(1).await;
+    let started = Instant::now();
+    // The shell has already read the whole (small) script; what is left on stdin is EOF.
+    let (status, out, _) = exited(run(&sb, "cat; read x; echo \"read=$? x=[$x]\"").await);
+    assert_eq!((status, out.as_str()), (0, "read=1 x=[]\n"));
+    assert!(started.elapsed() < limits().timeout, "cat waited for input");
+    finish(sb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinite_loop_times_out_with_output_so_far() {
+    let (sb, _) = connect(1).await;
+    for program in [
+        "echo started; while :; do :; done",
+        "echo started; sleep 100",
+    ] {
+        let began = Instant::now();
+        let outcome = run(&sb, program).await;
+        let took = began.elapsed();
+        match outcome {
+            RunOutcome::TimedOut { output } => {
+                assert_eq!(text(&output, StreamKind::Stdout), "started\n")
+            }
+            other => panic!("{program}: expected a timeout, got {other:?}"),
+        }
+        assert!(took >= limits().timeout, "{program}: ended early, {took:?}");
+        assert!(
+            took < limits().timeout + Duration::from_secs(1),
+            "{program}: took {took:?}"
+        );
+    }
+    finish(sb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_flood_is_cut_at_the_cap_at_once() {
+    let (sb, _) = connect(1).await;
+    let began = Instant::now();
+    assert_eq!(run(&sb, "yes").await, RunOutcome::OutputTooLarge);
+    assert!(
+        began.elapsed() < limits().timeout / 2,
+        "flood took {:?}",
+        began.elapsed()
+    );
+    // Exactly the cap is still an answer; both streams count.
+    let cap = limits().max_output_bytes;
+    let program = format!(
+        "head -c {} /dev/zero; head -c {} /dev/zero >&2",
+        cap / 2,
+        cap / 2
+    );
+    match run(&sb, &program).await {
+        RunOutcome::Exited { status: 0, output } => {
+            assert_eq!(output.iter().map(|c| c.data.len()).sum::<usize>(), cap)
+        }
+        other => panic!("expected an exit, got {other:?}"),
+    }
+    let program = format!("head -c {} /dev/zero; echo x >&2", cap);
+    assert_eq!(run(&sb, &program).await, RunOutcome::OutputTooLarge);
+    finish(sb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_bomb_is_contained() {
+    let (sb, _) = connect(1).await;
+    let began = Instant::now();
+    let outcome = run(&sb, "f() { f | f & }; f; sleep 5").await;
+    assert!(
+        began.elapsed() < limits().timeout + Duration::from_secs(1),
+        "took {:?}",
+        began.elapsed()
+    );
+    // Either the deadline ends it, or the shell gives up when it cannot fork any more.
+    assert!(
+        matches!(
+            outcome,
+            RunOutcome::TimedOut { .. } | RunOutcome::Exited { .. }
+        ),
+        "got {outcome:?}"
+    );
+    // The limit is per run: the next program can still fork.
+    let (status, out, _) = exited(run(&sb, "echo $(echo a)$(echo b)").await);
+    assert_eq!((status, out.as_str()), (0, "ab\n"));
+    // And it is the configured number.
+    let (_, out, _) = exited(
+        run(
+            &sb,
+            "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max",
+        )
+        .await,
+    );
+    assert_eq!(out.trim(), limits().pids.to_string());
+    finish(sb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_hog_is_killed_by_the_limit() {
+    let (sb, _) = connect(1).await;
+    let outcome = run(&sb, "echo eating; a=x; while :; do a=\"$a$a\"; done").await;
+    match outcome {
+        RunOutcome::OutOfMemory { output } => {
+            assert_eq!(text(&output, StreamKind::Stdout), "eating\n")
+        }
+        other => panic!("expected OutOfMemory, got {other:?}"),
+    }
+    finish(sb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_network() {
+    let (sb, _) = connect(1).await;
+    let program = "ls /sys/class/net; \
+        echo hi | nc -w 1 1.1.1.1 80; echo \"out=$?\"; \
+        echo hi | nc -w 1 127.0.0.1 80; echo \"lo=$?\"";
+    let (status, out, err) = exited(run(&sb, program).await);
+    assert_eq!(status, 0);
+    assert_eq!(out, "lo\nout=1\nlo=1\n", "stderr: {err}");
+    assert!(err.contains("Network is unreachable"), "{err}");
+    finish(sb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_is_read_only_and_tmp_is_small() {
+    let (sb, _) = connect(1).await;
+    let program = "echo x > /x 2>/dev/null; echo \"root=$?\"; \
+        echo x > /etc/x 2>/dev/null; echo \"etc=$?\"; \
+        echo hi > /tmp/f && cat /tmp/f; \
+        head -c 20000000 /dev/zero > /tmp/big 2>/dev/null; echo \"big=$?\"; \
+        grep ' / ' /proc/mounts | grep -c ' ro,'";
+    let (status, out, _) = exited(run(&sb, program).await);
+    assert_eq!(status, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("root=") && lines[0] != "root=0",
+        "{out}"
+    );
+    assert!(lines[1].starts_with("etc=") && lines[1] != "etc=0", "{out}");
+    assert_eq!(lines[2], "hi");
+    assert!(lines[3] != "big=0", "a 20 MB file fit in /tmp: {out}");
+    assert_eq!(lines[4], "1", "root not mounted read-only: {out}");
+    finish(sb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_holds_nothing_of_the_daemon() {
+    let (sb, _) = connect(1).await;
+    let (status, out, _) = exited(run(&sb, "env").await);
+    assert_eq!(status, 0);
+    let env: HashMap<&str, &str> = out.lines().filter_map(|l| l.split_once('=')).collect();
+    for (key, value) in SANDBOX_ENV {
+        assert_eq!(env.get(key), Some(&value), "{out}");
+    }
+    assert_eq!(env.get("HOSTNAME"), Some(&"sandbox"), "{out}");
+    // Variables the engine or the shell itself sets; anything else came from somewhere else.
+    let expected: Vec<&str> = SANDBOX_ENV
+        .iter()
+        .map(|(k, _)| *k)
+        .chain(["HOSTNAME", "PWD", "SHLVL"])
+        .collect();
+    let unexpected: Vec<&&str> = env.keys().filter(|k| !expected.contains(k)).collect();
+    assert!(
+        unexpected.is_empty(),
+        "unexpected variables {unexpected:?} in {out}"
+    );
+    // None of this (test) process's own variables got through, whatever they are called.
+    for (key, value) in std::env::vars() {
+        if env.get(key.as_str()) == Some(&value.as_str()) {
+            assert!(expected.contains(&key.as_str()), "{key} leaked");
+        }
+    }
+    finish(sb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_as_nobody_without_capabilities() {
+    let (sb, _) = connect(1).await;
+    let (status, out, _) = exited(
+        run(
+            &sb,
+            "id -u; id -g; grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs):' /proc/self/status",
+        )
+        .await,
+    );
+    assert_eq!(status, 0);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("65534"));
+    assert_eq!(lines.next(), Some("65534"));
+    let fields: HashMap<&str, &str> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k, v.trim()))
+        .collect();
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(fields.get(cap), Some(&"0000000000000000"), "{cap} in {out}");
+    }
+    assert_eq!(fields.get("NoNewPrivs"), Some(&"1"), "{out}");
+    finish(sb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_stdout_early_is_fine() {
+    let (sb, _) = connect(1).await;
+    let (_, out, err) = exited(run(&sb, "exec >&-; echo x >&2; echo lost").await);
+    assert_eq!(out, "");
+    assert!(err.starts_with("x\n"), "{err}");
+    // Both streams closed while the program goes on: the status still comes from its exit.
+    let began = Instant::now();
+    let (status, out, err) = exited(run(&sb, "exec >&- 2>&-; sleep 0.5; exit 4").await);
+    assert_eq!((status, out.as_str(), err.as_str()), (4, "", ""));
+    assert!(began.elapsed() >= Duration::from_millis(500));
+    finish(sb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_programs_at_once() {
+    let (sb, hooks) = connect(2).await;
+    let sb = Arc::new(sb);
+    let runs = (0..20).map(|i| {
+        let sb = sb.clone();
+        tokio::spawn(async move {
+            (
+                i,
+                run(
+                    &sb,
+                    &format!("echo run {i}; echo err {i} >&2; exit {}", i % 3),
+                )
+                .await,
+            )
+        })
+    });
+    for joined in futures_util::future::join_all(runs).await {
+        let (i, outcome) = joined.unwrap();
+        assert_eq!(
+            exited(outcome),
+            (i % 3, format!("run {i}\n"), format!("err {i}\n")),
+            "run {i}"
+        );
+    }
+    // More runs than pool slots: some had to start their own container.
+    assert!(hooks.empty.load(Ordering::SeqCst) > 0);
+    let sb = Arc::into_inner(sb).unwrap();
+    finish(sb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_pool_container_is_not_handed_out() {
+    let (sb, hooks) = connect(1).await;
+    assert_eq!(sb.status(), "pool 1/1");
+    let pooled = containers_of(sb.instance()).await;
+    assert_eq!(pooled.len(), 1, "{pooled:?}");
+    let name = pooled[0].trim_start_matches('/').to_owned();
+    let docker = engine();
+    let kill = KillContainerOptionsBuilder::new().signal("KILL").build();
+    docker.kill_container(&name, Some(kill)).await.unwrap();
+    // Synchronise on the engine, not on time: the container is dead once its wait returns.
+    let _ = docker
+        .wait_container(&name, None::<WaitContainerOptions>)
+        .next()
+        .await;
+    let (status, out, _) = exited(run(&sb, "echo alive").await);
+    assert_eq!((status, out.as_str()), (0, "alive\n"));
+    // The pool heals itself: the dead one is replaced, and nothing of it is left.
+    hooks.wait_ready(1).await;
+    assert_eq!(sb.status(), "pool 1/1");
+    assert!(
+        !containers_of(sb.instance())
+            .await
+            .iter()
+            .any(|n| n.trim_start_matches('/') == name)
+    );
+    finish(sb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_refills_after_each_run() {
+    let (sb, hooks) = connect(1).await;
+    let first_fill = hooks.refills.load(Ordering::SeqCst);
+    assert_eq!(first_fill, 1);
+    for i in 0..3 {
+        hooks.wait_ready(1).await;
+        let began = Instant::now();
+        let (_, out, _) = exited(run(&sb, &format!("echo {i}")).await);
+        assert_eq!(out, format!("{i}\n"));
+        eprintln!("pooled run {i}: {:?}", began.elapsed());
+    }
+    hooks.wait_ready(1).await;
+    assert_eq!(
+        hooks.empty.load(Ordering::SeqCst),
+        0,
+        "a run found the pool empty"
+    );
+    assert!(hooks.refills.load(Ordering::SeqCst) >= 4);
+    finish(sb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_before_the_program_is_kept_with_or_without_the_pool() {
+    // An image whose command greets before it reads the program, made from the test image.
+    let docker = engine();
+    let suffix = format!("{:08x}", rand::random::<u32>());
+    let base = format!("compilerd-test-banner-base-{suffix}");
+    let tag = format!("compilerd-test-banner-{suffix}");
+    let body = ContainerCreateBody {
+        image: Some(image()),
+        ..Default::default()
+    };
+    let create = CreateContainerOptionsBuilder::new().name(&base).build();
+    docker.create_container(Some(create), body).await.unwrap();
+    let commit = CommitContainerOptionsBuilder::new()
+        .container(&base)
+        .repo(&tag)
+        .build();
+    let config = ContainerConfig {
+        cmd: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "echo banner; exec sh".into(),
+        ]),
+        ..Default::default()
+    };
+    let committed = docker.commit_container(commit, config).await;
+    let force = RemoveContainerOptionsBuilder::new().force(true).build();
+    docker.remove_container(&base, Some(force)).await.unwrap();
+    committed.unwrap();
+
+    for pool_size in [1, 0] {
+        let (sb, hooks) = connect_image(tag.clone(), pool_size, limits()).await;
+        let (status, out, _) = exited(run(&sb, "echo program").await);
+        assert_eq!(
+            (status, out.as_str()),
+            (0, "banner\nprogram\n"),
+            "pool {pool_size}"
+        );
+        if pool_size > 0 {
+            // Served by the pool: a greeting is not mistaken for a dead container.
+            assert_eq!(hooks.empty.load(Ordering::SeqCst), 0);
+            hooks.wait_ready(1).await;
+        }
+        finish(sb).await;
+    }
+    let force = RemoveImageOptionsBuilder::new().force(true).build();
+    docker.remove_image(&tag, Some(force), None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fingerprint_names_backend_image_id_and_limits() {
+    let (sb, _) = connect(0).await;
+    let fp = sb.fingerprint();
+    assert!(fp.starts_with("backend=docker;"), "{fp}");
+    assert!(fp.contains(&format!("image={}@sha256:", image())), "{fp}");
+    assert!(fp.ends_with(&limits().fingerprint()), "{fp}");
+    assert_eq!(sb.status(), "pool off");
+    finish(sb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_image_fails_at_connect() {
+    let opts = DockerOptions {
+        image: "compilerd-no-such-image-for-tests".into(),
+        pool_size: 1,
+    };
+    let err = DockerSandbox::connect(opts, limits(), Arc::new(NoHooks))
+        .await
+        .err()
+        .expect("connect must fail");
+    assert_eq!(err.kind, SandboxErrorKind::ImageMissing, "{err}");
+    assert!(
+        err.message.contains("compilerd-no-such-image-for-tests"),
+        "{err}"
+    );
+    assert!(err.message.contains("build-test-image.sh"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_the_engine_rejects_fail_at_connect() {
+    // More CPUs than any test machine has: the engine refuses to create the container.
+    let mut too_many_cpus = limits();
+    too_many_cpus.cpus = 4096.0;
+    for pool_size in [0, 1] {
+        let opts = DockerOptions {
+            image: image(),
+            pool_size,
+        };
+        let err = DockerSandbox::connect(opts, too_many_cpus.clone(), Arc::new(NoHooks))
+            .await
+            .err()
+            .expect("connect must fail");
+        assert_eq!(err.kind, SandboxErrorKind::Start, "pool {pool_size}: {err}");
+        assert!(err.message.contains("CPU"), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_engine_fails_at_connect() {
+    for host in ["unix:///nonexistent/docker.sock", "tcp://127.0.0.1:1"] {
+        let opts = DockerOptions {
+            image: image(),
+            pool_size: 1,
+        };
+        let err = DockerSandbox::connect_to(host, opts, limits(), Arc::new(NoHooks))
+            .await
+            .err()
+            .expect("connect must fail");
+        assert_eq!(err.kind, SandboxErrorKind::Unavailable, "{host}: {err}");
+        assert!(err.message.contains(host), "{err}");
+        assert!(err.message.contains("not reachable"), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_sweeps_only_orphans() {
+    let docker = engine();
+    let create = |name: &str, owner: String| {
+        let body = ContainerCreateBody {
+            image: Some(image()),
+            labels: Some(HashMap::from([
+                (LABEL_MANAGED.to_owned(), "true".to_owned()),
+                (LABEL_OWNER.to_owned(), owner),
+            ])),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptionsBuilder::new().name(name).build();
+        let docker = docker.clone();
+        async move { docker.create_container(Some(opts), body).await.unwrap().id }
+    };
+    let suffix = format!("{:08x}", rand::random::<u32>());
+    // Left by a daemon of another boot (or a dead process), and one owned by a live process.
+    let orphan = create(
+        &format!("compilerd-test-orphan-{suffix}"),
+        "old-boot/1/1".into(),
+    )
+    .await;
+    let alive = create(&format!("compilerd-test-alive-{suffix}"), current_owner()).await;
+
+    let (sb, _) = connect(0).await;
+    // Other tests' sandboxes sweep too, so the removal may be another's and still under way:
+    // wait for it on the engine (a 404 means it is already gone).
+    let removed = WaitContainerOptionsBuilder::new()
+        .condition("removed")
+        .build();
+    let gone = tokio::time::timeout(
+        Duration::from_secs(10),
+        docker.wait_container(&orphan, Some(removed)).next(),
+    )
+    .await;
+    assert!(gone.is_ok(), "orphan not swept");
+    assert!(
+        docker.inspect_container(&alive, None).await.is_ok(),
+        "a live owner's container was swept"
+    );
+    let force = RemoveContainerOptionsBuilder::new().force(true).build();
+    docker.remove_container(&alive, Some(force)).await.unwrap();
+    finish(sb).await;
+}
+
+/// Not a check: prints run latency with and without the pool, and the wall time of 40 distinct
+/// programs 8 at a time (`cargo test --test docker_sandbox -- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn latency_report() {
+    for pool in [1, 0] {
+        let (sb, hooks) = connect(pool).await;
+        let mut times = Vec::new();
+        for i in 0..20 {
+            if pool > 0 {
+                hooks.wait_ready(pool).await;
+            }
+            let t = Instant::now();
+            let (status, out, _) = exited(run(&sb, &format!("echo hi {i}")).await);
+            times.push(t.elapsed());
+            assert_eq!((status, out), (0, format!("hi {i}\n")));
+        }
+        times.sort();
+        eprintln!(
+            "sequential, pool={pool}: p50 {:?} p90 {:?} min {:?} max {:?}",
+            times[times.len() / 2],
+            times[times.len() * 9 / 10],
+            times[0],
+            times[times.len() - 1]
+        );
+        finish(sb).await;
+    }
+    for pool in [8, 0] {
+        let (sb, _) = connect(pool).await;
+        let sb = Arc::new(sb);
+        let gate = Arc::new(tokio::sync::Semaphore::new(8));
+        let began = Instant::now();
+        let runs = (0..40).map(|i| {
+            let (sb, gate) = (sb.clone(), gate.clone());
+            tokio::spawn(async move {
+                let _slot = gate.acquire().await.unwrap();
+                exited(run(&sb, &format!("echo {i}")).await)
+            })
+        });
+        for joined in futures_util::future::join_all(runs).await {
+            assert_eq!(joined.unwrap().0, 0);
+        }
+        eprintln!(
+            "40 programs 8 at a time, pool={pool}: {:?}",
+            began.elapsed()
+        );
+        finish(Arc::into_inner(sb).unwrap()).await;
+    }
+}
