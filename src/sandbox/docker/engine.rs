@@ -295,7 +295,11 @@ impl Engine {
             // output is delivered, so a kill while we leave a flood unread would stall.
             drop(output);
             drop(write);
-            self.kill(name).await;
+            // The answer does not wait for the engine to confirm the kill (that can take a second
+            // on a loaded host); the guard's forced removal follows it either way.
+            let engine = guard.engine.clone();
+            let doomed = name.to_owned();
+            tokio::spawn(async move { engine.kill(&doomed).await });
             return Ok(match cut {
                 Cut::Deadline => RunOutcome::TimedOut {
                     output: collector.into_chunks(),
