@@ -47,6 +47,8 @@ pub struct Answer {
     pub retry_after: Option<u64>,
     /// What became of the run, when one was attempted; for logs.
     pub result: Option<RunResult>,
+    /// The program's cache key, when it got that far; for logs.
+    pub key: Option<Key>,
 }
 
 #[derive(Serialize)]
@@ -218,6 +220,7 @@ impl CompileService {
             cache: None,
             retry_after: None,
             result: None,
+            key: None,
         }
     }
 
@@ -237,6 +240,7 @@ impl CompileService {
                 cache: Some(CacheStatus::Hit),
                 retry_after: None,
                 result: None,
+                key: Some(key),
             };
         }
         let flight = {
@@ -261,6 +265,7 @@ impl CompileService {
                                 cache: None,
                                 retry_after: None,
                                 result: None,
+                                key: None,
                             }
                         })
                     }
@@ -271,7 +276,10 @@ impl CompileService {
                 }
             }
         };
-        flight.await
+        Answer {
+            key: Some(key),
+            ..flight.await
+        }
     }
 
     fn land(&self, key: &Key) {
@@ -305,6 +313,7 @@ impl CompileService {
                     cache: None,
                     retry_after: Some(retry),
                     result: None,
+                    key: None,
                 };
             }
         };
@@ -332,6 +341,7 @@ impl CompileService {
             cache: Some(CacheStatus::Miss),
             retry_after: None,
             result: Some(run_result),
+            key: None,
         }
     }
 }

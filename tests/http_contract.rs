@@ -426,3 +426,111 @@ macro_rules! on_backend {
 
 on_backend!(docker, Backend::Docker);
 on_backend!(bwrap, Backend::Bwrap);
+
+/// A sandbox that breaks after startup: 503 with a message that says what failed, never cached,
+/// and the daemon keeps serving.
+async fn assert_sandbox_failure_answer(d: &TestDaemon, what: &str) {
+    for _ in 0..2 {
+        let r = d.compile("echo never runs").await;
+        assert_eq!(r.status, 503, "{}", r.text);
+        assert_eq!(
+            r.header("x-cache"),
+            Some("MISS"),
+            "failures are never cached"
+        );
+        assert!(r.errors().starts_with("Sandbox failed: "), "{}", r.text);
+        assert!(r.errors().contains(what), "{}", r.text);
+        assert_eq!(r.json["Events"], serde_json::Value::Null);
+    }
+    assert_eq!(
+        d.client
+            .get(d.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(d.metric("compilerd_runs_total{outcome=\"sandbox_error\"}") >= 2.0);
+}
+
+#[tokio::test]
+async fn docker_image_removed_after_startup() {
+    let tag = format!("compilerd-doomed-{}", std::process::id());
+    let ok = std::process::Command::new("docker")
+        .args(["tag", &common::test_image(), &tag])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let mut c = config(Backend::Docker);
+    c.image = tag.clone();
+    c.pool_size = 0;
+    let d = TestDaemon::start(c).await;
+    let ok = std::process::Command::new("docker")
+        .args(["rmi", &tag])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert_sandbox_failure_answer(&d, &tag).await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn bwrap_rootfs_removed_after_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("rootfs");
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(common::test_rootfs())
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let mut c = config(Backend::Bwrap);
+    c.rootfs = Some(root.clone());
+    let d = TestDaemon::start(c).await;
+    std::fs::remove_dir_all(&root).unwrap();
+    assert_sandbox_failure_answer(&d, "bwrap").await;
+    d.stop().await;
+}
+
+/// Slow clients: a stalled body gets 408 and a stalled head is cut off, both at the read timeout,
+/// while other clients are served.
+#[tokio::test]
+async fn slow_clients_cannot_hold_the_daemon() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = config(Backend::Bwrap);
+    c.read_timeout = Duration::from_millis(500);
+    let d = TestDaemon::start(c).await;
+
+    let mut body_staller = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+    body_staller
+        .write_all(b"POST /compile HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\necho")
+        .await
+        .unwrap();
+    let mut head_staller = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+    head_staller
+        .write_all(b"POST /compile HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(d.compile("echo served").await.output(), "served\n");
+
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        body_staller.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the stalled body is answered")
+    .ok();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), head_staller.read_to_end(&mut rest))
+        .await
+        .expect("the stalled head is cut off")
+        .ok();
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    d.stop().await;
+}

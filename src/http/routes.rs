@@ -108,9 +108,9 @@ async fn compile(app: &App, req: Request<Incoming>, started: Instant) -> Resp {
             let max = app.compile.max_program_bytes();
             match read_bounded(&parts.headers, body, max, app.read_timeout).await {
                 Ok(program) => {
-                    let hash = hex::encode(&app.compile.key(&program)[..8]);
                     let answer = app.compile.compile(program).await;
-                    log_compile(id, &hash, &answer, started);
+                    let hash = answer.key.map(|k| hex::encode(&k[..8]));
+                    log_compile(id, hash.as_deref().unwrap_or("-"), &answer, started);
                     answer_response(answer)
                 }
                 Err(BodyError::TooLarge) => {
