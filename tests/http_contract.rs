@@ -160,21 +160,7 @@ async fn memory_hog(backend: Backend) {
 
 async fn fork_bomb(backend: Backend) {
     let d = TestDaemon::start(config(backend)).await;
-    let bomb = tokio::spawn({
-        let client = d.client.clone();
-        let url = d.url("/compile");
-        async move {
-            Reply::read(
-                client
-                    .post(url)
-                    .body("f() { f | f & }; f; wait")
-                    .send()
-                    .await
-                    .unwrap(),
-            )
-            .await
-        }
-    });
+    let bomb = d.spawn_compile("f() { f | f & }; f; wait");
     // While the bomb runs, the daemon and other runs stay healthy.
     let r = d.compile("echo still fine").await;
     assert_eq!(
@@ -285,21 +271,7 @@ async fn overload(backend: Backend) {
     c.max_queued = 0;
     c.pool_size = 1;
     let d = TestDaemon::start(c).await;
-    let slow = tokio::spawn({
-        let client = d.client.clone();
-        let url = d.url("/compile");
-        async move {
-            Reply::read(
-                client
-                    .post(url)
-                    .body("sleep 1; echo slow")
-                    .send()
-                    .await
-                    .unwrap(),
-            )
-            .await
-        }
-    });
+    let slow = d.spawn_compile("sleep 1; echo slow");
     d.wait_metric("compilerd_runs_in_flight", |v| v == 1.0)
         .await;
     let r = d.compile("echo turned away").await;

@@ -175,19 +175,7 @@ async fn overload_is_counted() {
     c.max_concurrent_runs = 1;
     c.max_queued = 0;
     let d = TestDaemon::start(c).await;
-    let busy = tokio::spawn({
-        let client = d.client.clone();
-        let url = d.url("/compile");
-        async move {
-            client
-                .post(url)
-                .body("sleep 1")
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    });
+    let busy = d.spawn_compile("sleep 1");
     d.wait_metric("compilerd_runs_in_flight", |v| v == 1.0)
         .await;
     let moved = deltas(
@@ -202,7 +190,7 @@ async fn overload_is_counted() {
     )
     .await;
     assert_eq!(moved, [1.0, 1.0]);
-    assert_eq!(busy.await.unwrap(), 200);
+    assert_eq!(busy.await.unwrap().status, 200);
     d.wait_metric("compilerd_runs_in_flight", |v| v == 0.0)
         .await;
     d.stop().await;

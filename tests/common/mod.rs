@@ -89,6 +89,12 @@ impl TestDaemon {
         Reply::read(r).await
     }
 
+    /// Sends a program in the background, for tests that act while it runs.
+    pub fn spawn_compile(&self, program: &'static str) -> tokio::task::JoinHandle<Reply> {
+        let request = self.client.post(self.url("/compile")).body(program);
+        tokio::spawn(async move { Reply::read(request.send().await.unwrap()).await })
+    }
+
     /// The value of one sample line of /metrics, e.g. `compilerd_runs_total{outcome="ok"}`.
     pub fn metric(&self, series: &str) -> f64 {
         metric_value(&self.metrics.render(), series)
