@@ -151,13 +151,8 @@ fn sequential(n: usize, tag: &str, run: impl Fn(String) -> bool) -> (Vec<Duratio
     (times, errors)
 }
 
-/// (c): `n` distinct programs, `width` at a time; wall time and errors.
-fn concurrent(
-    n: usize,
-    width: usize,
-    tag: &str,
-    run: impl Fn(String) -> bool + Sync,
-) -> (Duration, usize) {
+/// (c): `n` distinct programs (`run(i)` sends the i-th), `width` at a time; wall time and errors.
+fn concurrent(n: usize, width: usize, run: impl Fn(usize) -> bool + Sync) -> (Duration, usize) {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let errors = std::sync::atomic::AtomicUsize::new(0);
     let t = Instant::now();
@@ -169,7 +164,7 @@ fn concurrent(
                     if i >= n {
                         break;
                     }
-                    if !run(format!("echo wide {tag} {i} {}", std::process::id())) {
+                    if !run(i) {
                         errors.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     }
                 }
@@ -306,7 +301,17 @@ fn main() {
     );
 
     // (a) cache hits vs a minimal hyper server.
-    let d = Daemon::start(&["--backend", "docker", "--image", &image()]);
+    // A pool deep enough for back-to-back runs: a refill takes longer than a pooled run.
+    let d = Daemon::start(&[
+        "--backend",
+        "docker",
+        "--image",
+        &image(),
+        "--pool-size",
+        "8",
+        "--max-concurrent-runs",
+        "8",
+    ]);
     let (s, body) = post(&client, &d.url(), "echo hit".into());
     assert_eq!(s, 200, "{body}");
     let ours = wrk(&d.url(), "echo hit", wrk_s);
@@ -356,8 +361,11 @@ fn main() {
     );
 
     // (c) 40 distinct programs 8 at a time.
-    let (wall, errs) = concurrent(wide_n, 8, "docker", |p| post(&client, &url, p).0 == 200);
-    let (dwall, derrs) = concurrent(wide_n, 8, "cli", |p| docker_run(&p).0);
+    let wide = |tag: &str, i: usize| format!("echo wide {tag} {i} {}", std::process::id());
+    let (wall, errs) = concurrent(wide_n, 8, |i| {
+        post(&client, &url, wide("docker", i)).0 == 200
+    });
+    let (dwall, derrs) = concurrent(wide_n, 8, |i| docker_run(&wide("cli", i)).0);
     println!("\n(c) {wide_n} distinct programs, 8 at a time:");
     println!("    compilerd docker  {:>7.0} ms  errors {errs}", ms(wall));
     println!(
@@ -378,7 +386,9 @@ fn main() {
     let (bw_cold, bw_err) = sequential(cold_n.max(100), "bwrap", |p| {
         post(&client, &burl, p).0 == 200
     });
-    let (bwall, berrs) = concurrent(wide_n, 8, "bwrap", |p| post(&client, &burl, p).0 == 200);
+    let (bwall, berrs) = concurrent(wide_n, 8, |i| {
+        post(&client, &burl, wide("bwrap", i)).0 == 200
+    });
     println!("\n(b, c) bubblewrap backend:");
     println!(
         "    {} sequential cold runs: p50 {:.1} ms  p90 {:.1} ms  errors {bw_err}: {}",
@@ -405,15 +415,10 @@ fn main() {
     let url = d.url();
     let rss_start = d.rss_kib();
     let program = |i: usize| format!("head -c 32000 /dev/zero | tr '\\0' a; echo {i}");
-    let fill = |tag: &str| {
-        concurrent(fill_n, 8, tag, |p| {
-            let i: usize = p.split_whitespace().nth(2).unwrap().parse().unwrap();
-            post(&client, &url, program(i)).0 == 200
-        })
-    };
-    let (fill_wall, fill_errs) = fill("fill");
+    let fill = || concurrent(fill_n, 8, |i| post(&client, &url, program(i)).0 == 200);
+    let (fill_wall, fill_errs) = fill();
     let rss_full = d.rss_kib();
-    let (replay_wall, replay_errs) = fill("replay");
+    let (replay_wall, replay_errs) = fill();
     let rss_replayed = d.rss_kib();
     let budget_kib = (fill_n * (32_000 + 64 + 128)) / 1024;
     println!("\n(d) RSS with {fill_n} cached answers of ~32 KiB (cache bytes ~{budget_kib} KiB):");
