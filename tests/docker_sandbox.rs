@@ -530,10 +530,15 @@ async fn startup_sweeps_only_orphans() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn latency_report() {
+    // COMPILERD_LATENCY_RUNS sets the number of sequential runs (default 50).
+    let n: usize = std::env::var("COMPILERD_LATENCY_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
     for pool in [1, 0] {
         let (sb, hooks) = connect(pool).await;
         let mut times = Vec::new();
-        for i in 0..20 {
+        for i in 0..n {
             if pool > 0 {
                 hooks.wait_ready(pool).await;
             }
