@@ -180,6 +180,25 @@ async fn memory_hog_is_killed_by_the_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_killed_by_the_limit_counts_as_oom() {
+    // The program outlives its child and fails in its own way; the answer is still the memory
+    // limit (and so not cached), with or without the pool.
+    for pool in [1, 0] {
+        let (sb, _) = connect(pool).await;
+        let program = "echo eating; (a=x; while :; do a=\"$a$a\"; done); echo \"after=$?\"; exit 5";
+        match run(&sb, program).await {
+            RunOutcome::OutOfMemory { output } => {
+                assert_eq!(text(&output, StreamKind::Stdout), "eating\nafter=137\n")
+            }
+            other => panic!("pool {pool}: expected OutOfMemory, got {other:?}"),
+        }
+        // A plain failure is not mistaken for one.
+        assert_eq!(exited(run(&sb, "exit 5").await), (5, "".into(), "".into()));
+        finish(sb).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_network() {
     let (sb, _) = connect(1).await;
     let program = "ls /sys/class/net; \
@@ -250,7 +269,8 @@ async fn runs_as_nobody_without_capabilities() {
     let (status, out, _) = exited(
         run(
             &sb,
-            "id -u; id -g; grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs):' /proc/self/status",
+            "id -u; id -g; grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp):' /proc/self/status; \
+             grep -E '^Seccomp:' /proc/1/status | sed 's/^/init/'",
         )
         .await,
     );
@@ -266,6 +286,9 @@ async fn runs_as_nobody_without_capabilities() {
         assert_eq!(fields.get(cap), Some(&"0000000000000000"), "{cap} in {out}");
     }
     assert_eq!(fields.get("NoNewPrivs"), Some(&"1"), "{out}");
+    // The program (an exec) is filtered exactly as the container's own processes are.
+    assert!(fields.contains_key("Seccomp"), "{out}");
+    assert_eq!(fields.get("Seccomp"), fields.get("initSeccomp"), "{out}");
     finish(sb).await;
 }
 
@@ -280,6 +303,23 @@ async fn closing_stdout_early_is_fine() {
     let (status, out, err) = exited(run(&sb, "exec >&- 2>&-; sleep 0.5; exit 4").await);
     assert_eq!((status, out.as_str(), err.as_str()), (4, "", ""));
     assert!(began.elapsed() >= Duration::from_millis(500));
+    finish(sb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_ends_when_the_program_exits_despite_background_processes() {
+    let (sb, _) = connect(1).await;
+    // The background sleep keeps the program's stdout open long after the program exits; the
+    // run still ends with the program, as it would if the program were the container's main
+    // process.
+    let began = Instant::now();
+    let (status, out, _) = exited(run(&sb, "sleep 30 & echo done; exit 5").await);
+    assert_eq!((status, out.as_str()), (5, "done\n"));
+    assert!(
+        began.elapsed() < limits().timeout / 2,
+        "took {:?}",
+        began.elapsed()
+    );
     finish(sb).await;
 }
 
@@ -367,7 +407,10 @@ async fn pool_refills_after_each_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_before_the_program_is_kept_with_or_without_the_pool() {
-    // An image whose command greets before it reads the program, made from the test image.
+    // An image whose command greets before it reads the program, made from the test image. The
+    // program runs in an exec of the image's command, so the greeting is the exec's (printed
+    // while the container waits in the pool, or at the start of a cold run); the container's
+    // main process greets too, but its output goes nowhere.
     let docker = engine();
     let suffix = format!("{:08x}", rand::random::<u32>());
     let base = format!("compilerd-test-banner-base-{suffix}");
@@ -530,26 +573,34 @@ async fn startup_sweeps_only_orphans() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn latency_report() {
+    // COMPILERD_LATENCY_RUNS sets the number of sequential runs (default 50).
+    let n: usize = std::env::var("COMPILERD_LATENCY_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    // Programs that succeed, and programs that fail (a failure may cost the backend a check).
     for pool in [1, 0] {
         let (sb, hooks) = connect(pool).await;
-        let mut times = Vec::new();
-        for i in 0..20 {
-            if pool > 0 {
-                hooks.wait_ready(pool).await;
+        for status in [0, 3] {
+            let mut times = Vec::new();
+            for i in 0..n {
+                if pool > 0 {
+                    hooks.wait_ready(pool).await;
+                }
+                let t = Instant::now();
+                let outcome = run(&sb, &format!("echo hi {i}; exit {status}")).await;
+                times.push(t.elapsed());
+                assert_eq!(exited(outcome), (status, format!("hi {i}\n"), "".into()));
             }
-            let t = Instant::now();
-            let (status, out, _) = exited(run(&sb, &format!("echo hi {i}")).await);
-            times.push(t.elapsed());
-            assert_eq!((status, out), (0, format!("hi {i}\n")));
+            times.sort();
+            eprintln!(
+                "sequential, pool={pool}, exit {status}: p50 {:?} p90 {:?} min {:?} max {:?}",
+                times[times.len() / 2],
+                times[times.len() * 9 / 10],
+                times[0],
+                times[times.len() - 1]
+            );
         }
-        times.sort();
-        eprintln!(
-            "sequential, pool={pool}: p50 {:?} p90 {:?} min {:?} max {:?}",
-            times[times.len() / 2],
-            times[times.len() * 9 / 10],
-            times[0],
-            times[times.len() - 1]
-        );
         finish(sb).await;
     }
     for pool in [8, 0] {

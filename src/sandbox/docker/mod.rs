@@ -1,12 +1,15 @@
 //! Docker Engine API backend: one fresh, hardened container per run, talked to over the
-//! engine's socket (bollard), never through the `docker` CLI.
+//! engine's socket (bollard), never through the `docker` CLI. The program runs in an exec of the
+//! image's command inside that container (see `engine` for why not in its main process).
 //!
-//! - `settings`: the one function that decides the container's hardening;
+//! - `settings`: the one place that decides the container's hardening and the exec's;
 //! - `engine`: one container's life, from create to removal, and the run itself;
-//! - `pool`: pre-started containers waiting on stdin, refilled in the background;
+//! - `pool`: pre-started containers whose exec waits on stdin, refilled in the background;
+//! - `events`: the engine's events about our containers (OOM kills, ended execs);
 //! - `sweep`: labels, owners, and removal of what a crashed daemon left behind.
 
 mod engine;
+mod events;
 mod pool;
 pub mod settings;
 pub mod sweep;
@@ -21,14 +24,15 @@ use tokio::task::JoinHandle;
 
 use self::engine::{Engine, engine_error};
 use self::pool::Pool;
+use self::settings::ImageCommand;
 use super::{Limits, RunOutcome, Sandbox, SandboxError, SandboxErrorKind};
 use crate::hooks::Hooks;
 
 /// Where bollard looks when DOCKER_HOST is unset.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 
-/// Engine calls that take longer than this count as an unreachable engine. The attach stream
-/// and the wait for a program's exit are not bounded by it (runs have their own deadline).
+/// Engine calls that take longer than this count as an unreachable engine. The exec's stream
+/// is not bounded by it (runs have their own deadline).
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
@@ -40,9 +44,10 @@ pub struct DockerOptions {
 
 pub struct DockerSandbox {
     engine: Arc<Engine>,
-    hooks: Arc<dyn Hooks>,
     pool: Option<Arc<Pool>>,
     filler: Mutex<Option<JoinHandle<()>>>,
+    /// Follows the engine's events for `engine.events`; aborted at shutdown.
+    follower: JoinHandle<()>,
     fingerprint: String,
 }
 
@@ -79,8 +84,11 @@ impl DockerSandbox {
             .await
             .map_err(unavailable)?;
 
-        let image_id = match docker.inspect_image(image).await {
-            Ok(info) => info.id.unwrap_or_default(),
+        let (image_id, command) = match docker.inspect_image(image).await {
+            Ok(info) => (
+                info.id.unwrap_or_default(),
+                info.config.as_ref().and_then(ImageCommand::of),
+            ),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404 | 400,
                 message,
@@ -105,6 +113,17 @@ impl DockerSandbox {
             }
         };
 
+        // Programs run in an exec of the image's command, so the image must have one.
+        let Some(command) = command else {
+            return Err(SandboxError::new(
+                SandboxErrorKind::Start,
+                format!(
+                    "image {image} has no command (neither Entrypoint nor Cmd); a sandbox image's \
+                     command must read a program on stdin and run it"
+                ),
+            ));
+        };
+
         let swept = sweep::sweep_orphans(&docker).await.map_err(|e| {
             engine_error(
                 host,
@@ -125,22 +144,26 @@ impl DockerSandbox {
             "backend=docker;image={image}@{image_id};{}",
             limits.fingerprint()
         );
-        let engine = Engine::new(docker, host.to_owned(), opts.image.clone(), limits);
+        let engine = Engine::new(docker, host.to_owned(), opts.image.clone(), command, limits);
+        let follower = engine
+            .events
+            .follow(engine.docker.clone(), &engine.instance);
         let filled = if opts.pool_size > 0 {
             Pool::start(engine.clone(), hooks.clone(), opts.pool_size)
                 .await
                 .map(|(pool, filler)| (Some(pool), Some(filler)))
         } else {
             // Without a pool, one throwaway container proves the engine accepts our settings
-            // (CPU and memory ranges, init, cgroup namespace), so a bad setting fails the
-            // startup instead of every request.
-            engine.launch().await.map(|_| (None, None))
+            // (CPU and memory ranges, init, cgroup namespace) and that the image's command stays
+            // up in an exec, so a bad setting fails the startup instead of every request.
+            engine.launch(true).await.map(|_| (None, None))
         };
         let (pool, filler) = match filled {
             Ok(filled) => filled,
             Err(e) => {
                 // The caller is likely to exit on this error: remove what was created first.
                 let _ = tokio::time::timeout(ENGINE_TIMEOUT, engine.all_removed()).await;
+                follower.abort();
                 return Err(e);
             }
         };
@@ -154,9 +177,9 @@ impl DockerSandbox {
         );
         Ok(DockerSandbox {
             engine,
-            hooks,
             pool,
             filler: Mutex::new(filler),
+            follower,
             fingerprint,
         })
     }
@@ -184,21 +207,26 @@ impl Sandbox for DockerSandbox {
     }
 
     async fn run(&self, program: Bytes) -> Result<RunOutcome, SandboxError> {
-        let pooled = match &self.pool {
-            Some(pool) => {
-                let c = pool.take().await;
-                if c.is_none() {
-                    self.hooks.pool_empty();
-                }
-                c
+        // A second container when the first may have been dead at hand-over (see `drive`). Not
+        // more: a program that gets its container killed would have it killed again, and that
+        // answer stands.
+        for last_try in [false, true] {
+            // `take` reports a pool found empty to the hooks.
+            let pooled = match &self.pool {
+                Some(pool) => pool.take().await,
+                None => None,
+            };
+            // Cold: the same container and exec as the pool's, unverified (see `Engine::launch`).
+            let container = match pooled {
+                Some(c) => c,
+                None => self.engine.launch(false).await?,
+            };
+            let driven = self.engine.drive(container, program.clone(), last_try);
+            if let Some(outcome) = driven.await? {
+                return Ok(outcome);
             }
-            None => None,
-        };
-        let container = match pooled {
-            Some(c) => c,
-            None => self.engine.launch().await?,
-        };
-        self.engine.drive(container, program).await
+        }
+        unreachable!("the last try always has an outcome")
     }
 
     fn status(&self) -> String {
@@ -227,6 +255,7 @@ impl Sandbox for DockerSandbox {
                 "gave up waiting for sandbox containers to be removed"
             );
         }
+        self.follower.abort();
     }
 }
 
@@ -236,5 +265,6 @@ impl Drop for DockerSandbox {
         if let Some(pool) = &self.pool {
             pool.close();
         }
+        self.follower.abort();
     }
 }

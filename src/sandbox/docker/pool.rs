@@ -1,12 +1,13 @@
-//! Pre-started containers, so that a run costs a hand-over on an already attached container
-//! instead of a create + attach + start (most of a cold run).
+//! Pre-started containers, so that a run costs a hand-over to an exec that already waits on its
+//! stdin instead of a create + start + exec (all of a cold run but the program itself).
 //!
-//! Each idle container is held by its own small task that watches the container's attach stream:
-//! the engine ends that stream when the container dies (killed, OOM, engine restart), so a dead
+//! Each idle container is held by its own small task that watches its exec's stream: the engine
+//! ends that stream when the exec or the container dies (killed, OOM, engine restart), so a dead
 //! container leaves the pool at once and is replaced, instead of waiting to fail a request. A run
-//! asks a holder for its container through a oneshot, and checks it once more with the engine
-//! before use. A filler task tops the pool up in the background, backing off while the engine
-//! fails.
+//! asks a holder for its container through a oneshot, and checks its stream once more before use
+//! (the engine's view is checked alongside the hand-over, see `Engine::drive`). A filler task
+//! tops the pool up in the background, backing off while the engine fails, and holding back while
+//! the engine has many removals to do.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
@@ -29,12 +30,18 @@ pub(super) struct Pool {
     state: Mutex<State>,
     /// Wakes the filler: a container left the pool, or the pool closed.
     wake: Notify,
+    /// Wakes runs waiting for a refill: a container joined the pool, a refill failed, or the
+    /// pool closed.
+    added: Notify,
 }
 
 struct State {
     idle: VecDeque<Slot>,
     next_id: u64,
     closed: bool,
+    /// Refills under way, and runs waiting for one of them.
+    creating: usize,
+    waiting: usize,
 }
 
 /// An idle container, reachable through its holder task.
@@ -59,14 +66,17 @@ impl Pool {
                 idle: VecDeque::new(),
                 next_id: 0,
                 closed: false,
+                creating: 0,
+                waiting: 0,
             }),
             wake: Notify::new(),
+            added: Notify::new(),
         });
         let launches = (0..target).map(|_| {
             let engine = pool.engine.clone();
             async move {
                 let began = Instant::now();
-                engine.launch().await.map(|c| (c, began.elapsed()))
+                engine.launch(true).await.map(|c| (c, began.elapsed()))
             }
         });
         let mut first_error = None;
@@ -95,13 +105,45 @@ impl Pool {
         self.target
     }
 
-    /// A started container that is verified alive, or `None` if the pool has none.
+    /// A started container whose exec still waits, or `None` if the pool has none to give.
+    ///
+    /// When the pool is empty but refills are under way, and fewer runs wait for them than there
+    /// are, the run waits for the next one rather than starting its own container: a refill is
+    /// always further along than a container started now, and under a sustained load that keeps
+    /// the engine working on as many containers as runs need instead of twice as many. Either
+    /// way the run counts as having found the pool empty.
     pub async fn take(&self) -> Option<Started> {
+        let mut found_empty = false;
         loop {
-            let (slot, ready) = {
+            let added = self.added.notified();
+            tokio::pin!(added);
+            added.as_mut().enable();
+            let popped = {
                 let mut state = self.state.lock().unwrap();
-                let slot = state.idle.pop_front()?;
-                (slot, state.idle.len())
+                match state.idle.pop_front() {
+                    Some(slot) => Some((slot, state.idle.len())),
+                    None if !state.closed && state.waiting < state.creating => {
+                        state.waiting += 1;
+                        None
+                    }
+                    None => {
+                        drop(state);
+                        if !found_empty {
+                            self.hooks.pool_empty();
+                        }
+                        return None;
+                    }
+                }
+            };
+            let Some((slot, ready)) = popped else {
+                if !found_empty {
+                    self.hooks.pool_empty();
+                    found_empty = true;
+                }
+                // Counted out again even if the run is cancelled while it waits.
+                let _waiting = Waiting(self);
+                added.await;
+                continue;
             };
             self.hooks.pool_ready(ready);
             self.wake.notify_one();
@@ -110,7 +152,7 @@ impl Pool {
                 continue;
             }
             let Ok(mut c) = rx.await else { continue };
-            if self.engine.usable(&mut c).await {
+            if self.engine.usable(&mut c) {
                 return Some(c);
             }
             tracing::info!(
@@ -133,6 +175,7 @@ impl Pool {
         drop(drained);
         self.hooks.pool_ready(0);
         self.wake.notify_one();
+        self.added.notify_waiters();
     }
 
     fn add(self: &Arc<Self>, c: Started) {
@@ -155,6 +198,20 @@ impl Pool {
             state.idle.len()
         };
         self.hooks.pool_ready(ready);
+        self.added.notify_waiters();
+    }
+
+    /// Records how many refills are under way; fewer may leave waiting runs without one.
+    fn set_creating(&self, n: usize) {
+        let fewer = {
+            let mut state = self.state.lock().unwrap();
+            let fewer = n < state.creating;
+            state.creating = n;
+            fewer
+        };
+        if fewer {
+            self.added.notify_waiters();
+        }
     }
 
     fn forget(&self, id: u64) {
@@ -174,19 +231,30 @@ impl Pool {
         let mut creating = JoinSet::new();
         let mut failures = 0u32;
         let mut retry_at: Option<Instant> = None;
+        let mut removing = self.engine.watch_removing();
         loop {
+            // Only now, after `add` has put a finished refill in the pool and woken the runs
+            // waiting: a refill leaves the count once its container is there to take.
+            self.set_creating(creating.len());
             if self.state.lock().unwrap().closed {
                 break;
             }
-            if retry_at.is_none() {
+            // Every run ends in a removal, off the request path. Creations and removals compete
+            // for the engine, so while as many removals as the pool holds (at least 2) are under
+            // way, the filler starts nothing and waits for them: removals cannot pile up behind
+            // ever more creations. (Runs that find the pool empty meanwhile start their own
+            // container, bounded by the run slots.)
+            let throttled = *removing.borrow_and_update() >= self.target.max(2);
+            if retry_at.is_none() && !throttled {
                 let missing = self.target.saturating_sub(self.ready() + creating.len());
                 for _ in 0..missing {
                     let engine = self.engine.clone();
                     creating.spawn(async move {
                         let began = Instant::now();
-                        engine.launch().await.map(|c| (c, began.elapsed()))
+                        engine.launch(true).await.map(|c| (c, began.elapsed()))
                     });
                 }
+                self.set_creating(creating.len());
             }
             tokio::select! {
                 Some(joined) = creating.join_next() => match joined {
@@ -208,6 +276,7 @@ impl Pool {
                     }
                 },
                 () = self.wake.notified() => {}
+                Ok(()) = removing.changed(), if throttled => {}
                 () = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
                     retry_at = None;
                 }
@@ -216,6 +285,15 @@ impl Pool {
         // Not aborted: a creation cut short could leave a container we never heard of. Each
         // finished one is dropped here, which removes it.
         while creating.join_next().await.is_some() {}
+    }
+}
+
+/// A run waiting for a refill.
+struct Waiting<'a>(&'a Pool);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().unwrap().waiting -= 1;
     }
 }
 

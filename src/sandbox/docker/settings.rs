@@ -1,12 +1,13 @@
 //! The one place that decides how a sandbox container is locked down. Pool containers and
-//! on-demand containers both come from `container_body`, so a pooled run can never be weaker than
-//! a cold one, and a review of the hardening is a review of this file.
+//! on-demand containers both come from `container_body`, and the program always runs in an exec
+//! from `exec_config`, so a pooled run can never be weaker than a cold one, and a review of the
+//! hardening is a review of this file.
 
 use std::collections::HashMap;
 
 use bollard::models::{
-    ContainerCreateBody, HostConfig, HostConfigCgroupnsModeEnum, HostConfigLogConfig,
-    ResourcesUlimits,
+    ContainerCreateBody, ExecConfig, HostConfig, HostConfigCgroupnsModeEnum, HostConfigLogConfig,
+    ImageConfig, ResourcesUlimits,
 };
 
 use crate::sandbox::{Limits, SANDBOX_ENV};
@@ -17,6 +18,59 @@ pub const SANDBOX_USER: &str = "65534:65534";
 /// A fixed hostname: the default (the container id) would leak into output and make the same
 /// program answer differently on every run, which the cache would then freeze.
 pub const SANDBOX_HOSTNAME: &str = "sandbox";
+
+/// What the image runs: its Entrypoint followed by its Cmd, in its WorkingDir. The container's
+/// main process runs it by default; the program's exec runs the same thing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageCommand {
+    pub argv: Vec<String>,
+    /// Empty: the engine's default, `/`, as for the main process.
+    pub working_dir: String,
+}
+
+impl ImageCommand {
+    /// `None` when the image has no command at all.
+    pub fn of(config: &ImageConfig) -> Option<ImageCommand> {
+        let argv: Vec<String> = config
+            .entrypoint
+            .iter()
+            .flatten()
+            .chain(config.cmd.iter().flatten())
+            .cloned()
+            .collect();
+        (!argv.is_empty()).then(|| ImageCommand {
+            argv,
+            working_dir: config.working_dir.clone().unwrap_or_default(),
+        })
+    }
+}
+
+/// The exec that runs a program in a started container. It can do no more than the container's
+/// main process: not privileged, no user (the container's, nobody, applies), no TTY; the engine
+/// runs it with the container's capabilities, no-new-privileges, seccomp and AppArmor profiles,
+/// limits and cgroup. Its environment is the container's (the image's ENV, HOSTNAME and
+/// `SANDBOX_ENV`), with `SANDBOX_ENV` repeated here so that it wins whatever the image says.
+pub fn exec_config(command: &ImageCommand) -> ExecConfig {
+    ExecConfig {
+        attach_stdin: Some(true),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        tty: Some(false),
+        privileged: Some(false),
+        user: None,
+        env: Some(sandbox_env()),
+        cmd: Some(command.argv.clone()),
+        working_dir: (!command.working_dir.is_empty()).then(|| command.working_dir.clone()),
+        ..Default::default()
+    }
+}
+
+fn sandbox_env() -> Vec<String> {
+    SANDBOX_ENV
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
+}
 
 /// Everything the engine needs to create one sandbox container from `image`.
 pub fn container_body(
@@ -36,20 +90,16 @@ pub fn container_body(
         hostname: Some(SANDBOX_HOSTNAME.to_owned()),
         user: Some(SANDBOX_USER.to_owned()),
         // The engine adds the image's own ENV and HOSTNAME, never the daemon's environment.
-        env: Some(
-            SANDBOX_ENV
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect(),
-        ),
-        // stdin_once: when our attach connection half-closes, the engine closes the program's
-        // stdin (EOF) but keeps stdout/stderr flowing. Without it the engine would end the whole
-        // attach at stdin EOF and the output would be cut off.
-        attach_stdin: Some(true),
-        attach_stdout: Some(true),
-        attach_stderr: Some(true),
+        env: Some(sandbox_env()),
+        // The main process (the image's command) only holds the container up: its stdin is
+        // open and nobody ever attaches or writes to it, so it blocks there for the container's
+        // life. Programs run in an exec (`exec_config`). Its output goes nowhere (no attach, no
+        // log driver).
+        attach_stdin: Some(false),
+        attach_stdout: Some(false),
+        attach_stderr: Some(false),
         open_stdin: Some(true),
-        stdin_once: Some(true),
+        stdin_once: Some(false),
         tty: Some(false),
         network_disabled: Some(true),
         labels: Some(labels),
@@ -75,13 +125,15 @@ pub fn container_body(
             privileged: Some(false),
             cgroupns_mode: Some(HostConfigCgroupnsModeEnum::PRIVATE),
             // A real PID 1 (docker-init) reaps zombies and forwards signals, so a program
-            // that forks a lot behaves as it would on a normal machine.
+            // that forks a lot behaves as it would on a normal machine. With programs in an exec
+            // it matters more: orphans of the program are reparented to PID 1, and without init
+            // that would be the idle main process, which never reaps them.
             init: Some(true),
             ulimits: Some(vec![ulimit("nofile", 1024), ulimit("core", 0)]),
             // Under host memory pressure the kernel should pick a sandbox, never the daemon.
             oom_score_adj: Some(1000),
-            // Output reaches us through the attach stream; a log driver would only copy every
-            // byte (a `yes` flood included) to the engine's disk.
+            // Output reaches us through the exec's stream; a log driver would only copy every
+            // byte of the main process to the engine's disk.
             log_config: Some(HostConfigLogConfig {
                 typ: Some("none".to_owned()),
                 config: None,
@@ -114,5 +166,24 @@ mod tests {
         assert!(host.tmpfs.unwrap()["/tmp"].contains(&format!("size={}", 16 << 20)));
         assert_eq!(body.user.as_deref(), Some(SANDBOX_USER));
         assert_eq!(body.env.unwrap().len(), SANDBOX_ENV.len());
+    }
+
+    #[test]
+    fn exec_is_no_stronger_than_the_container() {
+        let command = ImageCommand::of(&ImageConfig {
+            entrypoint: Some(vec!["/bin/tini".into()]),
+            cmd: Some(vec!["sh".into()]),
+            working_dir: Some("/src".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(command.argv, vec!["/bin/tini", "sh"]);
+        let exec = exec_config(&command);
+        assert_eq!(exec.privileged, Some(false));
+        assert_eq!(exec.user, None);
+        assert_eq!(exec.tty, Some(false));
+        assert_eq!(exec.working_dir.as_deref(), Some("/src"));
+        assert_eq!(exec.env.unwrap().len(), SANDBOX_ENV.len());
+        assert_eq!(ImageCommand::of(&ImageConfig::default()), None);
     }
 }
