@@ -157,6 +157,15 @@ fn render(
 
 type Flight = Shared<BoxFuture<'static, Answer>>;
 
+/// Takes a finished flight off the in-flight map when dropped.
+struct Landing<'a>(&'a CompileService, Key);
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        self.0.land(&self.1);
+    }
+}
+
 pub struct CompileService {
     sandbox: Arc<dyn Sandbox>,
     cache: Cache,
@@ -252,9 +261,9 @@ impl CompileService {
                     // that others wait on, nor skip its sandbox's cleanup.
                     let this = self.clone();
                     let task = tokio::spawn(async move {
-                        let answer = this.run_uncached(key, program).await;
-                        this.land(&key);
-                        answer
+                        // Lands even if the run panics, so that the drain never waits on it.
+                        let _landing = Landing(&this, key);
+                        this.run_uncached(key, program).await
                     });
                     let flight = async move {
                         task.await.unwrap_or_else(|e| {
