@@ -52,6 +52,8 @@ pub trait Hooks: Send + Sync + 'static {
     fn lameduck(&self, _on: bool) {}
     /// Pre-started containers ready to take a program.
     fn pool_ready(&self, _n: usize) {}
+    /// Of those, the ones armed for the fastest hand-over (an exec already waiting).
+    fn pool_armed(&self, _n: usize) {}
     /// A run found no pre-started container and had to start one itself.
     fn pool_empty(&self) {}
     /// How long it took to create and start one pool container.

@@ -33,6 +33,7 @@ pub struct Metrics {
     sandbox_errors: IntCounterVec,
     lameduck: IntGauge,
     pool_ready: IntGauge,
+    pool_armed: IntGauge,
     pool_empty: IntCounter,
     pool_refill: Histogram,
 }
@@ -165,6 +166,10 @@ impl Metrics {
                 "compilerd_pool_ready",
                 "Pre-started sandboxes waiting for a program."
             )),
+            pool_armed: reg!(gauge(
+                "compilerd_pool_armed",
+                "Pre-started sandboxes armed for the fastest hand-over (Docker: an exec waiting)."
+            )),
             pool_empty: reg!(counter(
                 "compilerd_pool_empty_total",
                 "Runs that found no pre-started sandbox and started their own."
@@ -292,6 +297,9 @@ impl Hooks for Metrics {
     }
     fn pool_ready(&self, n: usize) {
         self.pool_ready.set(n as i64);
+    }
+    fn pool_armed(&self, n: usize) {
+        self.pool_armed.set(n as i64);
     }
     fn pool_empty(&self) {
         self.pool_empty.inc();

@@ -27,10 +27,7 @@ pub async fn open_sandbox(
 ) -> Result<Arc<dyn Sandbox>, SandboxError> {
     Ok(match config.backend {
         Backend::Docker => {
-            let opts = DockerOptions {
-                image: config.image.clone(),
-                pool_size: config.pool_size,
-            };
+            let opts = DockerOptions::new(config.image.clone(), config.pool_size);
             Arc::new(DockerSandbox::connect(opts, config.limits.clone(), hooks).await?)
         }
         Backend::Bwrap => {

@@ -30,297 +30,335 @@ use futures_util::StreamExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_world_keeps_streams_apart_and_in_order() {
-    let (sb, _) = connect(1).await;
-    // The pauses are part of the program: the engine copies stdout and stderr on separate
-    // paths, so only writes further apart than its copy latency have a defined order.
-    let program = "echo out1; echo out2; sleep 0.2; echo err1 >&2; sleep 0.2; echo out3";
-    match run(&sb, program).await {
-        RunOutcome::Exited { status, output } => {
-            assert_eq!(status, 0);
-            let chunks: Vec<(StreamKind, String)> = output
-                .iter()
-                .map(|c| (c.kind, String::from_utf8_lossy(&c.data).into_owned()))
-                .collect();
-            assert_eq!(
-                chunks,
-                vec![
-                    (StreamKind::Stdout, "out1\nout2\n".to_owned()),
-                    (StreamKind::Stderr, "err1\n".to_owned()),
-                    (StreamKind::Stdout, "out3\n".to_owned()),
-                ]
-            );
+    for mode in MODES {
+        eprintln!("mode {mode:?}");
+        let sb = ModeSandbox::connect(mode).await;
+        // The pauses are part of the program: the engine copies stdout and stderr on separate
+        // paths, so only writes further apart than its copy latency have a defined order.
+        let program = "echo out1; echo out2; sleep 0.2; echo err1 >&2; sleep 0.2; echo out3";
+        match sb.run(program).await {
+            RunOutcome::Exited { status, output } => {
+                assert_eq!(status, 0);
+                let chunks: Vec<(StreamKind, String)> = output
+                    .iter()
+                    .map(|c| (c.kind, String::from_utf8_lossy(&c.data).into_owned()))
+                    .collect();
+                assert_eq!(
+                    chunks,
+                    vec![
+                        (StreamKind::Stdout, "out1\nout2\n".to_owned()),
+                        (StreamKind::Stderr, "err1\n".to_owned()),
+                        (StreamKind::Stdout, "out3\n".to_owned()),
+                    ]
+                );
+            }
+            other => panic!("expected an exit, got {other:?}"),
         }
-        other => panic!("expected an exit, got {other:?}"),
+        sb.finish().await;
     }
-    finish(sb).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_status_is_reported() {
-    let (sb, _) = connect(0).await;
-    assert_eq!(
-        exited(run(&sb, "echo bye; exit 3").await),
-        (3, "bye\n".into(), "".into())
-    );
-    // Killed by a signal: 128 + N. (SIGKILL is the exception: it counts as the memory limit,
-    // see `memory_hog_is_killed_by_the_limit`.)
-    let (status, _, _) = exited(run(&sb, "kill -TERM $$").await);
-    assert_eq!(status, 143);
-    finish(sb).await;
+    for mode in MODES {
+        eprintln!("mode {mode:?}");
+        let sb = ModeSandbox::connect(mode).await;
+        assert_eq!(
+            exited(sb.run("echo bye; exit 3").await),
+            (3, "bye\n".into(), "".into())
+        );
+        // Killed by a signal: 128 + N. (SIGKILL is the exception: it counts as the memory limit,
+        // see `memory_hog_is_killed_by_the_limit`.)
+        let (status, _, _) = exited(sb.run("kill -TERM $$").await);
+        assert_eq!(status, 143);
+        sb.finish().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn program_reading_stdin_gets_eof() {
-    let (sb, _) = connect(1).await;
-    let started = Instant::now();
-    // The shell has already read the whole (small) script; what is left on stdin is EOF.
-    let (status, out, _) = exited(run(&sb, "cat; read x; echo \"read=$? x=[$x]\"").await);
-    assert_eq!((status, out.as_str()), (0, "read=1 x=[]\n"));
-    assert!(started.elapsed() < limits().timeout, "cat waited for input");
-    finish(sb).await;
+    for mode in MODES {
+        eprintln!("mode {mode:?}");
+        let sb = ModeSandbox::connect(mode).await;
+        let started = Instant::now();
+        // The shell has already read the whole (small) script; what is left on stdin is EOF.
+        let (status, out, _) = exited(sb.run("cat; read x; echo \"read=$? x=[$x]\"").await);
+        assert_eq!((status, out.as_str()), (0, "read=1 x=[]\n"));
+        assert!(started.elapsed() < limits().timeout, "cat waited for input");
+        sb.finish().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infinite_loop_times_out_with_output_so_far() {
-    let (sb, _) = connect(1).await;
-    for program in [
-        "echo started; while :; do :; done",
-        "echo started; sleep 100",
-    ] {
-        let began = Instant::now();
-        let outcome = run(&sb, program).await;
-        let took = began.elapsed();
-        match outcome {
-            RunOutcome::TimedOut { output } => {
-                assert_eq!(text(&output, StreamKind::Stdout), "started\n")
+    for mode in MODES {
+        eprintln!("mode {mode:?}");
+        let sb = ModeSandbox::connect(mode).await;
+        for program in [
+            "echo started; while :; do :; done",
+            "echo started; sleep 100",
+        ] {
+            let began = Instant::now();
+            let outcome = sb.run(program).await;
+            let took = began.elapsed();
+            match outcome {
+                RunOutcome::TimedOut { output } => {
+                    assert_eq!(text(&output, StreamKind::Stdout), "started\n")
+                }
+                other => panic!("{program}: expected a timeout, got {other:?}"),
             }
-            other => panic!("{program}: expected a timeout, got {other:?}"),
+            assert!(took >= limits().timeout, "{program}: ended early, {took:?}");
+            assert!(
+                took < limits().timeout + Duration::from_secs(1),
+                "{program}: took {took:?}"
+            );
         }
-        assert!(took >= limits().timeout, "{program}: ended early, {took:?}");
-        assert!(
-            took < limits().timeout + Duration::from_secs(1),
-            "{program}: took {took:?}"
-        );
+        sb.finish().await;
     }
-    finish(sb).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_flood_is_cut_at_the_cap_at_once() {
-    let (sb, _) = connect(1).await;
-    let began = Instant::now();
-    assert_eq!(run(&sb, "yes").await, RunOutcome::OutputTooLarge);
-    assert!(
-        began.elapsed() < limits().timeout / 2,
-        "flood took {:?}",
-        began.elapsed()
-    );
-    // Exactly the cap is still an answer; both streams count.
-    let cap = limits().max_output_bytes;
-    let program = format!(
-        "head -c {} /dev/zero; head -c {} /dev/zero >&2",
-        cap / 2,
-        cap / 2
-    );
-    match run(&sb, &program).await {
-        RunOutcome::Exited { status: 0, output } => {
-            assert_eq!(output.iter().map(|c| c.data.len()).sum::<usize>(), cap)
+    for mode in MODES {
+        eprintln!("mode {mode:?}");
+        let sb = ModeSandbox::connect(mode).await;
+        let began = Instant::now();
+        assert_eq!(sb.run("yes").await, RunOutcome::OutputTooLarge);
+        assert!(
+            began.elapsed() < limits().timeout / 2,
+            "flood took {:?}",
+            began.elapsed()
+        );
+        // Exactly the cap is still an answer; both streams count.
+        let cap = limits().max_output_bytes;
+        let program = format!(
+            "head -c {} /dev/zero; head -c {} /dev/zero >&2",
+            cap / 2,
+            cap / 2
+        );
+        match sb.run(&program).await {
+            RunOutcome::Exited { status: 0, output } => {
+                assert_eq!(output.iter().map(|c| c.data.len()).sum::<usize>(), cap)
+            }
+            other => panic!("expected an exit, got {other:?}"),
         }
-        other => panic!("expected an exit, got {other:?}"),
+        let program = format!("head -c {} /dev/zero; echo x >&2", cap);
+        assert_eq!(sb.run(&program).await, RunOutcome::OutputTooLarge);
+        sb.finish().await;
     }
-    let program = format!("head -c {} /dev/zero; echo x >&2", cap);
-    assert_eq!(run(&sb, &program).await, RunOutcome::OutputTooLarge);
-    finish(sb).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fork_bomb_is_contained() {
-    let (sb, _) = connect(1).await;
-    let began = Instant::now();
-    let outcome = run(&sb, "f() { f | f & }; f; sleep 5").await;
-    assert!(
-        began.elapsed() < limits().timeout + Duration::from_secs(1),
-        "took {:?}",
-        began.elapsed()
-    );
-    // Either the deadline ends it, or the shell gives up when it cannot fork any more.
-    assert!(
-        matches!(
-            outcome,
-            RunOutcome::TimedOut { .. } | RunOutcome::Exited { .. }
-        ),
-        "got {outcome:?}"
-    );
-    // The limit is per run: the next program can still fork.
-    let (status, out, _) = exited(run(&sb, "echo $(echo a)$(echo b)").await);
-    assert_eq!((status, out.as_str()), (0, "ab\n"));
-    // And it is the configured number.
-    let (_, out, _) = exited(
-        run(
-            &sb,
-            "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max",
-        )
-        .await,
-    );
-    assert_eq!(out.trim(), limits().pids.to_string());
-    finish(sb).await;
+    for mode in MODES {
+        eprintln!("mode {mode:?}");
+        let sb = ModeSandbox::connect(mode).await;
+        let began = Instant::now();
+        let outcome = sb.run("f() { f | f & }; f; sleep 5").await;
+        assert!(
+            began.elapsed() < limits().timeout + Duration::from_secs(1),
+            "took {:?}",
+            began.elapsed()
+        );
+        // Either the deadline ends it, or the shell gives up when it cannot fork any more.
+        assert!(
+            matches!(
+                outcome,
+                RunOutcome::TimedOut { .. } | RunOutcome::Exited { .. }
+            ),
+            "got {outcome:?}"
+        );
+        // The limit is per run: the next program can still fork.
+        let (status, out, _) = exited(sb.run("echo $(echo a)$(echo b)").await);
+        assert_eq!((status, out.as_str()), (0, "ab\n"));
+        // And it is the configured number.
+        let (_, out, _) = exited(
+            sb.run("cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max")
+                .await,
+        );
+        assert_eq!(out.trim(), limits().pids.to_string());
+        sb.finish().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_hog_is_killed_by_the_limit() {
-    let (sb, _) = connect(1).await;
-    let outcome = run(&sb, "echo eating; a=x; while :; do a=\"$a$a\"; done").await;
-    match outcome {
-        RunOutcome::OutOfMemory { output } => {
-            assert_eq!(text(&output, StreamKind::Stdout), "eating\n")
+    for mode in MODES {
+        eprintln!("mode {mode:?}");
+        let sb = ModeSandbox::connect(mode).await;
+        let outcome = sb
+            .run("echo eating; a=x; while :; do a=\"$a$a\"; done")
+            .await;
+        match outcome {
+            RunOutcome::OutOfMemory { output } => {
+                assert_eq!(text(&output, StreamKind::Stdout), "eating\n")
+            }
+            other => panic!("expected OutOfMemory, got {other:?}"),
         }
-        other => panic!("expected OutOfMemory, got {other:?}"),
+        sb.finish().await;
     }
-    finish(sb).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_killed_by_the_limit_counts_as_oom() {
     // The program outlives its child and fails in its own way; the answer is still the memory
     // limit (and so not cached), with or without the pool.
-    for pool in [1, 0] {
-        let (sb, _) = connect(pool).await;
+    for mode in MODES {
+        let sb = ModeSandbox::connect(mode).await;
         let program = "echo eating; (a=x; while :; do a=\"$a$a\"; done); echo \"after=$?\"; exit 5";
-        match run(&sb, program).await {
+        match sb.run(program).await {
             RunOutcome::OutOfMemory { output } => {
                 assert_eq!(text(&output, StreamKind::Stdout), "eating\nafter=137\n")
             }
-            other => panic!("pool {pool}: expected OutOfMemory, got {other:?}"),
+            other => panic!("{mode:?}: expected OutOfMemory, got {other:?}"),
         }
         // A plain failure is not mistaken for one.
-        assert_eq!(exited(run(&sb, "exit 5").await), (5, "".into(), "".into()));
-        finish(sb).await;
+        assert_eq!(exited(sb.run("exit 5").await), (5, "".into(), "".into()));
+        sb.finish().await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_network() {
-    let (sb, _) = connect(1).await;
-    let program = "ls /sys/class/net; \
+    for mode in MODES {
+        eprintln!("mode {mode:?}");
+        let sb = ModeSandbox::connect(mode).await;
+        let program = "ls /sys/class/net; \
         echo hi | nc -w 1 1.1.1.1 80; echo \"out=$?\"; \
         echo hi | nc -w 1 127.0.0.1 80; echo \"lo=$?\"";
-    let (status, out, err) = exited(run(&sb, program).await);
-    assert_eq!(status, 0);
-    assert_eq!(out, "lo\nout=1\nlo=1\n", "stderr: {err}");
-    assert!(err.contains("Network is unreachable"), "{err}");
-    finish(sb).await;
+        let (status, out, err) = exited(sb.run(program).await);
+        assert_eq!(status, 0);
+        assert_eq!(out, "lo\nout=1\nlo=1\n", "stderr: {err}");
+        assert!(err.contains("Network is unreachable"), "{err}");
+        sb.finish().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn root_is_read_only_and_tmp_is_small() {
-    let (sb, _) = connect(1).await;
-    let program = "echo x > /x 2>/dev/null; echo \"root=$?\"; \
+    for mode in MODES {
+        eprintln!("mode {mode:?}");
+        let sb = ModeSandbox::connect(mode).await;
+        let program = "echo x > /x 2>/dev/null; echo \"root=$?\"; \
         echo x > /etc/x 2>/dev/null; echo \"etc=$?\"; \
         echo hi > /tmp/f && cat /tmp/f; \
         head -c 20000000 /dev/zero > /tmp/big 2>/dev/null; echo \"big=$?\"; \
         grep ' / ' /proc/mounts | grep -c ' ro,'";
-    let (status, out, _) = exited(run(&sb, program).await);
-    assert_eq!(status, 0);
-    let lines: Vec<&str> = out.lines().collect();
-    assert!(
-        lines[0].starts_with("root=") && lines[0] != "root=0",
-        "{out}"
-    );
-    assert!(lines[1].starts_with("etc=") && lines[1] != "etc=0", "{out}");
-    assert_eq!(lines[2], "hi");
-    assert!(lines[3] != "big=0", "a 20 MB file fit in /tmp: {out}");
-    assert_eq!(lines[4], "1", "root not mounted read-only: {out}");
-    finish(sb).await;
+        let (status, out, _) = exited(sb.run(program).await);
+        assert_eq!(status, 0);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[0].starts_with("root=") && lines[0] != "root=0",
+            "{out}"
+        );
+        assert!(lines[1].starts_with("etc=") && lines[1] != "etc=0", "{out}");
+        assert_eq!(lines[2], "hi");
+        assert!(lines[3] != "big=0", "a 20 MB file fit in /tmp: {out}");
+        assert_eq!(lines[4], "1", "root not mounted read-only: {out}");
+        sb.finish().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn environment_holds_nothing_of_the_daemon() {
-    let (sb, _) = connect(1).await;
-    let (status, out, _) = exited(run(&sb, "env").await);
-    assert_eq!(status, 0);
-    let env: HashMap<&str, &str> = out.lines().filter_map(|l| l.split_once('=')).collect();
-    for (key, value) in SANDBOX_ENV {
-        assert_eq!(env.get(key), Some(&value), "{out}");
-    }
-    assert_eq!(env.get("HOSTNAME"), Some(&"sandbox"), "{out}");
-    // Variables the engine or the shell itself sets; anything else came from somewhere else.
-    let expected: Vec<&str> = SANDBOX_ENV
-        .iter()
-        .map(|(k, _)| *k)
-        .chain(["HOSTNAME", "PWD", "SHLVL"])
-        .collect();
-    let unexpected: Vec<&&str> = env.keys().filter(|k| !expected.contains(k)).collect();
-    assert!(
-        unexpected.is_empty(),
-        "unexpected variables {unexpected:?} in {out}"
-    );
-    // None of this (test) process's own variables got through, whatever they are called.
-    for (key, value) in std::env::vars() {
-        if env.get(key.as_str()) == Some(&value.as_str()) {
-            assert!(expected.contains(&key.as_str()), "{key} leaked");
+    for mode in MODES {
+        eprintln!("mode {mode:?}");
+        let sb = ModeSandbox::connect(mode).await;
+        let (status, out, _) = exited(sb.run("env").await);
+        assert_eq!(status, 0);
+        let env: HashMap<&str, &str> = out.lines().filter_map(|l| l.split_once('=')).collect();
+        for (key, value) in SANDBOX_ENV {
+            assert_eq!(env.get(key), Some(&value), "{out}");
         }
+        assert_eq!(env.get("HOSTNAME"), Some(&"sandbox"), "{out}");
+        // Variables the engine or the shell itself sets; anything else came from somewhere else.
+        let expected: Vec<&str> = SANDBOX_ENV
+            .iter()
+            .map(|(k, _)| *k)
+            .chain(["HOSTNAME", "PWD", "SHLVL"])
+            .collect();
+        let unexpected: Vec<&&str> = env.keys().filter(|k| !expected.contains(k)).collect();
+        assert!(
+            unexpected.is_empty(),
+            "unexpected variables {unexpected:?} in {out}"
+        );
+        // None of this (test) process's own variables got through, whatever they are called.
+        for (key, value) in std::env::vars() {
+            if env.get(key.as_str()) == Some(&value.as_str()) {
+                assert!(expected.contains(&key.as_str()), "{key} leaked");
+            }
+        }
+        sb.finish().await;
     }
-    finish(sb).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_as_nobody_without_capabilities() {
-    let (sb, _) = connect(1).await;
-    let (status, out, _) = exited(
-        run(
-            &sb,
+    for mode in MODES {
+        eprintln!("mode {mode:?}");
+        let sb = ModeSandbox::connect(mode).await;
+        let (status, out, _) = exited(
+        sb.run(
             "id -u; id -g; grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp):' /proc/self/status; \
              grep -E '^Seccomp:' /proc/1/status | sed 's/^/init/'",
         )
         .await,
     );
-    assert_eq!(status, 0);
-    let mut lines = out.lines();
-    assert_eq!(lines.next(), Some("65534"));
-    assert_eq!(lines.next(), Some("65534"));
-    let fields: HashMap<&str, &str> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k, v.trim()))
-        .collect();
-    for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
-        assert_eq!(fields.get(cap), Some(&"0000000000000000"), "{cap} in {out}");
+        assert_eq!(status, 0);
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some("65534"));
+        assert_eq!(lines.next(), Some("65534"));
+        let fields: HashMap<&str, &str> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k, v.trim()))
+            .collect();
+        for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(fields.get(cap), Some(&"0000000000000000"), "{cap} in {out}");
+        }
+        assert_eq!(fields.get("NoNewPrivs"), Some(&"1"), "{out}");
+        // The program (an exec, or a child of the container's init) is filtered exactly as the
+        // container's init is.
+        assert!(fields.contains_key("Seccomp"), "{out}");
+        assert_eq!(fields.get("Seccomp"), fields.get("initSeccomp"), "{out}");
+        sb.finish().await;
     }
-    assert_eq!(fields.get("NoNewPrivs"), Some(&"1"), "{out}");
-    // The program (an exec) is filtered exactly as the container's own processes are.
-    assert!(fields.contains_key("Seccomp"), "{out}");
-    assert_eq!(fields.get("Seccomp"), fields.get("initSeccomp"), "{out}");
-    finish(sb).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_stdout_early_is_fine() {
-    let (sb, _) = connect(1).await;
-    let (_, out, err) = exited(run(&sb, "exec >&-; echo x >&2; echo lost").await);
-    assert_eq!(out, "");
-    assert!(err.starts_with("x\n"), "{err}");
-    // Both streams closed while the program goes on: the status still comes from its exit.
-    let began = Instant::now();
-    let (status, out, err) = exited(run(&sb, "exec >&- 2>&-; sleep 0.5; exit 4").await);
-    assert_eq!((status, out.as_str(), err.as_str()), (4, "", ""));
-    assert!(began.elapsed() >= Duration::from_millis(500));
-    finish(sb).await;
+    for mode in MODES {
+        eprintln!("mode {mode:?}");
+        let sb = ModeSandbox::connect(mode).await;
+        let (_, out, err) = exited(sb.run("exec >&-; echo x >&2; echo lost").await);
+        assert_eq!(out, "");
+        assert!(err.starts_with("x\n"), "{err}");
+        // Both streams closed while the program goes on: the status still comes from its exit.
+        let began = Instant::now();
+        let (status, out, err) = exited(sb.run("exec >&- 2>&-; sleep 0.5; exit 4").await);
+        assert_eq!((status, out.as_str(), err.as_str()), (4, "", ""));
+        assert!(began.elapsed() >= Duration::from_millis(500));
+        sb.finish().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_ends_when_the_program_exits_despite_background_processes() {
-    let (sb, _) = connect(1).await;
-    // The background sleep keeps the program's stdout open long after the program exits; the
-    // run still ends with the program, as it would if the program were the container's main
-    // process.
-    let began = Instant::now();
-    let (status, out, _) = exited(run(&sb, "sleep 30 & echo done; exit 5").await);
-    assert_eq!((status, out.as_str()), (5, "done\n"));
-    assert!(
-        began.elapsed() < limits().timeout / 2,
-        "took {:?}",
-        began.elapsed()
-    );
-    finish(sb).await;
+    for mode in MODES {
+        eprintln!("mode {mode:?}");
+        let sb = ModeSandbox::connect(mode).await;
+        // The background sleep keeps the program's stdout open long after the program exits; the
+        // run still ends with the program, as it would if the program were the container's main
+        // process.
+        let began = Instant::now();
+        let (status, out, _) = exited(sb.run("sleep 30 & echo done; exit 5").await);
+        assert_eq!((status, out.as_str()), (5, "done\n"));
+        assert!(
+            began.elapsed() < limits().timeout / 2,
+            "took {:?}",
+            began.elapsed()
+        );
+        sb.finish().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,31 +394,36 @@ async fn twenty_programs_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_pool_container_is_not_handed_out() {
-    let (sb, hooks) = connect(1).await;
-    assert_eq!(sb.status(), "pool 1/1");
-    let pooled = containers_of(sb.instance()).await;
-    assert_eq!(pooled.len(), 1, "{pooled:?}");
-    let name = pooled[0].trim_start_matches('/').to_owned();
-    let docker = engine();
-    let kill = KillContainerOptionsBuilder::new().signal("KILL").build();
-    docker.kill_container(&name, Some(kill)).await.unwrap();
-    // Synchronise on the engine, not on time: the container is dead once its wait returns.
-    let _ = docker
-        .wait_container(&name, None::<WaitContainerOptions>)
-        .next()
-        .await;
-    let (status, out, _) = exited(run(&sb, "echo alive").await);
-    assert_eq!((status, out.as_str()), (0, "alive\n"));
-    // The pool heals itself: the dead one is replaced, and nothing of it is left.
-    hooks.wait_ready(1).await;
-    assert_eq!(sb.status(), "pool 1/1");
-    assert!(
-        !containers_of(sb.instance())
-            .await
-            .iter()
-            .any(|n| n.trim_start_matches('/') == name)
-    );
-    finish(sb).await;
+    // Both kinds of pooled container: how a dead one is told apart from a run that was killed
+    // differs (see `run`).
+    for mode in [Mode::Armed, Mode::Unarmed] {
+        eprintln!("mode {mode:?}");
+        let ModeSandbox { sb, hooks, .. } = ModeSandbox::connect(mode).await;
+        assert_eq!(sb.status(), "pool 1/1");
+        let pooled = containers_of(sb.instance()).await;
+        assert_eq!(pooled.len(), 1, "{pooled:?}");
+        let name = pooled[0].trim_start_matches('/').to_owned();
+        let docker = engine();
+        let kill = KillContainerOptionsBuilder::new().signal("KILL").build();
+        docker.kill_container(&name, Some(kill)).await.unwrap();
+        // Synchronise on the engine, not on time: the container is dead once its wait returns.
+        let _ = docker
+            .wait_container(&name, None::<WaitContainerOptions>)
+            .next()
+            .await;
+        let (status, out, _) = exited(run(&sb, "echo alive").await);
+        assert_eq!((status, out.as_str()), (0, "alive\n"));
+        // The pool heals itself: the dead one is replaced, and nothing of it is left.
+        hooks.wait_ready(1).await;
+        assert_eq!(sb.status(), "pool 1/1");
+        assert!(
+            !containers_of(sb.instance())
+                .await
+                .iter()
+                .any(|n| n.trim_start_matches('/') == name)
+        );
+        finish(sb).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,7 +432,9 @@ async fn pool_refills_after_each_run() {
     let first_fill = hooks.refills.load(Ordering::SeqCst);
     assert_eq!(first_fill, 1);
     for i in 0..3 {
+        // Refilled, and armed once the pool is quiet again.
         hooks.wait_ready(1).await;
+        hooks.wait_armed(1).await;
         let began = Instant::now();
         let (_, out, _) = exited(run(&sb, &format!("echo {i}")).await);
         assert_eq!(out, format!("{i}\n"));
@@ -408,9 +453,9 @@ async fn pool_refills_after_each_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_before_the_program_is_kept_with_or_without_the_pool() {
     // An image whose command greets before it reads the program, made from the test image. The
-    // program runs in an exec of the image's command, so the greeting is the exec's (printed
-    // while the container waits in the pool, or at the start of a cold run); the container's
-    // main process greets too, but its output goes nowhere.
+    // greeting comes from whichever process takes the program (printed while the container waits
+    // in the pool, or at the start of a cold run); an armed container's main process greets
+    // too, but that greeting is nobody's run and is dropped.
     let docker = engine();
     let suffix = format!("{:08x}", rand::random::<u32>());
     let base = format!("compilerd-test-banner-base-{suffix}");
@@ -438,15 +483,13 @@ async fn output_before_the_program_is_kept_with_or_without_the_pool() {
     docker.remove_container(&base, Some(force)).await.unwrap();
     committed.unwrap();
 
-    for pool_size in [1, 0] {
-        let (sb, hooks) = connect_image(tag.clone(), pool_size, limits()).await;
+    for mode in MODES {
+        let mut opts = DockerOptions::new(tag.clone(), usize::from(mode != Mode::Cold));
+        opts.arm = mode == Mode::Armed;
+        let (sb, hooks) = connect_opts(opts, limits()).await;
         let (status, out, _) = exited(run(&sb, "echo program").await);
-        assert_eq!(
-            (status, out.as_str()),
-            (0, "banner\nprogram\n"),
-            "pool {pool_size}"
-        );
-        if pool_size > 0 {
+        assert_eq!((status, out.as_str()), (0, "banner\nprogram\n"), "{mode:?}");
+        if mode != Mode::Cold {
             // Served by the pool: a greeting is not mistaken for a dead container.
             assert_eq!(hooks.empty.load(Ordering::SeqCst), 0);
             hooks.wait_ready(1).await;
@@ -470,10 +513,7 @@ async fn fingerprint_names_backend_image_id_and_limits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_image_fails_at_connect() {
-    let opts = DockerOptions {
-        image: "compilerd-no-such-image-for-tests".into(),
-        pool_size: 1,
-    };
+    let opts = DockerOptions::new("compilerd-no-such-image-for-tests", 1);
     let err = DockerSandbox::connect(opts, limits(), Arc::new(NoHooks))
         .await
         .err()
@@ -492,10 +532,7 @@ async fn settings_the_engine_rejects_fail_at_connect() {
     let mut too_many_cpus = limits();
     too_many_cpus.cpus = 4096.0;
     for pool_size in [0, 1] {
-        let opts = DockerOptions {
-            image: image(),
-            pool_size,
-        };
+        let opts = DockerOptions::new(image(), pool_size);
         let err = DockerSandbox::connect(opts, too_many_cpus.clone(), Arc::new(NoHooks))
             .await
             .err()
@@ -508,10 +545,7 @@ async fn settings_the_engine_rejects_fail_at_connect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_engine_fails_at_connect() {
     for host in ["unix:///nonexistent/docker.sock", "tcp://127.0.0.1:1"] {
-        let opts = DockerOptions {
-            image: image(),
-            pool_size: 1,
-        };
+        let opts = DockerOptions::new(image(), 1);
         let err = DockerSandbox::connect_to(host, opts, limits(), Arc::new(NoHooks))
             .await
             .err()

@@ -36,6 +36,7 @@ pub fn limits() -> Limits {
 /// Records the pool's hooks; `ready` lets a test wait for a refill without sleeping.
 pub struct PoolHooks {
     pub ready: watch::Sender<usize>,
+    pub armed: watch::Sender<usize>,
     pub empty: AtomicUsize,
     pub refills: AtomicUsize,
 }
@@ -43,6 +44,9 @@ pub struct PoolHooks {
 impl Hooks for PoolHooks {
     fn pool_ready(&self, n: usize) {
         self.ready.send_replace(n);
+    }
+    fn pool_armed(&self, n: usize) {
+        self.armed.send_replace(n);
     }
     fn pool_empty(&self) {
         self.empty.fetch_add(1, Ordering::SeqCst);
@@ -63,6 +67,63 @@ impl PoolHooks {
             *self.ready.borrow()
         );
     }
+
+    /// Waits (bounded) until the pool reports at least `n` armed containers.
+    pub async fn wait_armed(&self, n: usize) {
+        let mut rx = self.armed.subscribe();
+        let reached = tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|r| *r >= n)).await;
+        assert!(
+            reached.is_ok(),
+            "pool never had {n} armed (now {})",
+            *self.armed.borrow()
+        );
+    }
+}
+
+/// The three ways a program reaches a container: a pooled container's waiting exec, a pooled
+/// container's main process, and a container started for the run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mode {
+    Armed,
+    Unarmed,
+    Cold,
+}
+
+pub const MODES: [Mode; 3] = [Mode::Armed, Mode::Unarmed, Mode::Cold];
+
+/// A sandbox whose every run goes the way `mode` says.
+pub struct ModeSandbox {
+    pub sb: DockerSandbox,
+    pub hooks: Arc<PoolHooks>,
+    pub mode: Mode,
+}
+
+impl ModeSandbox {
+    pub async fn connect(mode: Mode) -> ModeSandbox {
+        Self::connect_with(mode, limits()).await
+    }
+
+    pub async fn connect_with(mode: Mode, limits: Limits) -> ModeSandbox {
+        let pool_size = if mode == Mode::Cold { 0 } else { 1 };
+        let mut opts = DockerOptions::new(image(), pool_size);
+        opts.arm = mode == Mode::Armed;
+        let (sb, hooks) = connect_opts(opts, limits).await;
+        ModeSandbox { sb, hooks, mode }
+    }
+
+    /// Runs `program` once the pool holds a container of the mode's kind.
+    pub async fn run(&self, program: &str) -> RunOutcome {
+        match self.mode {
+            Mode::Armed => self.hooks.wait_armed(1).await,
+            Mode::Unarmed => self.hooks.wait_ready(1).await,
+            Mode::Cold => {}
+        }
+        run(&self.sb, program).await
+    }
+
+    pub async fn finish(self) {
+        finish(self.sb).await
+    }
 }
 
 pub async fn connect(pool_size: usize) -> (DockerSandbox, Arc<PoolHooks>) {
@@ -78,12 +139,16 @@ pub async fn connect_image(
     pool_size: usize,
     limits: Limits,
 ) -> (DockerSandbox, Arc<PoolHooks>) {
+    connect_opts(DockerOptions::new(image, pool_size), limits).await
+}
+
+pub async fn connect_opts(opts: DockerOptions, limits: Limits) -> (DockerSandbox, Arc<PoolHooks>) {
     let hooks = Arc::new(PoolHooks {
         ready: watch::Sender::new(0),
+        armed: watch::Sender::new(0),
         empty: AtomicUsize::new(0),
         refills: AtomicUsize::new(0),
     });
-    let opts = DockerOptions { image, pool_size };
     let sandbox = DockerSandbox::connect(opts, limits, hooks.clone())
         .await
         .expect("connect to the engine (is dockerd running and the test image built?)");

@@ -1,17 +1,22 @@
-//! One sandbox container's life: create, start, take a program, collect its output under the cap
-//! and the deadline, read how it ended, and be removed whatever happened.
+//! One sandbox container's life: create, attach, start, optionally *arm*, and be removed whatever
+//! happened. How a program runs in it is `run`'s business.
 //!
-//! The program does not go to the container's main process. The main process (the image's command)
-//! only holds the container up: it blocks reading a stdin that stays open and is never written.
-//! The program goes to an *exec* of that same command, started attached as soon as the container
-//! is up, which blocks reading its own stdin until the program arrives. Why: the engine (dockerd
-//! 20.10) ends a container's attach stream and reports its exit only after tearing it down
-//! (containerd task delete, unmounts), ~40 ms after the program's last byte, while an exec's stream
-//! ends and its exit code is readable ~1 ms after it exits. Starting the exec is expensive too
-//! (runc exec, ~50 ms), which is why it is started before the program is known, not with it. The
-//! price: every container costs the engine that exec on top of its create, start and removal
-//! (~25 ms of a ~75 ms total on the 2-core test machine), so the most runs per second the engine
-//! can sustain, once the pool is drained, drops by about a quarter.
+//! A started container's main process is the image's command, attached before the start (so that
+//! no byte is missed) and blocked reading its stdin. A program can go two ways:
+//!
+//! - to the main process's stdin. The engine (dockerd 20.10) then ends the attach stream and
+//!   reports the exit only after tearing the container down, ~40 ms after the program's last
+//!   byte; but the container costs the engine nothing more than its create, start and exit.
+//! - to an *exec* of the same command, started attached beforehand ("arming" the container), which
+//!   blocks reading its own stdin. Its stream ends and its exit code is readable ~1 ms after the
+//!   program exits, but starting it costs the engine a `runc exec` (~45 ms of CPU on the 2-core
+//!   test machine, a quarter of a container's whole cost), and the container still running
+//!   afterwards costs a kill.
+//!
+//! So the pool arms its containers only while the engine has nothing better to do (see `pool`):
+//! at light load every run gets the fast hand-over, under sustained load, which is bound by the
+//! engine's CPU, runs use the cheap one. Both ways run in the same container with the same
+//! settings (`settings`); only the process that reads the program differs.
 //!
 //! Removal is tied to a guard rather than to the happy path: every container is named before it is
 //! created, and the guard that owns the name removes it when dropped, whether the run finished,
@@ -30,46 +35,21 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, KillContainerOptionsBuilder, RemoveContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder,
 };
-use bytes::Bytes;
-use futures_util::future::{BoxFuture, Fuse, FusedFuture};
 use futures_util::{FutureExt, Stream, StreamExt};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::events::Events;
 use super::settings::{self, ImageCommand};
 use super::sweep::{LABEL_INSTANCE, LABEL_MANAGED, LABEL_OWNER, current_owner};
-use crate::sandbox::output::OutputCollector;
-use crate::sandbox::{Limits, RunOutcome, SandboxError, SandboxErrorKind, StreamKind};
+use crate::sandbox::{Limits, SandboxError, SandboxErrorKind};
 
-/// 128 + SIGKILL.
-const SIGKILL_EXIT: i64 = 137;
-
-/// While a program runs, how soon its exit is first asked about, and the longest gap between two
-/// asks (the gap doubles). See `drive` for why a run asks at all.
-const FIRST_EXIT_POLL: Duration = Duration::from_millis(50);
-const MAX_EXIT_POLL: Duration = Duration::from_millis(400);
-/// Once the output has ended, the exit is already recorded (the engine records it before it ends
-/// the stream); should it not be, ask again this often.
-const EXIT_RECHECK: Duration = Duration::from_millis(5);
-/// How long the output may go on after the program exited before its leftovers (background
-/// processes still holding stdout) are killed.
-const LEFTOVER_GRACE: Duration = Duration::from_millis(50);
-/// How long a run that failed waits for the engine's word on its end (see `Events`); it comes a
-/// millisecond or so after the output ends.
-const EXIT_EVENT_WAIT: Duration = Duration::from_millis(250);
-
-/// Why a run was killed before it ended by itself.
-enum Cut {
-    Deadline,
-    OutputCap,
-}
-
-type OutputStream = Pin<Box<dyn Stream<Item = Result<LogOutput, DockerError>> + Send>>;
-type InputSink = Pin<Box<dyn AsyncWrite + Send>>;
+pub(super) type OutputStream = Pin<Box<dyn Stream<Item = Result<LogOutput, DockerError>> + Send>>;
+pub(super) type InputSink = Pin<Box<dyn AsyncWrite + Send>>;
 
 /// What every container of one `DockerSandbox` shares.
 pub(super) struct Engine {
@@ -77,8 +57,8 @@ pub(super) struct Engine {
     /// Where the engine is, for error messages.
     pub host: String,
     pub image: String,
-    /// The image's Entrypoint + Cmd and working directory, which the exec runs.
-    command: ImageCommand,
+    /// The image's Entrypoint + Cmd and working directory, which an arming exec runs.
+    pub command: ImageCommand,
     pub limits: Limits,
     pub instance: String,
     labels: HashMap<String, String>,
@@ -93,22 +73,28 @@ pub(super) struct Engine {
     runtime: tokio::runtime::Handle,
 }
 
-/// A started container with an attached exec of the image's command blocked reading its stdin.
-pub(super) struct Started {
-    guard: Guard,
-    exec: String,
-    output: OutputStream,
-    input: InputSink,
-    /// What the image's command printed before it had a program (a banner, say). A cold run
-    /// would show it first, so a pooled run does too.
-    early: Vec<LogOutput>,
+/// A process of a sandbox container we are attached to: its main process, or an exec.
+pub(super) struct Attached {
+    pub output: OutputStream,
+    pub input: InputSink,
+    /// What it printed before it had a program (a banner, say). A cold run would show it first,
+    /// so a pooled run does too.
+    pub early: Vec<LogOutput>,
     early_bytes: usize,
 }
 
-impl Started {
+impl Attached {
+    fn new(output: OutputStream, input: InputSink) -> Attached {
+        Attached {
+            output,
+            input,
+            early: Vec::new(),
+            early_bytes: 0,
+        }
+    }
+
     /// Keeps one item of output that came before the program; false when the stream ended or
-    /// failed (the exec or its container died), or when the command printed more than any run
-    /// may.
+    /// failed (the process or its container died), or when it printed more than any run may.
     fn keep_early(&mut self, item: Option<Result<LogOutput, DockerError>>, cap: usize) -> bool {
         match item {
             Some(Ok(item)) => {
@@ -119,12 +105,55 @@ impl Started {
             _ => false,
         }
     }
+
+    /// Takes what it printed so far without waiting; false as `keep_early`.
+    fn still_up(&mut self, cap: usize) -> bool {
+        while let Some(item) = self.output.next().now_or_never() {
+            if !self.keep_early(item, cap) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Resolves when the process is gone. Cancel-safe: what it printed meanwhile is kept.
+    async fn ended(&mut self, cap: usize) {
+        loop {
+            let item = self.output.next().await;
+            if !self.keep_early(item, cap) {
+                return;
+            }
+        }
+    }
+}
+
+/// An exec of the image's command, started in a container and blocked reading its stdin.
+pub(super) struct Exec {
+    pub id: String,
+    pub io: Attached,
+}
+
+/// A started container whose main process waits on its stdin, and, once armed, an exec too.
+pub(super) struct Started {
+    pub guard: Guard,
+    pub main: Attached,
+    pub exec: Option<Exec>,
+}
+
+impl Started {
+    pub fn name(&self) -> &str {
+        &self.guard.name
+    }
+
+    pub fn armed(&self) -> bool {
+        self.exec.is_some()
+    }
 }
 
 /// Removes the container it names when dropped.
-struct Guard {
-    engine: Arc<Engine>,
-    name: String,
+pub(super) struct Guard {
+    pub engine: Arc<Engine>,
+    pub name: String,
 }
 
 impl Drop for Guard {
@@ -188,15 +217,9 @@ impl Engine {
         engine_error(&self.host, &self.image, kind, doing, e)
     }
 
-    /// Creates and starts one container, then starts an exec of the image's command in it,
-    /// attached, so that the exec blocks reading its stdin until a program arrives: that is what
-    /// lets a started container wait in the pool.
-    ///
-    /// With `verify`, returns only once the engine reports the exec's process running, so that an
-    /// image whose command cannot run fails here (at startup, or as a refill failure that backs
-    /// off) rather than as a run. The cold path skips that: the program could not start sooner
-    /// anyway, and a command that fails shows up in the run's status.
-    pub async fn launch(self: &Arc<Self>, verify: bool) -> Result<Started, SandboxError> {
+    /// Creates, attaches to and starts one container, whose main process then blocks reading
+    /// its stdin until a program arrives: that is what lets a started container wait in the pool.
+    pub async fn launch(self: &Arc<Self>) -> Result<Started, SandboxError> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         self.live.send_modify(|live| *live += 1);
         // Named and guarded before the create call: if that call is cut short after the engine
@@ -214,13 +237,42 @@ impl Engine {
             .create_container(Some(create), body)
             .await
             .map_err(|e| self.error(SandboxErrorKind::Start, "creating a sandbox container", e))?;
+        let attach = AttachContainerOptionsBuilder::new()
+            .stdin(true)
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .logs(false)
+            .build();
+        let attached = self
+            .docker
+            .attach_container(&guard.name, Some(attach))
+            .await
+            .map_err(|e| {
+                self.error(
+                    SandboxErrorKind::Start,
+                    "attaching to a sandbox container",
+                    e,
+                )
+            })?;
         self.docker
             .start_container(&guard.name, None)
             .await
             .map_err(|e| self.error(SandboxErrorKind::Start, "starting a sandbox container", e))?;
-        let exec = self
+        Ok(Started {
+            guard,
+            main: Attached::new(attached.output, attached.input),
+            exec: None,
+        })
+    }
+
+    /// Starts an exec of the image's command in `c`, attached, and returns once the engine
+    /// reports its process running, so that a command that cannot stay up fails here (at
+    /// startup, where this is the check of the image's command) rather than as a run.
+    pub async fn arm(&self, c: &mut Started) -> Result<(), SandboxError> {
+        let id = self
             .docker
-            .create_exec(&guard.name, settings::exec_config(&self.command))
+            .create_exec(c.name(), settings::exec_config(&self.command))
             .await
             .map_err(|e| self.error(SandboxErrorKind::Start, "creating the program's exec", e))?
             .id;
@@ -229,33 +281,25 @@ impl Engine {
             tty: false,
             output_capacity: None,
         };
-        let (output, input) = match self.docker.start_exec(&exec, Some(start)).await {
-            Ok(StartExecResults::Attached { output, input }) => (output, input),
+        let io = match self.docker.start_exec(&id, Some(start)).await {
+            Ok(StartExecResults::Attached { output, input }) => Attached::new(output, input),
             Ok(StartExecResults::Detached) => unreachable!("started attached"),
             Err(e) => {
                 return Err(self.error(SandboxErrorKind::Start, "starting the program's exec", e));
             }
         };
-        let mut c = Started {
-            guard,
-            exec,
-            output,
-            input,
-            early: Vec::new(),
-            early_bytes: 0,
-        };
-        if verify {
-            self.exec_running(&mut c).await?;
-        }
-        Ok(c)
+        let mut exec = Exec { id, io };
+        self.exec_running(&mut exec).await?;
+        c.exec = Some(exec);
+        Ok(())
     }
 
     /// Waits until the engine reports the exec's process running; fails if it ended instead.
-    async fn exec_running(&self, c: &mut Started) -> Result<(), SandboxError> {
+    async fn exec_running(&self, exec: &mut Exec) -> Result<(), SandboxError> {
         let began = Instant::now();
         let mut pause = Duration::from_millis(5);
         loop {
-            let info = self.docker.inspect_exec(&c.exec).await.map_err(|e| {
+            let info = self.docker.inspect_exec(&exec.id).await.map_err(|e| {
                 self.error(SandboxErrorKind::Start, "inspecting the program's exec", e)
             })?;
             // Right after the start call the engine may not have marked the exec running yet;
@@ -268,7 +312,7 @@ impl Engine {
             if ended || began.elapsed() > super::ENGINE_TIMEOUT {
                 // What the engine or the command said about it, if anything.
                 let mut said = String::new();
-                while let Some(Some(Ok(item))) = c.output.next().now_or_never() {
+                while let Some(Some(Ok(item))) = exec.io.output.next().now_or_never() {
                     said.push_str(&String::from_utf8_lossy(item.as_ref()));
                 }
                 return Err(SandboxError::new(
@@ -288,240 +332,31 @@ impl Engine {
     }
 
     /// Whether a pre-started container can still take a program, as far as we can tell without
-    /// asking the engine: its exec's stream has not ended (the engine ends it when the exec or the
-    /// container dies, or the engine restarts). The engine is asked only after a run that ended
-    /// the way a dead container's does (see `drive`).
+    /// asking the engine: none of its streams has ended (the engine ends them when the process
+    /// or the container dies, or the engine restarts). The engine is asked only after a run
+    /// that ended the way a dead container's does (see `run`).
     pub fn usable(&self, c: &mut Started) -> bool {
-        while let Some(item) = c.output.next().now_or_never() {
-            if !c.keep_early(item, self.limits.max_output_bytes) {
-                return false;
-            }
-        }
-        true
+        let cap = self.limits.max_output_bytes;
+        c.main.still_up(cap) && c.exec.as_mut().is_none_or(|e| e.io.still_up(cap))
     }
 
-    /// Resolves when an idle container's exec has died. Cancel-safe: what it printed meanwhile
-    /// is kept in the container.
+    /// Resolves when an idle container's main process or exec has died. Cancel-safe.
     pub async fn idle(&self, c: &mut Started) {
-        loop {
-            let item = c.output.next().await;
-            if !c.keep_early(item, self.limits.max_output_bytes) {
-                return;
-            }
-        }
-    }
-
-    pub fn name(c: &Started) -> &str {
-        &c.guard.name
-    }
-
-    /// Hands the program over and collects the run. The deadline counts from here.
-    ///
-    /// `None` means the container may have been dead when the program arrived: the caller runs
-    /// the program again in another container. A pooled container can die unnoticed just before
-    /// the hand-over: its exec's stream may end a little after the engine already reports the
-    /// container stopped. Asking the engine before every hand-over would cost a round trip
-    /// (5-15 ms on a busy host, much of a pooled run), so it is asked after the run instead, and
-    /// only when the run ended the way a dead container's does (SIGKILL): a container that no
-    /// longer runs then may have been dead all along. It may also be that the memory limit
-    /// killed the container's idle main process, or that the program killed it; a second run
-    /// then ends the same way, and as the last try, its answer stands. A program's run has no
-    /// effect outside its container, so running it twice is safe. With `last_try`, the answer
-    /// is the run's whatever the container's state (never `None`).
-    pub async fn drive(
-        &self,
-        c: Started,
-        program: Bytes,
-        last_try: bool,
-    ) -> Result<Option<RunOutcome>, SandboxError> {
-        let Started {
-            guard,
-            exec,
-            mut output,
-            mut input,
-            early,
-            early_bytes: _,
-        } = c;
-        let name = guard.name.as_str();
-        let deadline = Instant::now() + self.limits.timeout;
-        let mut collector = OutputCollector::new(self.limits.max_output_bytes);
-        for item in early {
-            if let Some((kind, data)) = stream_of(item) {
-                // `usable` and `idle` keep no more than the cap.
-                let _ = collector.push(kind, &data);
-            }
-        }
-
-        let mut write = Box::pin(async move {
-            // A failed write means the program exited or closed its stdin without reading it
-            // all; that is the program's business, and its output still tells the story.
-            if input.write_all(&program).await.is_ok() {
-                // Half-close: the engine turns this into EOF on the program's stdin and keeps
-                // the output flowing.
-                let _ = input.shutdown().await;
-            }
-            // Keep the connection's write half open until the run ends.
-            std::future::pending::<()>().await;
-        });
-        let expired = tokio::time::sleep_until(deadline);
-        tokio::pin!(expired);
-        // The exec's stream normally ends ~1 ms after the program exits, and the exit code is
-        // then already recorded. But processes the program left in the background keep the
-        // stream open as long as they hold its stdout (seconds, or up to the deadline), whereas
-        // a container's main process takes everything with it when it exits. So that a run
-        // still ends when the program does, a run that goes on asks for the exit now and then,
-        // and once the program has exited, kills what is left after a short grace (the engine
-        // may still be delivering the last bytes). The exit status is the program's, read
-        // before that kill.
-        let mut poll_gap = FIRST_EXIT_POLL;
-        let poll = tokio::time::sleep_until(Instant::now() + FIRST_EXIT_POLL);
-        tokio::pin!(poll);
-        let mut asking: Fuse<BoxFuture<'_, Result<Option<i64>, SandboxError>>> = Fuse::terminated();
-        let mut leftovers_killed = false;
-        let mut status = None;
-        let mut output_done = false;
-
-        let cut = loop {
-            if output_done && status.is_some() {
-                break None;
-            }
-            tokio::select! {
-                biased;
-                () = &mut expired => break Some(Cut::Deadline),
-                item = output.next(), if !output_done => {
-                    let (kind, data) = match item {
-                        Some(Ok(item)) => match stream_of(item) {
-                            Some(chunk) => chunk,
-                            None => continue,
-                        },
-                        Some(Err(e)) => {
-                            return Err(self.error(SandboxErrorKind::Io, "reading the program's output", e));
-                        }
-                        None => {
-                            output_done = true;
-                            if status.is_none() && asking.is_terminated() {
-                                poll.as_mut().reset(Instant::now());
-                            }
-                            continue;
-                        }
-                    };
-                    if collector.push(kind, &data).is_err() {
-                        break Some(Cut::OutputCap);
-                    }
+        let cap = self.limits.max_output_bytes;
+        match &mut c.exec {
+            Some(exec) => {
+                tokio::select! {
+                    () = c.main.ended(cap) => {}
+                    () = exec.io.ended(cap) => {}
                 }
-                result = &mut asking => match result? {
-                    Some(code) => {
-                        status = Some(code);
-                        if !output_done {
-                            poll.as_mut().reset(Instant::now() + LEFTOVER_GRACE);
-                        }
-                    }
-                    None => {
-                        let gap = if output_done { EXIT_RECHECK } else { poll_gap };
-                        poll_gap = (poll_gap * 2).min(MAX_EXIT_POLL);
-                        poll.as_mut().reset(Instant::now() + gap);
-                    }
-                },
-                () = &mut poll, if asking.is_terminated() && !leftovers_killed => {
-                    if status.is_none() {
-                        asking = self.exec_exit(&exec).boxed().fuse();
-                        // Re-armed when the answer comes.
-                        poll.as_mut().reset(deadline);
-                    } else {
-                        // Exited, and the output still runs after the grace: leftovers. Their
-                        // output up to the kill is still read, to the end of the stream.
-                        leftovers_killed = true;
-                        let engine = guard.engine.clone();
-                        let doomed = name.to_owned();
-                        tokio::spawn(async move { engine.kill(&doomed).await });
-                    }
-                }
-                () = &mut write => unreachable!("the writer never finishes"),
             }
-        };
-        drop(asking);
-        if let Some(cut) = cut {
-            // Hang up before the kill: the engine finishes a process's exit only once its
-            // output is delivered, so a kill while we leave a flood unread would stall.
-            drop(output);
-            drop(write);
-            // The answer does not wait for the engine to confirm the kill (that can take a second
-            // on a loaded host); the guard's forced removal follows it either way. Killing the
-            // container kills the exec'd program with it.
-            let engine = guard.engine.clone();
-            let doomed = name.to_owned();
-            tokio::spawn(async move { engine.kill(&doomed).await });
-            return Ok(Some(match cut {
-                Cut::Deadline => RunOutcome::TimedOut {
-                    output: collector.into_chunks(),
-                },
-                Cut::OutputCap => RunOutcome::OutputTooLarge,
-            }));
-        }
-
-        let status = status.unwrap_or_default();
-        let output = collector.into_chunks();
-        // The engine's OOMKilled flag cannot be trusted on its own: it is only set when the
-        // container stops, and even then, when the killed process was the last one, the cgroup is
-        // gone before the engine hears of the OOM (a plain exit 137, nearly always, on the Debian
-        // 12 engine this project targets). Inside a sandbox only the kernel's OOM killer and the
-        // program itself send SIGKILL (our cuts returned above; a kill of leftovers comes after
-        // the status was read), so a SIGKILL exit counts as the memory limit. That includes the killer picking the container's idle main
-        // process: the container stops, and the exec'd program dies with it (SIGKILL, or an exec
-        // the engine has forgotten, which `exec_exit` reports as SIGKILL).
-        if status == SIGKILL_EXIT {
-            if !last_try && !self.still_running(name).await {
-                tracing::info!(
-                    container = name,
-                    "sandbox container stopped under a run; running the program again elsewhere"
-                );
-                return Ok(None);
-            }
-            return Ok(Some(RunOutcome::OutOfMemory { output }));
-        }
-        // A child killed by the limit while the program went on to fail: the engine announced
-        // the OOM as an event (its OOMKilled flag would only be set once the container stops).
-        if status != 0
-            && self
-                .events
-                .oom_before_end(name, &exec, EXIT_EVENT_WAIT)
-                .await
-        {
-            return Ok(Some(RunOutcome::OutOfMemory { output }));
-        }
-        Ok(Some(RunOutcome::Exited { status, output }))
-    }
-
-    /// The exec'd program's exit status, or `None` while it runs (or is still starting: the
-    /// engine marks an exec running a little after the start call returns). An exec that could
-    /// not start gets an exit code too (126 or 127). An exec the engine no longer knows went with
-    /// its container (the engine forgets a stopped container's execs), so its program was
-    /// killed: SIGKILL.
-    async fn exec_exit(&self, exec: &str) -> Result<Option<i64>, SandboxError> {
-        match self.docker.inspect_exec(exec).await {
-            Ok(info) => Ok(info.exit_code.filter(|_| info.running != Some(true))),
-            Err(DockerError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(Some(SIGKILL_EXIT)),
-            Err(e) => Err(self.error(SandboxErrorKind::Io, "reading the program's exit status", e)),
-        }
-    }
-
-    /// Whether the engine says the container runs; unknown counts as yes (the run's answer
-    /// stands).
-    async fn still_running(&self, name: &str) -> bool {
-        match self.docker.inspect_container(name, None).await {
-            Ok(info) => info.state.and_then(|s| s.running).unwrap_or(false),
-            Err(DockerError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => false,
-            Err(_) => true,
+            None => c.main.ended(cap).await,
         }
     }
 
     /// SIGKILL now; removal follows when the guard drops. Errors are ignored: a container that
     /// already exited is what we wanted, and removal kills it anyway.
-    async fn kill(&self, name: &str) {
+    pub async fn kill(&self, name: &str) {
         let opts = KillContainerOptionsBuilder::new().signal("KILL").build();
         if let Err(e) = self.docker.kill_container(name, Some(opts)).await {
             tracing::debug!(container = name, error = %e, "kill failed (already exited?)");
@@ -569,18 +404,6 @@ impl Engine {
     pub async fn all_removed(&self) {
         let mut rx = self.live.subscribe();
         let _ = rx.wait_for(|n| *n == 0).await;
-    }
-}
-
-/// Which stream a piece of the exec's output belongs to; `None` for what is not program output.
-fn stream_of(item: LogOutput) -> Option<(StreamKind, Bytes)> {
-    match item {
-        // Console is what the engine sends for a TTY; ours have none, but it is stdout if seen.
-        LogOutput::StdOut { message } | LogOutput::Console { message } => {
-            Some((StreamKind::Stdout, message))
-        }
-        LogOutput::StdErr { message } => Some((StreamKind::Stderr, message)),
-        LogOutput::StdIn { .. } => None,
     }
 }
 

@@ -1,16 +1,18 @@
 //! Docker Engine API backend: one fresh, hardened container per run, talked to over the
-//! engine's socket (bollard), never through the `docker` CLI. The program runs in an exec of the
-//! image's command inside that container (see `engine` for why not in its main process).
+//! engine's socket (bollard), never through the `docker` CLI. The program goes to the image's
+//! command, as the container's main process or as an exec in it (see `engine` for which and why).
 //!
 //! - `settings`: the one place that decides the container's hardening and the exec's;
-//! - `engine`: one container's life, from create to removal, and the run itself;
-//! - `pool`: pre-started containers whose exec waits on stdin, refilled in the background;
+//! - `engine`: one container's life, from create to removal;
+//! - `run`: one program's run in a started container;
+//! - `pool`: pre-started containers waiting on stdin, refilled in the background;
 //! - `events`: the engine's events about our containers (OOM kills, ended execs);
 //! - `sweep`: labels, owners, and removal of what a crashed daemon left behind.
 
 mod engine;
 mod events;
 mod pool;
+mod run;
 pub mod settings;
 pub mod sweep;
 
@@ -40,6 +42,20 @@ pub struct DockerOptions {
     pub image: String,
     /// Containers kept started and waiting for a program; 0 disables the pool.
     pub pool_size: usize,
+    /// Whether pool containers get an exec to take the program when the engine is quiet (see
+    /// `engine`): faster runs at light load, no cost under a sustained one. Off only to test the
+    /// other hand-over.
+    pub arm: bool,
+}
+
+impl DockerOptions {
+    pub fn new(image: impl Into<String>, pool_size: usize) -> DockerOptions {
+        DockerOptions {
+            image: image.into(),
+            pool_size,
+            arm: true,
+        }
+    }
 }
 
 pub struct DockerSandbox {
@@ -113,7 +129,7 @@ impl DockerSandbox {
             }
         };
 
-        // Programs run in an exec of the image's command, so the image must have one.
+        // Programs go to the image's command, so the image must have one.
         let Some(command) = command else {
             return Err(SandboxError::new(
                 SandboxErrorKind::Start,
@@ -149,14 +165,17 @@ impl DockerSandbox {
             .events
             .follow(engine.docker.clone(), &engine.instance);
         let filled = if opts.pool_size > 0 {
-            Pool::start(engine.clone(), hooks.clone(), opts.pool_size)
+            Pool::start(engine.clone(), hooks.clone(), opts.pool_size, opts.arm)
                 .await
                 .map(|(pool, filler)| (Some(pool), Some(filler)))
         } else {
             // Without a pool, one throwaway container proves the engine accepts our settings
             // (CPU and memory ranges, init, cgroup namespace) and that the image's command stays
-            // up in an exec, so a bad setting fails the startup instead of every request.
-            engine.launch(true).await.map(|_| (None, None))
+            // up, so a bad setting fails the startup instead of every request.
+            match engine.launch().await {
+                Ok(mut c) => engine.arm(&mut c).await.map(|()| (None, None)),
+                Err(e) => Err(e),
+            }
         };
         let (pool, filler) = match filled {
             Ok(filled) => filled,
@@ -207,7 +226,7 @@ impl Sandbox for DockerSandbox {
     }
 
     async fn run(&self, program: Bytes) -> Result<RunOutcome, SandboxError> {
-        // A second container when the first may have been dead at hand-over (see `drive`). Not
+        // A second container when the first may have been dead at hand-over (see `run`). Not
         // more: a program that gets its container killed would have it killed again, and that
         // answer stands.
         for last_try in [false, true] {
@@ -216,12 +235,12 @@ impl Sandbox for DockerSandbox {
                 Some(pool) => pool.take().await,
                 None => None,
             };
-            // Cold: the same container and exec as the pool's, unverified (see `Engine::launch`).
+            // Cold: the same container as the pool's; the program goes to its main process.
             let container = match pooled {
                 Some(c) => c,
-                None => self.engine.launch(false).await?,
+                None => self.engine.launch().await?,
             };
-            let driven = self.engine.drive(container, program.clone(), last_try);
+            let driven = run::drive(&self.engine, container, program.clone(), last_try);
             if let Some(outcome) = driven.await? {
                 return Ok(outcome);
             }

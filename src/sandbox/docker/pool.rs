@@ -1,19 +1,27 @@
-//! Pre-started containers, so that a run costs a hand-over to an exec that already waits on its
-//! stdin instead of a create + start + exec (all of a cold run but the program itself).
+//! Pre-started containers, so that a run costs a hand-over to a process that already waits on its
+//! stdin instead of a create + start (all of a cold run but the program itself).
 //!
-//! Each idle container is held by its own small task that watches its exec's stream: the engine
-//! ends that stream when the exec or the container dies (killed, OOM, engine restart), so a dead
-//! container leaves the pool at once and is replaced, instead of waiting to fail a request. A run
-//! asks a holder for its container through a oneshot, and checks its stream once more before use
-//! (the engine's view is checked alongside the hand-over, see `Engine::drive`). A filler task
-//! tops the pool up in the background, backing off while the engine fails, and holding back while
-//! the engine has many removals to do.
+//! Each idle container is held by its own small task that watches its streams: the engine ends
+//! them when the process or the container dies (killed, OOM, engine restart), so a dead container
+//! leaves the pool at once and is replaced, instead of waiting to fail a request. A container that
+//! dies within a second of joining counts as a failed refill, so that an image whose command
+//! stops by itself makes the filler back off instead of spin. A run asks a holder for its
+//! container through a oneshot, and checks its streams once more before use (the engine's view is
+//! checked after the run when it matters, see `run`). A filler task tops the pool up in the
+//! background, backing off while the engine fails, and holding back while the engine has many
+//! removals to do.
+//!
+//! Arming (an exec started in the container, see `engine`) costs the engine a quarter of a
+//! container and saves a run ~40 ms. So the pool's first fill is armed (the daemon is ready with
+//! fast runs), and later each holder arms its container only while the pool is *quiet*: full, no
+//! refill under way and no run waiting. At light load that is right after every refill; under a
+//! sustained load, bound by the engine's CPU, it never is, and runs take unarmed containers.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
@@ -23,11 +31,18 @@ use crate::sandbox::SandboxError;
 
 type Handoff = oneshot::Sender<Started>;
 
+/// A container that dies sooner than this after joining the pool counts as a failed refill.
+const DIED_YOUNG: Duration = Duration::from_secs(1);
+
 pub(super) struct Pool {
     engine: Arc<Engine>,
     hooks: Arc<dyn Hooks>,
     target: usize,
+    /// Whether idle containers get armed when the pool is quiet.
+    arm: bool,
     state: Mutex<State>,
+    /// Whether the pool is quiet (see the module's header), for holders waiting to arm.
+    quiet: watch::Sender<bool>,
     /// Wakes the filler: a container left the pool, or the pool closed.
     wake: Notify,
     /// Wakes runs waiting for a refill: a container joined the pool, a refill failed, or the
@@ -42,33 +57,48 @@ struct State {
     /// Refills under way, and runs waiting for one of them.
     creating: usize,
     waiting: usize,
+    /// Containers that died young since a run last took one.
+    young_deaths: u32,
+}
+
+impl State {
+    fn quiet(&self, target: usize) -> bool {
+        !self.closed && self.waiting == 0 && self.creating == 0 && self.idle.len() >= target
+    }
 }
 
 /// An idle container, reachable through its holder task.
 struct Slot {
     id: u64,
     ask: oneshot::Sender<Handoff>,
+    armed: bool,
 }
 
 impl Pool {
     /// Fills the pool before returning, so that the daemon is only ready once the first runs
     /// can be fast, and so that settings the engine rejects fail the startup, not a request.
+    /// With `arm`, the first fill is armed, which also proves that the image's command stays up
+    /// (see `Engine::arm`), and later containers are armed while the pool is quiet.
     pub async fn start(
         engine: Arc<Engine>,
         hooks: Arc<dyn Hooks>,
         target: usize,
+        arm: bool,
     ) -> Result<(Arc<Pool>, JoinHandle<()>), SandboxError> {
         let pool = Arc::new(Pool {
             engine,
             hooks,
             target,
+            arm,
             state: Mutex::new(State {
                 idle: VecDeque::new(),
                 next_id: 0,
                 closed: false,
                 creating: 0,
                 waiting: 0,
+                young_deaths: 0,
             }),
+            quiet: watch::Sender::new(false),
             wake: Notify::new(),
             added: Notify::new(),
         });
@@ -76,7 +106,11 @@ impl Pool {
             let engine = pool.engine.clone();
             async move {
                 let began = Instant::now();
-                engine.launch(true).await.map(|c| (c, began.elapsed()))
+                let mut c = engine.launch().await?;
+                if arm {
+                    engine.arm(&mut c).await?;
+                }
+                Ok::<_, SandboxError>((c, began.elapsed()))
             }
         });
         let mut first_error = None;
@@ -101,6 +135,25 @@ impl Pool {
         self.state.lock().unwrap().idle.len()
     }
 
+    /// Tells waiting holders whether the pool is quiet now, and the hooks how many idle
+    /// containers are armed; called after every change of `state`.
+    fn settle(&self, state: &State) {
+        let quiet = state.quiet(self.target);
+        self.quiet
+            .send_if_modified(|q| std::mem::replace(q, quiet) != quiet);
+        self.hooks
+            .pool_armed(state.idle.iter().filter(|s| s.armed).count());
+    }
+
+    /// Records that a holder armed its container.
+    fn armed(&self, id: u64) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(slot) = state.idle.iter_mut().find(|s| s.id == id) {
+            slot.armed = true;
+        }
+        self.settle(&state);
+    }
+
     pub fn target(&self) -> usize {
         self.target
     }
@@ -120,7 +173,9 @@ impl Pool {
             added.as_mut().enable();
             let popped = {
                 let mut state = self.state.lock().unwrap();
-                match state.idle.pop_front() {
+                // An armed container if there is one: the fastest hand-over.
+                let at = state.idle.iter().position(|s| s.armed).unwrap_or(0);
+                let popped = match state.idle.remove(at) {
                     Some(slot) => Some((slot, state.idle.len())),
                     None if !state.closed && state.waiting < state.creating => {
                         state.waiting += 1;
@@ -133,7 +188,9 @@ impl Pool {
                         }
                         return None;
                     }
-                }
+                };
+                self.settle(&state);
+                popped
             };
             let Some((slot, ready)) = popped else {
                 if !found_empty {
@@ -153,10 +210,11 @@ impl Pool {
             }
             let Ok(mut c) = rx.await else { continue };
             if self.engine.usable(&mut c) {
+                self.state.lock().unwrap().young_deaths = 0;
                 return Some(c);
             }
             tracing::info!(
-                container = Engine::name(&c),
+                container = c.name(),
                 "pool container found dead at hand-over; discarded"
             );
             // Dropping `c` removes it.
@@ -169,7 +227,9 @@ impl Pool {
         let drained = {
             let mut state = self.state.lock().unwrap();
             state.closed = true;
-            std::mem::take(&mut state.idle)
+            let drained = std::mem::take(&mut state.idle);
+            self.settle(&state);
+            drained
         };
         // Each holder sees its slot dropped and drops its container, which removes it.
         drop(drained);
@@ -187,14 +247,18 @@ impl Pool {
             }
             let id = state.next_id;
             state.next_id += 1;
-            state.idle.push_back(Slot { id, ask });
+            let armed = c.armed();
+            state.idle.push_back(Slot { id, ask, armed });
+            let quiet = self.arm.then(|| self.quiet.subscribe());
             tokio::spawn(hold(
                 Arc::downgrade(self),
                 self.engine.clone(),
                 id,
                 c,
                 asked,
+                quiet,
             ));
+            self.settle(&state);
             state.idle.len()
         };
         self.hooks.pool_ready(ready);
@@ -207,6 +271,7 @@ impl Pool {
             let mut state = self.state.lock().unwrap();
             let fewer = n < state.creating;
             state.creating = n;
+            self.settle(&state);
             fewer
         };
         if fewer {
@@ -214,11 +279,16 @@ impl Pool {
         }
     }
 
-    fn forget(&self, id: u64) {
+    /// Takes a dead container's slot out of the pool.
+    fn forget(&self, id: u64, young: bool) {
         let (found, ready) = {
             let mut state = self.state.lock().unwrap();
             let before = state.idle.len();
             state.idle.retain(|s| s.id != id);
+            if young {
+                state.young_deaths += 1;
+            }
+            self.settle(&state);
             (state.idle.len() != before, state.idle.len())
         };
         if found {
@@ -232,13 +302,28 @@ impl Pool {
         let mut failures = 0u32;
         let mut retry_at: Option<Instant> = None;
         let mut removing = self.engine.watch_removing();
+        let mut young_seen = 0;
         loop {
             // Only now, after `add` has put a finished refill in the pool and woken the runs
             // waiting: a refill leaves the count once its container is there to take.
             self.set_creating(creating.len());
-            if self.state.lock().unwrap().closed {
+            let (closed, young) = {
+                let state = self.state.lock().unwrap();
+                (state.closed, state.young_deaths)
+            };
+            if closed {
                 break;
             }
+            if young > young_seen {
+                let delay = backoff(young);
+                tracing::warn!(
+                    retry_in = ?delay,
+                    "pool containers die right after they start; is the image's command one that \
+                     waits for a program on stdin?"
+                );
+                retry_at = Some(Instant::now() + delay);
+            }
+            young_seen = young;
             // Every run ends in a removal, off the request path. Creations and removals compete
             // for the engine, so while as many removals as the pool holds (at least 2) are under
             // way, the filler starts nothing and waits for them: removals cannot pile up behind
@@ -251,7 +336,7 @@ impl Pool {
                     let engine = self.engine.clone();
                     creating.spawn(async move {
                         let began = Instant::now();
-                        engine.launch(true).await.map(|c| (c, began.elapsed()))
+                        engine.launch().await.map(|c| (c, began.elapsed()))
                     });
                 }
                 self.set_creating(creating.len());
@@ -304,33 +389,63 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_millis(ms.min(5000))
 }
 
+/// Holds one idle container until a run asks for it or it dies, arming it when the pool turns
+/// quiet (if `quiet` is given).
 async fn hold(
     pool: Weak<Pool>,
     engine: Arc<Engine>,
     id: u64,
     mut c: Started,
-    asked: oneshot::Receiver<Handoff>,
+    mut asked: oneshot::Receiver<Handoff>,
+    mut quiet: Option<watch::Receiver<bool>>,
 ) {
-    let handoff = tokio::select! {
-        handoff = asked => handoff.ok(),
-        () = engine.idle(&mut c) => None,
-    };
-    match handoff {
-        // If the run gave up waiting, the container comes back here and is dropped (removed).
-        Some(handoff) => drop(handoff.send(c)),
-        None => {
-            if let Some(pool) = pool.upgrade() {
-                let closing = pool.state.lock().unwrap().closed;
-                if !closing {
-                    tracing::info!(
-                        container = Engine::name(&c),
-                        "pool container died; replacing it"
-                    );
+    let joined = Instant::now();
+    loop {
+        let armable = quiet.is_some() && !c.armed();
+        tokio::select! {
+            handoff = &mut asked => {
+                // If the run gave up waiting, the container comes back here and is dropped
+                // (removed); so it is if the pool closed.
+                if let Ok(handoff) = handoff {
+                    drop(handoff.send(c));
                 }
-                pool.forget(id);
+                return;
+            }
+            () = engine.idle(&mut c) => break,
+            () = until_quiet(quiet.as_mut()), if armable => {}
+        }
+        // Asks wait meanwhile (tens of milliseconds); the container's death shows up as a
+        // failed arming, then in `idle`.
+        match engine.arm(&mut c).await {
+            Ok(()) => {
+                if let Some(pool) = pool.upgrade() {
+                    pool.armed(id);
+                }
+            }
+            Err(e) => {
+                tracing::info!(container = c.name(), error = %e.message,
+                    "arming a pool container failed; it serves unarmed");
+                quiet = None;
             }
         }
     }
+    if let Some(pool) = pool.upgrade() {
+        let closing = pool.state.lock().unwrap().closed;
+        if !closing {
+            tracing::info!(container = c.name(), "pool container died; replacing it");
+        }
+        pool.forget(id, joined.elapsed() < DIED_YOUNG);
+    }
+}
+
+/// Resolves when the pool turns quiet; never without a receiver, or once the pool is gone.
+async fn until_quiet(quiet: Option<&mut watch::Receiver<bool>>) {
+    if let Some(rx) = quiet
+        && rx.wait_for(|q| *q).await.is_ok()
+    {
+        return;
+    }
+    std::future::pending::<()>().await;
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The one place that decides how a sandbox container is locked down. Pool containers and
-//! on-demand containers both come from `container_body`, and the program always runs in an exec
-//! from `exec_config`, so a pooled run can never be weaker than a cold one, and a review of the
-//! hardening is a review of this file.
+//! on-demand containers both come from `container_body`, and a program runs either in the
+//! container's main process or in an exec from `exec_config` that can do no more, so a pooled run
+//! can never be weaker than a cold one, and a review of the hardening is a review of this file.
 
 use std::collections::HashMap;
 
@@ -20,7 +20,7 @@ pub const SANDBOX_USER: &str = "65534:65534";
 pub const SANDBOX_HOSTNAME: &str = "sandbox";
 
 /// What the image runs: its Entrypoint followed by its Cmd, in its WorkingDir. The container's
-/// main process runs it by default; the program's exec runs the same thing.
+/// main process runs it by default; an arming exec runs the same thing.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImageCommand {
     pub argv: Vec<String>,
@@ -91,15 +91,14 @@ pub fn container_body(
         user: Some(SANDBOX_USER.to_owned()),
         // The engine adds the image's own ENV and HOSTNAME, never the daemon's environment.
         env: Some(sandbox_env()),
-        // The main process (the image's command) only holds the container up: its stdin is
-        // open and nobody ever attaches or writes to it, so it blocks there for the container's
-        // life. Programs run in an exec (`exec_config`). Its output goes nowhere (no attach, no
-        // log driver).
-        attach_stdin: Some(false),
-        attach_stdout: Some(false),
-        attach_stderr: Some(false),
+        // The main process (the image's command) is attached before the start, so none of its
+        // output is missed, and blocks reading its stdin: that is how the container waits for a
+        // program. With stdin_once, our half-close after the program becomes EOF on its stdin.
+        attach_stdin: Some(true),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
         open_stdin: Some(true),
-        stdin_once: Some(false),
+        stdin_once: Some(true),
         tty: Some(false),
         network_disabled: Some(true),
         labels: Some(labels),
@@ -125,15 +124,15 @@ pub fn container_body(
             privileged: Some(false),
             cgroupns_mode: Some(HostConfigCgroupnsModeEnum::PRIVATE),
             // A real PID 1 (docker-init) reaps zombies and forwards signals, so a program
-            // that forks a lot behaves as it would on a normal machine. With programs in an exec
+            // that forks a lot behaves as it would on a normal machine. With a program in an exec
             // it matters more: orphans of the program are reparented to PID 1, and without init
             // that would be the idle main process, which never reaps them.
             init: Some(true),
             ulimits: Some(vec![ulimit("nofile", 1024), ulimit("core", 0)]),
             // Under host memory pressure the kernel should pick a sandbox, never the daemon.
             oom_score_adj: Some(1000),
-            // Output reaches us through the exec's stream; a log driver would only copy every
-            // byte of the main process to the engine's disk.
+            // Output reaches us through the attach or exec stream; a log driver would only copy
+            // every byte to the engine's disk.
             log_config: Some(HostConfigLogConfig {
                 typ: Some("none".to_owned()),
                 config: None,
