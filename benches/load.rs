@@ -75,7 +75,8 @@ impl Daemon {
         format!("http://{}/compile", self.addr)
     }
 
-    /// Waits until `n` pre-started containers are ready, as the daemon's metrics say.
+    /// Waits until `n` pre-started containers are ready and armed for the fastest hand-over, as
+    /// the daemon's metrics say (a pool at rest is armed).
     fn wait_pool(&self, n: usize) {
         let url = format!("http://{}/metrics", self.addr);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -85,7 +86,7 @@ impl Daemon {
                 .unwrap_or_default();
             let ready = text
                 .lines()
-                .find_map(|l| l.strip_prefix("compilerd_pool_ready "))
+                .find_map(|l| l.strip_prefix("compilerd_pool_armed "))
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .unwrap_or(0.0);
             if ready >= n as f64 || Instant::now() > deadline {

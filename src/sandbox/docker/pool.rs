@@ -302,7 +302,10 @@ impl Pool {
         let mut failures = 0u32;
         let mut retry_at: Option<Instant> = None;
         let mut removing = self.engine.watch_removing();
+        // Young deaths seen, and how many times in a row the filler found new ones: containers
+        // that die together (an engine restart) count once.
         let mut young_seen = 0;
+        let mut young_streak = 0;
         loop {
             // Only now, after `add` has put a finished refill in the pool and woken the runs
             // waiting: a refill leaves the count once its container is there to take.
@@ -314,8 +317,11 @@ impl Pool {
             if closed {
                 break;
             }
-            if young > young_seen {
-                let delay = backoff(young);
+            if young == 0 {
+                young_streak = 0;
+            } else if young > young_seen {
+                young_streak += 1;
+                let delay = backoff(young_streak);
                 tracing::warn!(
                     retry_in = ?delay,
                     "pool containers die right after they start; is the image's command one that \
