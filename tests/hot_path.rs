@@ -45,9 +45,12 @@ static GLOBAL: Counting = Counting;
 
 const HITS: u64 = 1000;
 
-/// Measured: 8.87 allocations per hit (hyper's request head and body, the response's header map,
-/// a copy of the program, a status-code string for the metrics). About 1.5x that.
-const MAX_ALLOCS_PER_HIT: f64 = 13.0;
+/// Measured: 5.87 allocations per hit, all in hyper or inherent to a response: the request
+/// head's read buffer (about 2), its header-read timer, its body channel, and the response's
+/// header map (2). The bound is under one more per hit, so that copying the answer, serializing
+/// JSON or formatting a string on the hit path fails this test; the average is steady to within
+/// a few hundredths from run to run (background tasks add a handful per second).
+const MAX_ALLOCS_PER_HIT: f64 = 6.5;
 
 const REQUEST: &[u8] = b"POST /compile HTTP/1.1\r\nHost: 127.0.0.1\r\n\
 Content-Type: text/plain\r\nContent-Length: 8\r\n\r\necho hit";
