@@ -257,6 +257,9 @@ impl CompileService {
             match inflight.get(&key) {
                 Some(f) => f.clone(),
                 None => {
+                    // The program may be a view into the connection's read buffer (http::body);
+                    // a run holds it for seconds, so it gets its own copy rather than pin that.
+                    let program = Bytes::copy_from_slice(&program);
                     // The run lives in its own task: a client that hangs up must not cancel a run
                     // that others wait on, nor skip its sandbox's cleanup.
                     let this = self.clone();

@@ -285,9 +285,14 @@ impl Hooks for Metrics {
         } else {
             "other"
         };
-        self.requests
-            .with_label_values(&[handler, &code.to_string()])
-            .inc();
+        // The code's text from http's static table: `code.to_string()` allocated on every request.
+        match http::StatusCode::from_u16(code) {
+            Ok(c) => self.requests.with_label_values(&[handler, c.as_str()]),
+            Err(_) => self
+                .requests
+                .with_label_values(&[handler, &code.to_string()]),
+        }
+        .inc();
         self.request_duration
             .with_label_values(&[handler])
             .observe(duration.as_secs_f64());

@@ -36,7 +36,11 @@ pub async fn read_bounded(
         return Err(BodyError::TooLarge);
     }
     let read = async {
-        let mut buf = BytesMut::with_capacity(declared.map_or(0, |n| n as usize).min(max));
+        // A body that arrives in one frame (the usual case: a small program read with its head)
+        // is returned as that frame, without a copy: a cache hit only hashes it. Only a second
+        // frame starts a buffer.
+        let mut first: Option<Bytes> = None;
+        let mut buf = BytesMut::new();
         let mut seen = 0u64;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|_| BodyError::Broken)?;
@@ -48,13 +52,21 @@ pub async fn read_bounded(
                 return Err(BodyError::TooLarge);
             }
             if seen <= max as u64 {
+                if first.is_none() && buf.is_empty() {
+                    first = Some(data);
+                    continue;
+                }
+                if let Some(first) = first.take() {
+                    buf.reserve(declared.map_or(0, |n| n as usize).min(max));
+                    buf.extend_from_slice(&first);
+                }
                 buf.extend_from_slice(&data);
             }
         }
         if seen > max as u64 {
             Err(BodyError::TooLarge)
         } else {
-            Ok(buf.freeze())
+            Ok(first.unwrap_or_else(|| buf.freeze()))
         }
     };
     tokio::time::timeout(timeout, read)

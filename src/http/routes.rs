@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::header::{ALLOW, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -15,6 +15,10 @@ use super::cors::ALLOW_METHODS;
 use crate::compile::{Answer, CacheStatus, error_body};
 
 type Resp = Response<Full<Bytes>>;
+
+/// A `HeaderName` built once: inserting by `&str` copies a non-standard name into a fresh
+/// allocation on every response (one of the few allocations of a cache hit, per tests/hot_path.rs).
+static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 fn response(status: u16, content_type: &'static str, body: Bytes) -> Resp {
     let mut r = Response::new(Full::new(body));
@@ -138,7 +142,7 @@ fn answer_response(answer: Answer) -> Resp {
     let mut r = response(answer.status, "application/json", answer.body);
     if let Some(c) = answer.cache {
         r.headers_mut()
-            .insert("x-cache", HeaderValue::from_static(c.as_str()));
+            .insert(X_CACHE.clone(), HeaderValue::from_static(c.as_str()));
     }
     if let Some(secs) = answer.retry_after {
         r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
