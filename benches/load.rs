@@ -7,7 +7,8 @@
 //!   (c) 40 distinct programs 8 at a time: wall time and errors, vs `docker run`;
 //!   (d) RSS after caching 2 000 answers of ~32 KiB, and again after replaying them all.
 //! Run: `cargo bench --bench load` (root, Docker engine, wrk, bubblewrap, the test image).
-//! `BENCH_QUICK=1` shortens every phase for a smoke test.
+//! `BENCH_QUICK=1` shortens every phase for a smoke test; `BENCH_PHASES=c` (any of `abcwd`, w for
+//! bubblewrap) runs only the phases named.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -18,6 +19,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_compilerd");
 
 fn quick() -> bool {
     std::env::var_os("BENCH_QUICK").is_some()
+}
+
+/// Whether the phase `p` is to run (`BENCH_PHASES`, default all).
+fn phase(p: char) -> bool {
+    std::env::var("BENCH_PHASES").map_or(true, |s| s.contains(p))
 }
 
 fn image() -> String {
@@ -329,150 +335,166 @@ fn main() {
 
     // (a) cache hits vs a minimal hyper server.
     // A pool deep enough for back-to-back runs: a refill takes longer than a pooled run.
-    let d = Daemon::start(&[
-        "--backend",
-        "docker",
-        "--image",
-        &image(),
-        "--pool-size",
-        "8",
-        "--max-concurrent-runs",
-        "8",
-    ]);
-    let (s, body) = post(&client, &d.url(), "echo hit".into());
-    assert_eq!(s, 200, "{body}");
-    let ours = wrk(&d.url(), "echo hit", wrk_s);
-    let (mut refc, refaddr) = start_reference();
-    let reference = wrk(&format!("http://{refaddr}/compile"), "echo hit", wrk_s);
-    let _ = refc.kill();
-    let _ = refc.wait();
-    println!("\n(a) cache hits, 32 connections, {wrk_s}s (wrk):");
-    println!(
-        "    compilerd       {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms  errors {}",
-        ours.rps, ours.p50_ms, ours.p99_ms, ours.errors
-    );
-    println!(
-        "    minimal hyper   {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms",
-        reference.rps, reference.p50_ms, reference.p99_ms
-    );
-    let ratio = ours.rps / reference.rps;
-    println!(
-        "    ratio {:.0}% of the minimal server; p99 {:.2} ms: {}",
-        ratio * 100.0,
-        ours.p99_ms,
-        verdict(ratio >= 0.8 && ours.p99_ms < 5.0)
-    );
-
-    // (b) sequential cold runs.
-    let url = d.url();
-    let run_ours = |p: String| post(&client, &url, p).0 == 200;
-    // A playground at light load: each program arrives once the pool has refilled (awaited on
-    // the daemon's own pool gauge). Back to back, runs outpace refills and wait for them.
-    let (ours_cold, ours_err) = sequential(cold_n, "docker", || d.wait_pool(8), run_ours);
-    let (burst, burst_err) = sequential(cold_n, "burst", || (), run_ours);
-    let (docker_cold, docker_err) = sequential(cold_n, "cli", || (), |p| docker_run(&p).0);
-    let (p50, p90) = (percentile(&ours_cold, 0.5), percentile(&ours_cold, 0.9));
-    let (dp50, dp90) = (percentile(&docker_cold, 0.5), percentile(&docker_cold, 0.9));
-    println!("\n(b) {cold_n} sequential cold runs (distinct programs), pool refilled before each:");
-    println!(
-        "    compilerd docker  p50 {:>7.1} ms  p90 {:>7.1} ms  errors {ours_err}",
-        ms(p50),
-        ms(p90)
-    );
-    println!(
-        "    ...back to back   p50 {:>7.1} ms  p90 {:>7.1} ms  errors {burst_err}",
-        ms(percentile(&burst, 0.5)),
-        ms(percentile(&burst, 0.9))
-    );
-    println!(
-        "    docker run        p50 {:>7.1} ms  p90 {:>7.1} ms  errors {docker_err}",
-        ms(dp50),
-        ms(dp90)
-    );
-    let speedup = dp50.as_secs_f64() / p50.as_secs_f64();
-    println!(
-        "    p50 {speedup:.1}x faster than docker run: {}",
-        verdict(speedup >= 10.0)
-    );
-
-    // (c) 40 distinct programs 8 at a time.
-    let wide = |tag: &str, i: usize| format!("echo wide {tag} {i} {}", std::process::id());
-    let (wall, errs) = concurrent(wide_n, 8, |i| {
-        post(&client, &url, wide("docker", i)).0 == 200
+    let d = (phase('a') || phase('b') || phase('c')).then(|| {
+        Daemon::start(&[
+            "--backend",
+            "docker",
+            "--image",
+            &image(),
+            "--pool-size",
+            "8",
+            "--max-concurrent-runs",
+            "8",
+        ])
     });
-    let (dwall, derrs) = concurrent(wide_n, 8, |i| docker_run(&wide("cli", i)).0);
-    println!("\n(c) {wide_n} distinct programs, 8 at a time:");
-    println!("    compilerd docker  {:>7.0} ms  errors {errs}", ms(wall));
-    println!(
-        "    docker run        {:>7.0} ms  errors {derrs}",
-        ms(dwall)
-    );
-    let speedup = dwall.as_secs_f64() / wall.as_secs_f64();
-    println!(
-        "    {speedup:.1}x faster: {}",
-        verdict(errs == 0 && speedup >= 2.0)
-    );
+    let wide = |tag: &str, i: usize| format!("echo wide {tag} {i} {}", std::process::id());
+    if let Some(d) = &d {
+        let url = d.url();
+        if phase('a') {
+            let (s, body) = post(&client, &d.url(), "echo hit".into());
+            assert_eq!(s, 200, "{body}");
+            let ours = wrk(&d.url(), "echo hit", wrk_s);
+            let (mut refc, refaddr) = start_reference();
+            let reference = wrk(&format!("http://{refaddr}/compile"), "echo hit", wrk_s);
+            let _ = refc.kill();
+            let _ = refc.wait();
+            println!("\n(a) cache hits, 32 connections, {wrk_s}s (wrk):");
+            println!(
+                "    compilerd       {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms  errors {}",
+                ours.rps, ours.p50_ms, ours.p99_ms, ours.errors
+            );
+            println!(
+                "    minimal hyper   {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms",
+                reference.rps, reference.p50_ms, reference.p99_ms
+            );
+            let ratio = ours.rps / reference.rps;
+            println!(
+                "    ratio {:.0}% of the minimal server; p99 {:.2} ms: {}",
+                ratio * 100.0,
+                ours.p99_ms,
+                verdict(ratio >= 0.8 && ours.p99_ms < 5.0)
+            );
+        }
+        if phase('b') {
+            // (b) sequential cold runs.
+            let run_ours = |p: String| post(&client, &url, p).0 == 200;
+            // A playground at light load: each program arrives once the pool has refilled (awaited on
+            // the daemon's own pool gauge). Back to back, runs outpace refills and wait for them.
+            let (ours_cold, ours_err) = sequential(cold_n, "docker", || d.wait_pool(8), run_ours);
+            let (burst, burst_err) = sequential(cold_n, "burst", || (), run_ours);
+            let (docker_cold, docker_err) = sequential(cold_n, "cli", || (), |p| docker_run(&p).0);
+            let (p50, p90) = (percentile(&ours_cold, 0.5), percentile(&ours_cold, 0.9));
+            let (dp50, dp90) = (percentile(&docker_cold, 0.5), percentile(&docker_cold, 0.9));
+            println!(
+                "\n(b) {cold_n} sequential cold runs (distinct programs), pool refilled before each:"
+            );
+            println!(
+                "    compilerd docker  p50 {:>7.1} ms  p90 {:>7.1} ms  errors {ours_err}",
+                ms(p50),
+                ms(p90)
+            );
+            println!(
+                "    ...back to back   p50 {:>7.1} ms  p90 {:>7.1} ms  errors {burst_err}",
+                ms(percentile(&burst, 0.5)),
+                ms(percentile(&burst, 0.9))
+            );
+            println!(
+                "    docker run        p50 {:>7.1} ms  p90 {:>7.1} ms  errors {docker_err}",
+                ms(dp50),
+                ms(dp90)
+            );
+            let speedup = dp50.as_secs_f64() / p50.as_secs_f64();
+            println!(
+                "    p50 {speedup:.1}x faster than docker run: {}",
+                verdict(speedup >= 10.0)
+            );
+        }
+        if phase('c') {
+            // (c) 40 distinct programs 8 at a time.
+            let (wall, errs) = concurrent(wide_n, 8, |i| {
+                post(&client, &url, wide("docker", i)).0 == 200
+            });
+            let (dwall, derrs) = concurrent(wide_n, 8, |i| docker_run(&wide("cli", i)).0);
+            println!("\n(c) {wide_n} distinct programs, 8 at a time:");
+            println!("    compilerd docker  {:>7.0} ms  errors {errs}", ms(wall));
+            println!(
+                "    docker run        {:>7.0} ms  errors {derrs}",
+                ms(dwall)
+            );
+            let speedup = dwall.as_secs_f64() / wall.as_secs_f64();
+            println!(
+                "    {speedup:.1}x faster: {}",
+                verdict(errs == 0 && speedup >= 2.0)
+            );
+        }
+    }
     drop(d);
 
-    // The bubblewrap backend on (b) and (c).
-    let root = rootfs();
-    let b = Daemon::start(&["--backend", "bwrap", "--rootfs", &root]);
-    let burl = b.url();
-    let (bw_cold, bw_err) = sequential(
-        cold_n.max(100),
-        "bwrap",
-        || (),
-        |p| post(&client, &burl, p).0 == 200,
-    );
-    let (bwall, berrs) = concurrent(wide_n, 8, |i| {
-        post(&client, &burl, wide("bwrap", i)).0 == 200
-    });
-    println!("\n(b, c) bubblewrap backend:");
-    println!(
-        "    {} sequential cold runs: p50 {:.1} ms  p90 {:.1} ms  errors {bw_err}: {}",
-        bw_cold.len(),
-        ms(percentile(&bw_cold, 0.5)),
-        ms(percentile(&bw_cold, 0.9)),
-        verdict(percentile(&bw_cold, 0.5) < Duration::from_millis(10))
-    );
-    println!(
-        "    {wide_n} programs 8 at a time: {:.0} ms  errors {berrs}",
-        ms(bwall)
-    );
-    drop(b);
+    if phase('w') {
+        // The bubblewrap backend on (b) and (c).
+        let root = rootfs();
+        let b = Daemon::start(&["--backend", "bwrap", "--rootfs", &root]);
+        let burl = b.url();
+        let (bw_cold, bw_err) = sequential(
+            cold_n.max(100),
+            "bwrap",
+            || (),
+            |p| post(&client, &burl, p).0 == 200,
+        );
+        let (bwall, berrs) = concurrent(wide_n, 8, |i| {
+            post(&client, &burl, wide("bwrap", i)).0 == 200
+        });
+        println!("\n(b, c) bubblewrap backend:");
+        println!(
+            "    {} sequential cold runs: p50 {:.1} ms  p90 {:.1} ms  errors {bw_err}: {}",
+            bw_cold.len(),
+            ms(percentile(&bw_cold, 0.5)),
+            ms(percentile(&bw_cold, 0.9)),
+            verdict(percentile(&bw_cold, 0.5) < Duration::from_millis(10))
+        );
+        println!(
+            "    {wide_n} programs 8 at a time: {:.0} ms  errors {berrs}",
+            ms(bwall)
+        );
+        drop(b);
+    }
 
-    // (d) RSS with the cache full of ~32 KiB answers, then replayed.
-    let d = Daemon::start(&[
-        "--backend",
-        "docker",
-        "--image",
-        &image(),
-        "--max-concurrent-runs",
-        "4",
-    ]);
-    let url = d.url();
-    let rss_start = d.rss_kib();
-    let program = |i: usize| format!("head -c 32000 /dev/zero | tr '\\0' a; echo {i}");
-    let fill = || concurrent(fill_n, 8, |i| post(&client, &url, program(i)).0 == 200);
-    let (fill_wall, fill_errs) = fill();
-    let rss_full = d.rss_kib();
-    let (replay_wall, replay_errs) = fill();
-    let rss_replayed = d.rss_kib();
-    let budget_kib = (fill_n * (32_000 + 64 + 128)) / 1024;
-    println!("\n(d) RSS with {fill_n} cached answers of ~32 KiB (cache bytes ~{budget_kib} KiB):");
-    println!(
-        "    at start {rss_start} KiB; after filling {rss_full} KiB ({:.1} s, errors {fill_errs});",
-        fill_wall.as_secs_f64()
-    );
-    println!(
-        "    after replaying all {rss_replayed} KiB ({:.1} s, errors {replay_errs})",
-        replay_wall.as_secs_f64()
-    );
-    let growth = rss_replayed as f64 / rss_full as f64 - 1.0;
-    let overhead = rss_full.saturating_sub(rss_start) as f64 / budget_kib as f64;
-    println!(
-        "    growth over the cached bytes x{overhead:.2}; replay growth {:+.1}%: {}",
-        growth * 100.0,
-        verdict(growth.abs() <= 0.05)
-    );
+    if phase('d') {
+        // (d) RSS with the cache full of ~32 KiB answers, then replayed.
+        let d = Daemon::start(&[
+            "--backend",
+            "docker",
+            "--image",
+            &image(),
+            "--max-concurrent-runs",
+            "4",
+        ]);
+        let url = d.url();
+        let rss_start = d.rss_kib();
+        let program = |i: usize| format!("head -c 32000 /dev/zero | tr '\\0' a; echo {i}");
+        let fill = || concurrent(fill_n, 8, |i| post(&client, &url, program(i)).0 == 200);
+        let (fill_wall, fill_errs) = fill();
+        let rss_full = d.rss_kib();
+        let (replay_wall, replay_errs) = fill();
+        let rss_replayed = d.rss_kib();
+        let budget_kib = (fill_n * (32_000 + 64 + 128)) / 1024;
+        println!(
+            "\n(d) RSS with {fill_n} cached answers of ~32 KiB (cache bytes ~{budget_kib} KiB):"
+        );
+        println!(
+            "    at start {rss_start} KiB; after filling {rss_full} KiB ({:.1} s, errors {fill_errs});",
+            fill_wall.as_secs_f64()
+        );
+        println!(
+            "    after replaying all {rss_replayed} KiB ({:.1} s, errors {replay_errs})",
+            replay_wall.as_secs_f64()
+        );
+        let growth = rss_replayed as f64 / rss_full as f64 - 1.0;
+        let overhead = rss_full.saturating_sub(rss_start) as f64 / budget_kib as f64;
+        println!(
+            "    growth over the cached bytes x{overhead:.2}; replay growth {:+.1}%: {}",
+            growth * 100.0,
+            verdict(growth.abs() <= 0.05)
+        );
+    }
 }

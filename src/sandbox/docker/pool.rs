@@ -40,6 +40,8 @@ pub(super) struct Pool {
     target: usize,
     /// Whether idle containers get armed when the pool is quiet.
     arm: bool,
+    /// Launches for runs yet to come that may be under way at once: the host's cores.
+    spare: usize,
     state: Mutex<State>,
     /// Whether the pool is quiet (see the module's header), for holders waiting to arm.
     quiet: watch::Sender<bool>,
@@ -90,6 +92,7 @@ impl Pool {
             hooks,
             target,
             arm,
+            spare: std::thread::available_parallelism().map_or(1, |n| n.get()),
             state: Mutex::new(State {
                 idle: VecDeque::new(),
                 next_id: 0,
@@ -179,6 +182,8 @@ impl Pool {
                     Some(slot) => Some((slot, state.idle.len())),
                     None if !state.closed && state.waiting < state.creating => {
                         state.waiting += 1;
+                        // One more waiting run makes room for one more launch.
+                        self.wake.notify_one();
                         None
                     }
                     None => {
@@ -337,8 +342,18 @@ impl Pool {
             // container, bounded by the run slots.)
             let throttled = *removing.borrow_and_update() >= self.target.max(2);
             if retry_at.is_none() && !throttled {
-                let missing = self.target.saturating_sub(self.ready() + creating.len());
-                for _ in 0..missing {
+                // Launches are CPU-bound in the engine: more at once than it has cores only share
+                // them, so that every launch finishes later. Runs waiting for a container come
+                // first; the rest of the refill (for runs yet to come) takes at most one launch a
+                // core. At the end of a burst that leaves the engine to the last runs instead of
+                // to a whole pool's worth of launches.
+                let (ready, waiting) = {
+                    let state = self.state.lock().unwrap();
+                    (state.idle.len(), state.waiting)
+                };
+                let missing = self.target.saturating_sub(ready + creating.len());
+                let room = (waiting + self.spare).saturating_sub(creating.len());
+                for _ in 0..missing.min(room) {
                     let engine = self.engine.clone();
                     creating.spawn(async move {
                         let began = Instant::now();
