@@ -161,7 +161,8 @@ impl Pool {
         self.target
     }
 
-    /// A started container whose exec still waits, or `None` if the pool has none to give.
+    /// A started container still waiting for a program (an armed one if any), or `None` if the
+    /// pool has none to give.
     ///
     /// When the pool is empty but refills are under way, and fewer runs wait for them than there
     /// are, the run waits for the next one rather than starting its own container: a refill is
@@ -399,7 +400,9 @@ struct Waiting<'a>(&'a Pool);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.state.lock().unwrap().waiting -= 1;
+        let mut state = self.0.state.lock().unwrap();
+        state.waiting -= 1;
+        self.0.settle(&state);
     }
 }
 

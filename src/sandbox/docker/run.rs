@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
+use bollard::models::ContainerState;
 use bollard::query_parameters::WaitContainerOptions;
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, Fuse, FusedFuture};
@@ -179,27 +180,28 @@ async fn drive_main(
 
     let status = status.unwrap_or_default();
     let output = collector.into_chunks();
-    // See `drive_exec` on SIGKILL and the memory limit. A container that had stopped before the
-    // program arrived never ran it.
-    if status == SIGKILL_EXIT {
-        if !last_try && stopped_before(engine, name, handed_over).await {
+    if status != 0 {
+        let state = engine
+            .docker
+            .inspect_container(name, None)
+            .await
+            .map_err(|e| engine.error(SandboxErrorKind::Io, "inspecting a finished run", e))?
+            .state
+            .unwrap_or_default();
+        // A container that had stopped before the program arrived never ran it (it died idle,
+        // or the engine restarted): its status is not the program's. The engine records when
+        // its main process exited.
+        if !last_try && stopped_before(&state, handed_over) {
             tracing::info!(
                 container = name,
                 "sandbox container was dead at hand-over; running the program again elsewhere"
             );
             return Ok(None);
         }
-        return Ok(Some(RunOutcome::OutOfMemory { output }));
-    }
-    // A child killed by the limit while the program went on to fail: the container outlived the
-    // OOM, so the engine has set its flag by the time it reports the container stopped.
-    if status != 0 {
-        let info = engine
-            .docker
-            .inspect_container(name, None)
-            .await
-            .map_err(|e| engine.error(SandboxErrorKind::Io, "inspecting a finished run", e))?;
-        if info.state.and_then(|s| s.oom_killed).unwrap_or(false) {
+        // See `drive_exec` on SIGKILL and the memory limit. A child killed by the limit while
+        // the program went on to fail: the container outlived the OOM, so the engine has set
+        // its flag by the time it reports the container stopped.
+        if status == SIGKILL_EXIT || state.oom_killed == Some(true) {
             return Ok(Some(RunOutcome::OutOfMemory { output }));
         }
     }
@@ -357,15 +359,11 @@ async fn container_exit(engine: &Engine, name: &str) -> Result<i64, SandboxError
     }
 }
 
-/// Whether the engine says the container stopped before `when`; unknown counts as no (the run's
-/// answer stands). The engine records the time its main process exited.
-async fn stopped_before(engine: &Engine, name: &str, when: SystemTime) -> bool {
-    let Ok(info) = engine.docker.inspect_container(name, None).await else {
-        return false;
-    };
-    let finished = info.state.and_then(|s| s.finished_at);
+/// Whether the engine's `state` of a container says it stopped before `when`; unknown counts as
+/// no (the run's answer stands).
+fn stopped_before(state: &ContainerState, when: SystemTime) -> bool {
     // Never finished reads "0001-01-01T00:00:00Z", which does not parse (before 1970): no.
-    match finished.as_deref().map(humantime::parse_rfc3339_weak) {
+    match state.finished_at.as_deref().map(humantime::parse_rfc3339_weak) {
         Some(Ok(at)) => at < when,
         _ => false,
     }
@@ -410,7 +408,21 @@ fn stream_of(item: LogOutput) -> Option<(StreamKind, Bytes)> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn stopped_before_reads_the_engines_clock() {
+        let at = |s: &str| ContainerState {
+            finished_at: Some(s.to_owned()),
+            ..Default::default()
+        };
+        let handed_over = humantime::parse_rfc3339_weak("2026-11-26T15:30:00Z").unwrap();
+        assert!(stopped_before(&at("2026-11-26T15:29:59.999999999Z"), handed_over));
+        assert!(!stopped_before(&at("2026-11-26T15:30:00.040Z"), handed_over));
+        assert!(!stopped_before(&at("0001-01-01T00:00:00Z"), handed_over));
+        assert!(!stopped_before(&ContainerState::default(), handed_over));
+    }
 
     #[test]
     fn engine_timestamps_parse() {
