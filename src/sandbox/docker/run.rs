@@ -363,7 +363,11 @@ async fn container_exit(engine: &Engine, name: &str) -> Result<i64, SandboxError
 /// no (the run's answer stands).
 fn stopped_before(state: &ContainerState, when: SystemTime) -> bool {
     // Never finished reads "0001-01-01T00:00:00Z", which does not parse (before 1970): no.
-    match state.finished_at.as_deref().map(humantime::parse_rfc3339_weak) {
+    match state
+        .finished_at
+        .as_deref()
+        .map(humantime::parse_rfc3339_weak)
+    {
         Some(Ok(at)) => at < when,
         _ => false,
     }
@@ -418,8 +422,14 @@ mod tests {
             ..Default::default()
         };
         let handed_over = humantime::parse_rfc3339_weak("2026-11-26T15:30:00Z").unwrap();
-        assert!(stopped_before(&at("2026-11-26T15:29:59.999999999Z"), handed_over));
-        assert!(!stopped_before(&at("2026-11-26T15:30:00.040Z"), handed_over));
+        assert!(stopped_before(
+            &at("2026-11-26T15:29:59.999999999Z"),
+            handed_over
+        ));
+        assert!(!stopped_before(
+            &at("2026-11-26T15:30:00.040Z"),
+            handed_over
+        ));
         assert!(!stopped_before(&at("0001-01-01T00:00:00Z"), handed_over));
         assert!(!stopped_before(&ContainerState::default(), handed_over));
     }
