@@ -10,8 +10,8 @@
 //! - to an *exec* of the same command, started attached beforehand ("arming" the container), which
 //!   blocks reading its own stdin. Its stream ends and its exit code is readable ~1 ms after the
 //!   program exits, but starting it costs the engine a `runc exec` (~45 ms of CPU on the 2-core
-//!   test machine, a quarter of a container's whole cost), and the container still running
-//!   afterwards costs a kill.
+//!   test machine, a quarter of a container's whole cost). After the run the main process is let
+//!   go (its stdin closes), so the container then ends as it would have.
 //!
 //! So the pool arms its containers only while the engine has nothing better to do (see `pool`):
 //! at light load every run gets the fast hand-over, under sustained load, which is bound by the
