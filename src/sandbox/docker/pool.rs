@@ -139,8 +139,9 @@ impl Pool {
     }
 
     /// Tells waiting holders whether the pool is quiet now, and the hooks how many idle
-    /// containers are armed; called after every change of `state`.
+    /// containers there are and how many are armed; called after every change of `state`.
     fn settle(&self, state: &State) {
+        self.hooks.pool_ready(state.idle.len());
         let quiet = state.quiet(self.target);
         self.quiet
             .send_if_modified(|q| std::mem::replace(q, quiet) != quiet);
@@ -180,7 +181,7 @@ impl Pool {
                 // An armed container if there is one: the fastest hand-over.
                 let at = state.idle.iter().position(|s| s.armed).unwrap_or(0);
                 let popped = match state.idle.remove(at) {
-                    Some(slot) => Some((slot, state.idle.len())),
+                    Some(slot) => Some(slot),
                     None if !state.closed && state.waiting < state.creating => {
                         state.waiting += 1;
                         // One more waiting run makes room for one more launch.
@@ -198,7 +199,7 @@ impl Pool {
                 self.settle(&state);
                 popped
             };
-            let Some((slot, ready)) = popped else {
+            let Some(slot) = popped else {
                 if !found_empty {
                     self.hooks.pool_empty();
                     found_empty = true;
@@ -208,7 +209,6 @@ impl Pool {
                 added.await;
                 continue;
             };
-            self.hooks.pool_ready(ready);
             self.wake.notify_one();
             let (tx, rx) = oneshot::channel();
             if slot.ask.send(tx).is_err() {
@@ -239,14 +239,13 @@ impl Pool {
         };
         // Each holder sees its slot dropped and drops its container, which removes it.
         drop(drained);
-        self.hooks.pool_ready(0);
         self.wake.notify_one();
         self.added.notify_waiters();
     }
 
     fn add(self: &Arc<Self>, c: Started) {
         let (ask, asked) = oneshot::channel();
-        let ready = {
+        {
             let mut state = self.state.lock().unwrap();
             if state.closed {
                 return;
@@ -265,9 +264,7 @@ impl Pool {
                 quiet,
             ));
             self.settle(&state);
-            state.idle.len()
-        };
-        self.hooks.pool_ready(ready);
+        }
         self.added.notify_waiters();
     }
 
@@ -287,7 +284,7 @@ impl Pool {
 
     /// Takes a dead container's slot out of the pool.
     fn forget(&self, id: u64, young: bool) {
-        let (found, ready) = {
+        let found = {
             let mut state = self.state.lock().unwrap();
             let before = state.idle.len();
             state.idle.retain(|s| s.id != id);
@@ -295,10 +292,9 @@ impl Pool {
                 state.young_deaths += 1;
             }
             self.settle(&state);
-            (state.idle.len() != before, state.idle.len())
+            state.idle.len() != before
         };
         if found {
-            self.hooks.pool_ready(ready);
             self.wake.notify_one();
         }
     }
