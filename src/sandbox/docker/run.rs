@@ -5,10 +5,11 @@
 //! A pooled container can die unnoticed just before the hand-over: its stream may end a little
 //! after the engine already reports it stopped. Asking the engine before every hand-over would
 //! cost a round trip (5-15 ms on a busy host, much of a pooled run), so it is asked after the run
-//! instead, and only when the run ended the way a dead container's does (SIGKILL). Then `drive`
-//! answers `None` and the caller runs the program again in another container: a program's run has
-//! no effect outside its container, so running it twice is safe. With `last_try`, the answer is
-//! the run's whatever the container's state (never `None`).
+//! instead, and only when the run failed the way a dead container's does: if the engine says the
+//! container stopped before the hand-over (`stopped_before`), it never ran the program. Then
+//! `drive` answers `None` and the caller runs the program again in another container: a program's
+//! run has no effect outside its container, so running it twice is safe. With `last_try`, the
+//! answer is the run's whatever the container's state (never `None`).
 
 use std::time::{Duration, SystemTime};
 
@@ -227,6 +228,7 @@ async fn drive_exec(
             },
     } = exec;
     let name = guard.name.as_str();
+    let handed_over = SystemTime::now();
     let deadline = Instant::now() + engine.limits.timeout;
     let mut collector = collector_with(engine, early);
     let mut write = Box::pin(feed(input, program));
@@ -315,13 +317,19 @@ async fn drive_exec(
     // SIGKILL (our cuts returned above; a kill of leftovers comes after the status was read), so
     // a SIGKILL exit counts as the memory limit. That includes the killer picking the container's
     // idle main process: the container stops, and the exec'd program dies with it (SIGKILL, or an
-    // exec the engine has forgotten, which `exec_exit` reports as SIGKILL). A container that no
-    // longer runs after such a run may also have been dead all along.
+    // exec the engine has forgotten, which `exec_exit` reports as SIGKILL). A dead container's
+    // exec ends that way too, so a container that stopped before the hand-over is asked about.
     if status == SIGKILL_EXIT {
-        if !last_try && !still_running(engine, name).await {
+        let state = engine
+            .docker
+            .inspect_container(name, None)
+            .await
+            .ok()
+            .and_then(|info| info.state);
+        if !last_try && state.is_some_and(|s| stopped_before(&s, handed_over)) {
             tracing::info!(
                 container = name,
-                "sandbox container stopped under a run; running the program again elsewhere"
+                "sandbox container was dead at hand-over; running the program again elsewhere"
             );
             return Ok(None);
         }
@@ -384,17 +392,6 @@ async fn exec_exit(engine: &Engine, exec: &str) -> Result<Option<i64>, SandboxEr
             status_code: 404, ..
         }) => Ok(Some(SIGKILL_EXIT)),
         Err(e) => Err(engine.error(SandboxErrorKind::Io, "reading the program's exit status", e)),
-    }
-}
-
-/// Whether the engine says the container runs; unknown counts as yes (the run's answer stands).
-async fn still_running(engine: &Engine, name: &str) -> bool {
-    match engine.docker.inspect_container(name, None).await {
-        Ok(info) => info.state.and_then(|s| s.running).unwrap_or(false),
-        Err(DockerError::DockerResponseServerError {
-            status_code: 404, ..
-        }) => false,
-        Err(_) => true,
     }
 }
 
