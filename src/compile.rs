@@ -51,6 +51,20 @@ pub struct Answer {
     pub key: Option<Key>,
 }
 
+impl Answer {
+    /// An answer that is not a run's: `{"Errors": message, "Events": null}`, never cached.
+    fn error(status: u16, message: &str) -> Answer {
+        Answer {
+            status,
+            body: error_body(message),
+            cache: None,
+            retry_after: None,
+            result: None,
+            key: None,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Body<'a> {
     #[serde(rename = "Errors")]
@@ -223,14 +237,7 @@ impl CompileService {
     /// The answer to a program that is over the size limit; never run, never cached.
     pub fn program_too_large(&self) -> Answer {
         self.hooks.program_too_large();
-        Answer {
-            status: 400,
-            body: error_body(PROGRAM_TOO_LARGE),
-            cache: None,
-            retry_after: None,
-            result: None,
-            key: None,
-        }
+        Answer::error(400, PROGRAM_TOO_LARGE)
     }
 
     pub fn key(&self, program: &[u8]) -> Key {
@@ -271,14 +278,7 @@ impl CompileService {
                     let flight = async move {
                         task.await.unwrap_or_else(|e| {
                             tracing::error!(error = %e, "run task failed");
-                            Answer {
-                                status: 500,
-                                body: error_body("Internal error while running the program."),
-                                cache: None,
-                                retry_after: None,
-                                result: None,
-                                key: None,
-                            }
+                            Answer::error(500, "Internal error while running the program.")
                         })
                     }
                     .boxed()
@@ -320,12 +320,11 @@ impl CompileService {
                 self.hooks.overload_rejected();
                 let retry = self.limits.timeout.as_secs_f64().ceil().max(1.0) as u64;
                 return Answer {
-                    status: 503,
-                    body: error_body("Server busy: too many programs are running. Retry shortly."),
-                    cache: None,
                     retry_after: Some(retry),
-                    result: None,
-                    key: None,
+                    ..Answer::error(
+                        503,
+                        "Server busy: too many programs are running. Retry shortly.",
+                    )
                 };
             }
         };
