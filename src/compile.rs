@@ -136,7 +136,7 @@ fn render(
             };
             (200, body, r, true)
         }
-        Ok(RunOutcome::OutputTooLarge) => (
+        Ok(RunOutcome::OutputTooLarge { .. }) => (
             400,
             error_body(OUTPUT_TOO_LARGE),
             RunResult::OutputTooLarge,
@@ -329,7 +329,7 @@ impl CompileService {
             }
         };
         let started = Instant::now();
-        let result = self.sandbox.run(program).await;
+        let result = self.sandbox.run(program, None).await;
         let elapsed: Duration = started.elapsed();
         if let Err(e) = &result {
             self.hooks.sandbox_error(e.kind.as_str());
@@ -365,6 +365,7 @@ mod tests {
         Chunk {
             kind,
             data: s.to_vec(),
+            at: Duration::ZERO,
         }
     }
 
@@ -384,7 +385,8 @@ mod tests {
             std::str::from_utf8(&body).unwrap(),
             r#"{"Errors":"","Events":[{"Message":"hi\n","Kind":"stdout","Delay":0},{"Message":"�x","Kind":"stderr","Delay":0}],"Status":3}"#
         );
-        let (status, body, _, cacheable) = render(&Ok(RunOutcome::OutputTooLarge), &limits);
+        let (status, body, _, cacheable) =
+            render(&Ok(RunOutcome::OutputTooLarge { output: vec![] }), &limits);
         assert_eq!((status, cacheable), (400, true));
         assert_eq!(
             &body[..],

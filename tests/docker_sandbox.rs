@@ -123,7 +123,10 @@ async fn output_flood_is_cut_at_the_cap_at_once() {
         eprintln!("mode {mode:?}");
         let sb = ModeSandbox::connect(mode).await;
         let began = Instant::now();
-        assert_eq!(sb.run("yes").await, RunOutcome::OutputTooLarge);
+        assert!(matches!(
+            sb.run("yes").await,
+            RunOutcome::OutputTooLarge { .. }
+        ));
         assert!(
             began.elapsed() < limits().timeout / 2,
             "flood took {:?}",
@@ -143,7 +146,10 @@ async fn output_flood_is_cut_at_the_cap_at_once() {
             other => panic!("expected an exit, got {other:?}"),
         }
         let program = format!("head -c {} /dev/zero; echo x >&2", cap);
-        assert_eq!(sb.run(&program).await, RunOutcome::OutputTooLarge);
+        assert!(matches!(
+            sb.run(&program).await,
+            RunOutcome::OutputTooLarge { .. }
+        ));
         sb.finish().await;
     }
 }

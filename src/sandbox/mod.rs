@@ -6,6 +6,7 @@
 pub mod bwrap;
 pub mod docker;
 pub mod output;
+pub mod scripted;
 
 use std::time::Duration;
 
@@ -81,14 +82,21 @@ impl StreamKind {
 pub struct Chunk {
     pub kind: StreamKind,
     pub data: Vec<u8>,
+    /// When its first byte was written, counted from the hand-over of the program.
+    pub at: Duration,
 }
+
+/// Receives a run's output as it is written (each accepted write, after the cap check), for live
+/// transports; the run's answer still carries all of it.
+pub type LiveOutput = tokio::sync::mpsc::UnboundedSender<Chunk>;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum RunOutcome {
     /// The program ran to completion; `status` is its exit code (128+N for signal N).
     Exited { status: i64, output: Vec<Chunk> },
-    /// stdout + stderr passed the cap; the run was killed at once.
-    OutputTooLarge,
+    /// stdout + stderr passed the cap; the run was killed at once. `output` is what came before
+    /// the cap, up to the cap's byte.
+    OutputTooLarge { output: Vec<Chunk> },
     /// The deadline passed; the run was killed.
     TimedOut { output: Vec<Chunk> },
     /// The memory limit killed the program.
@@ -155,9 +163,14 @@ pub trait Sandbox: Send + Sync + 'static {
     /// rootfs/command, limits). It is hashed into the cache key.
     fn fingerprint(&self) -> String;
 
-    /// Runs one program in a fresh sandbox. Cancel-safe in the sense that matters: callers run
-    /// this in a spawned task, and the backend removes its sandbox on every path out.
-    async fn run(&self, program: Bytes) -> Result<RunOutcome, SandboxError>;
+    /// Runs one program in a fresh sandbox; with `live`, its output also goes there as it is
+    /// written. Cancel-safe in the sense that matters: callers run this in a spawned task, and the
+    /// backend removes its sandbox on every path out.
+    async fn run(
+        &self,
+        program: Bytes,
+        live: Option<LiveOutput>,
+    ) -> Result<RunOutcome, SandboxError>;
 
     /// A short state line for logs and STATUS=, e.g. "pool 2/2".
     fn status(&self) -> String {

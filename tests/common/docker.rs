@@ -157,7 +157,7 @@ pub async fn connect_opts(opts: DockerOptions, limits: Limits) -> (DockerSandbox
 
 pub async fn run(sandbox: &DockerSandbox, program: &str) -> RunOutcome {
     sandbox
-        .run(Bytes::from(program.to_owned()))
+        .run(Bytes::from(program.to_owned()), None)
         .await
         .unwrap_or_else(|e| panic!("run failed: {e:?}"))
 }

@@ -36,7 +36,10 @@ use tokio::process::{Child, Command};
 use self::cgroup::{BWRAP_TASKS, Cgroups, Controller, RunCgroup};
 use self::spawn::{ChildSetup, Resource};
 use super::output::OutputCollector;
-use super::{Limits, RunOutcome, SANDBOX_ENV, Sandbox, SandboxError, SandboxErrorKind, StreamKind};
+use super::{
+    Limits, LiveOutput, RunOutcome, SANDBOX_ENV, Sandbox, SandboxError, SandboxErrorKind,
+    StreamKind,
+};
 use crate::hooks::Hooks;
 
 /// The host uid and gid a sandbox gets when the daemon is root. Without capabilities, host root
@@ -397,7 +400,7 @@ impl BwrapSandbox {
         host_uid: u32,
     ) -> Result<(), SandboxError> {
         let outcome = self
-            .execute(Bytes::new(), PROBE_TIMEOUT, &mut Vec::new())
+            .execute(Bytes::new(), PROBE_TIMEOUT, &mut Vec::new(), None)
             .await
             .map_err(|e| {
                 err(
@@ -461,7 +464,7 @@ impl BwrapSandbox {
         program: Bytes,
     ) -> (Result<RunOutcome, SandboxError>, Vec<PathBuf>) {
         let mut dirs = Vec::new();
-        let result = self.run_checked(program, &mut dirs).await;
+        let result = self.run_checked(program, &mut dirs, None).await;
         (result, dirs)
     }
 
@@ -479,8 +482,11 @@ impl BwrapSandbox {
         &self,
         program: Bytes,
         dirs: &mut Vec<PathBuf>,
+        live: Option<LiveOutput>,
     ) -> Result<RunOutcome, SandboxError> {
-        let outcome = self.execute(program, self.limits.timeout, dirs).await?;
+        let outcome = self
+            .execute(program, self.limits.timeout, dirs, live)
+            .await?;
         match setup_failure(&outcome) {
             Some(msg) => Err(err(
                 SandboxErrorKind::Start,
@@ -508,6 +514,7 @@ impl BwrapSandbox {
         program: Bytes,
         timeout: Duration,
         trace: &mut Vec<PathBuf>,
+        live: Option<LiveOutput>,
     ) -> Result<RunOutcome, SandboxError> {
         let _running = Running::new(&self.running);
         let mut cg = match &self.cgroups {
@@ -543,7 +550,9 @@ impl BwrapSandbox {
             )
         })?;
 
-        let ending = self.supervise(&mut child, program, started + timeout).await;
+        let ending = self
+            .supervise(&mut child, program, started + timeout, live)
+            .await;
         let (ending, output) = match ending {
             Ok(x) => x,
             Err(e) => {
@@ -561,7 +570,9 @@ impl BwrapSandbox {
             tracing::warn!(error = %e, "a run's cgroup was not empty after the run");
         }
         Ok(match ending {
-            Ending::OverCap => RunOutcome::OutputTooLarge,
+            Ending::OverCap => RunOutcome::OutputTooLarge {
+                output: output.into_chunks(),
+            },
             Ending::Deadline => RunOutcome::TimedOut {
                 output: output.into_chunks(),
             },
@@ -582,8 +593,9 @@ impl BwrapSandbox {
         child: &mut Child,
         program: Bytes,
         deadline: Instant,
+        live: Option<LiveOutput>,
     ) -> Result<(Ending, OutputCollector), SandboxError> {
-        let mut output = OutputCollector::new(self.limits.max_output_bytes);
+        let mut output = OutputCollector::new(self.limits.max_output_bytes, live);
         let (Some(stdin), Some(mut stdout), Some(mut stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -665,8 +677,12 @@ impl Sandbox for BwrapSandbox {
         self.fingerprint.clone()
     }
 
-    async fn run(&self, program: Bytes) -> Result<RunOutcome, SandboxError> {
-        self.run_checked(program, &mut Vec::new()).await
+    async fn run(
+        &self,
+        program: Bytes,
+        live: Option<LiveOutput>,
+    ) -> Result<RunOutcome, SandboxError> {
+        self.run_checked(program, &mut Vec::new(), live).await
     }
 
     fn status(&self) -> String {

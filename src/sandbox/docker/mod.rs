@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use self::engine::{Engine, engine_error};
 use self::pool::Pool;
 use self::settings::ImageCommand;
-use super::{Limits, RunOutcome, Sandbox, SandboxError, SandboxErrorKind};
+use super::{Limits, LiveOutput, RunOutcome, Sandbox, SandboxError, SandboxErrorKind};
 use crate::hooks::Hooks;
 
 /// Where bollard looks when DOCKER_HOST is unset.
@@ -225,7 +225,11 @@ impl Sandbox for DockerSandbox {
         self.fingerprint.clone()
     }
 
-    async fn run(&self, program: Bytes) -> Result<RunOutcome, SandboxError> {
+    async fn run(
+        &self,
+        program: Bytes,
+        live: Option<LiveOutput>,
+    ) -> Result<RunOutcome, SandboxError> {
         // A second container when the first may have been dead at hand-over (see `run`). Not
         // more: a program that gets its container killed would have it killed again, and that
         // answer stands.
@@ -240,7 +244,13 @@ impl Sandbox for DockerSandbox {
                 Some(c) => c,
                 None => self.engine.launch().await?,
             };
-            let driven = run::drive(&self.engine, container, program.clone(), last_try);
+            let driven = run::drive(
+                &self.engine,
+                container,
+                program.clone(),
+                last_try,
+                live.clone(),
+            );
             if let Some(outcome) = driven.await? {
                 return Ok(outcome);
             }

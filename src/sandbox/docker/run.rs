@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use super::engine::{Attached, Engine, Exec, Guard, InputSink, Started};
 use crate::sandbox::output::OutputCollector;
-use crate::sandbox::{RunOutcome, SandboxError, SandboxErrorKind, StreamKind};
+use crate::sandbox::{LiveOutput, RunOutcome, SandboxError, SandboxErrorKind, StreamKind};
 
 /// 128 + SIGKILL.
 const SIGKILL_EXIT: i64 = 137;
@@ -56,23 +56,28 @@ pub(super) async fn drive(
     c: Started,
     program: Bytes,
     last_try: bool,
+    live: Option<LiveOutput>,
 ) -> Result<Option<RunOutcome>, SandboxError> {
     let Started { guard, main, exec } = c;
     match exec {
         // The main process stays attached, its stdin open, until the run ends: with stdin_once
         // the engine would close its stdin on hang-up, it would exit, and the container with it.
         Some(exec) => {
-            let outcome = drive_exec(engine, &guard, exec, program, last_try).await;
+            let outcome = drive_exec(engine, &guard, exec, program, last_try, live).await;
             drop(main);
             outcome
         }
-        None => drive_main(engine, &guard, main, program, last_try).await,
+        None => drive_main(engine, &guard, main, program, last_try, live).await,
     }
 }
 
 /// A collector holding what the process printed before it had the program.
-fn collector_with(engine: &Engine, early: Vec<LogOutput>) -> OutputCollector {
-    let mut collector = OutputCollector::new(engine.limits.max_output_bytes);
+fn collector_with(
+    engine: &Engine,
+    early: Vec<LogOutput>,
+    live: Option<LiveOutput>,
+) -> OutputCollector {
+    let mut collector = OutputCollector::new(engine.limits.max_output_bytes, live);
     for item in early {
         if let Some((kind, data)) = stream_of(item) {
             // `usable` and `idle` keep no more than the cap.
@@ -106,7 +111,9 @@ fn cut_short(guard: &Guard, cut: Cut, collector: OutputCollector) -> RunOutcome 
         Cut::Deadline => RunOutcome::TimedOut {
             output: collector.into_chunks(),
         },
-        Cut::OutputCap => RunOutcome::OutputTooLarge,
+        Cut::OutputCap => RunOutcome::OutputTooLarge {
+            output: collector.into_chunks(),
+        },
     }
 }
 
@@ -130,6 +137,7 @@ async fn drive_main(
     main: Attached,
     program: Bytes,
     last_try: bool,
+    live: Option<LiveOutput>,
 ) -> Result<Option<RunOutcome>, SandboxError> {
     let Attached {
         mut output,
@@ -140,7 +148,7 @@ async fn drive_main(
     let name = guard.name.as_str();
     let handed_over = SystemTime::now();
     let deadline = Instant::now() + engine.limits.timeout;
-    let mut collector = collector_with(engine, early);
+    let mut collector = collector_with(engine, early, live);
     let mut write = Box::pin(feed(input, program));
     // The wait request goes out now, alongside the program, rather than after the output ends:
     // it saves a round trip on every run.
@@ -216,6 +224,7 @@ async fn drive_exec(
     exec: Exec,
     program: Bytes,
     last_try: bool,
+    live: Option<LiveOutput>,
 ) -> Result<Option<RunOutcome>, SandboxError> {
     let Exec {
         id: exec,
@@ -230,7 +239,7 @@ async fn drive_exec(
     let name = guard.name.as_str();
     let handed_over = SystemTime::now();
     let deadline = Instant::now() + engine.limits.timeout;
-    let mut collector = collector_with(engine, early);
+    let mut collector = collector_with(engine, early, live);
     let mut write = Box::pin(feed(input, program));
     let expired = tokio::time::sleep_until(deadline);
     tokio::pin!(expired);
