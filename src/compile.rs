@@ -117,7 +117,7 @@ fn events<'a>(output: &'a [Chunk], notice: Option<String>) -> Vec<Event<'a>> {
     events
 }
 
-/// One row of the outcome table in `shared/design.md`: (status, body, metric result, cacheable).
+/// One row of the outcome table in `docs/design.md`: (status, body, metric result, cacheable).
 fn render(
     result: &Result<RunOutcome, SandboxError>,
     limits: &Limits,

@@ -1,4 +1,4 @@
-//! The sandbox contract shared by every backend (see `shared/design.md`): the program goes to the
+//! The sandbox contract shared by every backend (see `docs/design.md`): the program goes to the
 //! command's stdin, then EOF; stdout and stderr come back as ordered chunks; the run dies the moment
 //! its output passes the cap or its deadline passes, and nothing of it outlives the run. A backend
 //! knows nothing of HTTP, the cache or metrics; it reports through `Hooks`.
