@@ -11,11 +11,15 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use procfs::process::Process;
+use rustix::process::{
+    Pid, PidfdFlags, Signal, kill_process, pidfd_open, pidfd_send_signal, test_kill_process,
+};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
@@ -109,40 +113,34 @@ fn unescape(field: &str) -> String {
     out
 }
 
-fn mounts() -> io::Result<Vec<Mount>> {
-    let text = fs::read_to_string("/proc/self/mountinfo")?;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else {
-            continue;
-        };
-        let pre: Vec<&str> = pre.split(' ').collect();
-        let post: Vec<&str> = post.split(' ').collect();
-        if pre.len() < 5 || post.len() < 3 {
-            continue;
-        }
-        out.push(Mount {
-            root: unescape(pre[3]),
-            point: PathBuf::from(unescape(pre[4])),
-            fstype: post[0].to_string(),
-            super_opts: post[2].to_string(),
-        });
-    }
-    Ok(out)
+fn proc_error(e: procfs::ProcError) -> io::Error {
+    io::Error::other(e.to_string())
 }
 
-/// `/proc/self/cgroup` as (controllers, path): "" is the v2 line.
-fn own_cgroups() -> io::Result<Vec<(String, String)>> {
-    let text = fs::read_to_string("/proc/self/cgroup")?;
-    Ok(text
-        .lines()
-        .filter_map(|l| {
-            let mut parts = l.splitn(3, ':');
-            let _id = parts.next()?;
-            let controllers = parts.next()?.to_string();
-            let path = parts.next()?.to_string();
-            Some((controllers, path))
+fn mounts() -> io::Result<Vec<Mount>> {
+    let infos = Process::myself()
+        .and_then(|p| p.mountinfo())
+        .map_err(proc_error)?;
+    Ok(infos
+        .into_iter()
+        .map(|m| Mount {
+            // procfs leaves mountinfo's octal escapes in place.
+            root: unescape(&m.root),
+            point: PathBuf::from(unescape(&m.mount_point.to_string_lossy())),
+            fstype: m.fs_type,
+            super_opts: m.super_options.into_keys().collect::<Vec<_>>().join(","),
         })
+        .collect())
+}
+
+/// The daemon's cgroups as (controllers joined by commas, path): "" is the v2 line.
+fn own_cgroups() -> io::Result<Vec<(String, String)>> {
+    let groups = Process::myself()
+        .and_then(|p| p.cgroups())
+        .map_err(proc_error)?;
+    Ok(groups
+        .into_iter()
+        .map(|g| (g.controllers.join(","), g.pathname))
         .collect())
 }
 
@@ -166,9 +164,20 @@ fn write_file(path: &Path, value: &str) -> io::Result<()> {
 }
 
 fn pid_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    let ret = unsafe { libc::kill(pid, 0) };
-    ret == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let Some(pid) = Pid::from_raw(pid) else {
+        return false;
+    };
+    match test_kill_process(pid) {
+        Ok(()) => true,
+        Err(e) => e == rustix::io::Errno::PERM,
+    }
+}
+
+/// SIGKILL to a pid read from one of our cgroups; a pid that is gone already is no error.
+fn kill_pid(pid: i32) {
+    if let Some(pid) = Pid::from_raw(pid) {
+        let _ = kill_process(pid, Signal::KILL);
+    }
 }
 
 fn procs_of(dir: &Path) -> Vec<i32> {
@@ -425,8 +434,7 @@ impl Cgroups {
                 }
                 let dir = entry.path();
                 for p in procs_of(&dir) {
-                    // SAFETY: SIGKILL to a pid read from a cgroup that is ours.
-                    unsafe { libc::kill(p, libc::SIGKILL) };
+                    kill_pid(p);
                 }
                 if remove_when_empty(&dir) {
                     swept.push(dir);
@@ -516,31 +524,19 @@ struct Pidfd(OwnedFd);
 
 impl Pidfd {
     fn open(pid: i32) -> io::Result<Pidfd> {
-        // SAFETY: pidfd_open returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the descriptor was just created and is owned by nobody else.
-        Ok(Pidfd(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
+        let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+        Ok(Pidfd(pidfd_open(pid, PidfdFlags::empty())?))
     }
 
     fn kill(&self) {
-        // SAFETY: signals the process the pidfd refers to, if it still exists.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.0.as_raw_fd(),
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
+        // The process may have exited since the pidfd was opened: nothing left to do then.
+        let _ = pidfd_send_signal(&self.0, Signal::KILL);
     }
 
     /// A pidfd becomes readable when its process has exited.
     async fn exited(self) {
-        // SAFETY: the AsyncFd owns the OwnedFd, which stays open and unchanged until it is dropped.
+        // SAFETY: no crate wraps this; the AsyncFd owns the OwnedFd, which stays open and
+        // unchanged until it is dropped.
         match unsafe { AsyncFd::register_with_interest(self.0, Interest::READABLE) } {
             Ok(fd) => {
                 let _ = fd.readable().await;
@@ -559,8 +555,7 @@ fn remove_when_empty(dir: &Path) -> bool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return true,
             Err(_) => {
                 for p in procs_of(dir) {
-                    // SAFETY: SIGKILL to a pid read from a cgroup that is ours.
-                    unsafe { libc::kill(p, libc::SIGKILL) };
+                    kill_pid(p);
                 }
                 std::thread::sleep(Duration::from_millis(1 + u64::from(attempt.min(50))));
             }
@@ -602,10 +597,7 @@ impl RunCgroup {
         let Some(dir) = self.dirs.first() else {
             return true;
         };
-        let member = format!(
-            "/{}\n",
-            dir.file_name().unwrap_or_default().to_string_lossy()
-        );
+        let member = format!("/{}", dir.file_name().unwrap_or_default().to_string_lossy());
         // Each round waits for what it killed; a new round finds only what was forked meanwhile,
         // and nothing can be forked once the namespace's pid 1 is dead.
         let rounds = async {
@@ -625,8 +617,9 @@ impl RunCgroup {
                     };
                     // The pid may have been recycled since it was listed: signal through the
                     // pidfd only if the process it pins is still in this run's cgroup.
-                    let ours = fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                        .map(|c| c.contains(&member));
+                    let ours = Process::new(pid)
+                        .and_then(|p| p.cgroups())
+                        .map(|groups| groups.into_iter().any(|g| g.pathname.ends_with(&member)));
                     match (pidfd, ours) {
                         (Some(fd), Ok(true)) => {
                             fd.kill();
@@ -634,8 +627,7 @@ impl RunCgroup {
                         }
                         (_, Ok(false)) => look_again = true,
                         (None, Ok(true)) | (_, Err(_)) => {
-                            // SAFETY: SIGKILL to a pid just listed in this run's cgroup.
-                            unsafe { libc::kill(pid, libc::SIGKILL) };
+                            kill_pid(pid);
                             look_again = true;
                         }
                     }
@@ -656,8 +648,7 @@ impl RunCgroup {
             return;
         };
         for p in procs_of(dir) {
-            // SAFETY: SIGKILL to a pid read from this run's cgroup.
-            unsafe { libc::kill(p, libc::SIGKILL) };
+            kill_pid(p);
         }
     }
 

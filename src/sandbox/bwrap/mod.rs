@@ -188,13 +188,10 @@ fn exit_status(status: std::process::ExitStatus) -> i64 {
 }
 
 fn own_threads() -> u64 {
-    std::fs::read_to_string("/proc/self/stat")
+    procfs::process::Process::myself()
+        .and_then(|p| p.stat())
         .ok()
-        .and_then(|s| {
-            // Fields after the parenthesised command name; num_threads is the 20th field.
-            let rest = &s[s.rfind(')')? + 2..];
-            rest.split(' ').nth(17)?.parse().ok()
-        })
+        .and_then(|s| u64::try_from(s.num_threads).ok())
         .unwrap_or(64)
 }
 
@@ -298,8 +295,7 @@ impl BwrapSandbox {
             })?;
         let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
 
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
+        let euid = rustix::process::geteuid().as_raw();
         let drop_to = (euid == 0).then_some((NOBODY, NOBODY));
         let host_uid = drop_to.map_or(euid, |(uid, _)| uid);
 
@@ -533,8 +529,7 @@ impl BwrapSandbox {
             cgroup_procs: cg.as_mut().map(RunCgroup::take_procs).unwrap_or_default(),
             rlimits: self.rlimits_for_run(),
             drop_to: self.drop_to,
-            // SAFETY: getpid has no preconditions.
-            parent: unsafe { libc::getpid() },
+            parent: rustix::process::getpid().as_raw_nonzero().get(),
         };
         let mut cmd = Command::new(&self.bwrap);
         cmd.args(&self.args).env_clear().kill_on_drop(true);

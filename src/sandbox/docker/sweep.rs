@@ -42,17 +42,17 @@ pub fn owner_alive(owner: &str) -> bool {
 }
 
 fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+    procfs::sys::kernel::random::boot_id()
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
 }
 
-/// Field 22 of /proc/PID/stat, in clock ticks since boot; it tells a reused pid apart.
+/// The process's start time in clock ticks since boot; it tells a reused pid apart.
 fn start_time(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses; fields after it are plain.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19).map(str::to_owned)
+    let stat = procfs::process::Process::new(i32::try_from(pid).ok()?)
+        .and_then(|p| p.stat())
+        .ok()?;
+    Some(stat.starttime.to_string())
 }
 
 /// Removes the containers with our label whose owner is gone; returns how many it removed.
