@@ -16,7 +16,11 @@ const DISCARD: u64 = 1 << 20;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum BodyError {
-    TooLarge,
+    /// Over `max`; `head` is what was kept of it (at most `max` bytes from its start, nothing
+    /// when the declared length alone was too large), to tell which form it was.
+    TooLarge {
+        head: Bytes,
+    },
     Timeout,
     /// The client went away or sent a malformed body.
     Broken,
@@ -33,7 +37,7 @@ pub async fn read_bounded(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64 + DISCARD) {
-        return Err(BodyError::TooLarge);
+        return Err(BodyError::TooLarge { head: Bytes::new() });
     }
     let read = async {
         // A body that arrives in one frame (the usual case: a small program read with its head)
@@ -49,7 +53,9 @@ pub async fn read_bounded(
             };
             seen += data.len() as u64;
             if seen > max as u64 + DISCARD {
-                return Err(BodyError::TooLarge);
+                return Err(BodyError::TooLarge {
+                    head: first.take().unwrap_or_else(|| buf.split().freeze()),
+                });
             }
             if seen <= max as u64 {
                 if first.is_none() && buf.is_empty() {
@@ -63,10 +69,11 @@ pub async fn read_bounded(
                 buf.extend_from_slice(&data);
             }
         }
+        let kept = first.unwrap_or_else(|| buf.freeze());
         if seen > max as u64 {
-            Err(BodyError::TooLarge)
+            Err(BodyError::TooLarge { head: kept })
         } else {
-            Ok(first.unwrap_or_else(|| buf.freeze()))
+            Ok(kept)
         }
     };
     tokio::time::timeout(timeout, read)
