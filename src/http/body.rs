@@ -51,23 +51,32 @@ pub async fn read_bounded(
             let Ok(data) = frame.into_data() else {
                 continue;
             };
+            let before = seen;
             seen += data.len() as u64;
             if seen > max as u64 + DISCARD {
                 return Err(BodyError::TooLarge {
                     head: first.take().unwrap_or_else(|| buf.split().freeze()),
                 });
             }
-            if seen <= max as u64 {
-                if first.is_none() && buf.is_empty() {
-                    first = Some(data);
-                    continue;
-                }
-                if let Some(first) = first.take() {
-                    buf.reserve(declared.map_or(0, |n| n as usize).min(max));
-                    buf.extend_from_slice(&first);
-                }
-                buf.extend_from_slice(&data);
+            // Past `max` nothing more is kept: the start is enough to tell the request's form.
+            let room = (max as u64).saturating_sub(before) as usize;
+            if room == 0 && !data.is_empty() {
+                continue;
             }
+            let data = if data.len() > room {
+                data.slice(..room)
+            } else {
+                data
+            };
+            if first.is_none() && buf.is_empty() {
+                first = Some(data);
+                continue;
+            }
+            if let Some(first) = first.take() {
+                buf.reserve(declared.map_or(0, |n| n as usize).min(max));
+                buf.extend_from_slice(&first);
+            }
+            buf.extend_from_slice(&data);
         }
         let kept = first.unwrap_or_else(|| buf.freeze());
         if seen > max as u64 {

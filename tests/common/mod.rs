@@ -8,6 +8,7 @@ use std::time::Duration;
 use compilerd::config::{Backend, Config};
 use compilerd::hooks::Hooks;
 use compilerd::metrics::Metrics;
+use compilerd::sandbox::Sandbox;
 use compilerd::server::{self, Daemon, StopRequests, Stopped};
 
 pub fn test_image() -> String {
@@ -48,13 +49,23 @@ pub struct TestDaemon {
 
 impl TestDaemon {
     pub async fn start(config: Config) -> TestDaemon {
-        let listener = tokio::net::TcpListener::bind(config.address).await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let metrics = Arc::new(Metrics::new());
         let hooks: Arc<dyn Hooks> = metrics.clone();
         let sandbox = server::open_sandbox(&config, hooks.clone())
             .await
             .expect("sandbox opens");
+        Self::start_with(config, sandbox, metrics).await
+    }
+
+    /// A daemon over a given sandbox (e.g. `ScriptedSandbox`); `metrics` are its hooks.
+    pub async fn start_with(
+        config: Config,
+        sandbox: Arc<dyn Sandbox>,
+        metrics: Arc<Metrics>,
+    ) -> TestDaemon {
+        let listener = tokio::net::TcpListener::bind(config.address).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hooks: Arc<dyn Hooks> = metrics.clone();
         let stops = StopRequests::default();
         let daemon = Daemon {
             config,
