@@ -24,6 +24,17 @@ pub enum ContentKind {
     Other,
 }
 
+impl ContentKind {
+    /// The form a request of this content type is in when it does not decode.
+    pub fn form(self) -> RequestForm {
+        match self {
+            ContentKind::Form => RequestForm::Form,
+            ContentKind::Json => RequestForm::Json,
+            ContentKind::Other => RequestForm::Raw,
+        }
+    }
+}
+
 /// The form a request's program came in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestForm {
@@ -126,14 +137,12 @@ pub fn decode(kind: ContentKind, body: Bytes) -> Result<Decoded, Malformed> {
     }
 }
 
-/// For a body over the read bound, of which only `head` was kept: the dialect its answer is
-/// written in, judged from what was seen.
-pub fn too_large_dialect(kind: ContentKind, head: &[u8]) -> Dialect {
+/// For a body over the read bound, of which only `head` was kept: the form it was in, judged from
+/// what was seen, so that its "too large" answer is in the dialect its client reads.
+pub fn too_large_form(kind: ContentKind, head: &[u8]) -> RequestForm {
     match kind {
-        ContentKind::Other => Dialect::Raw,
-        ContentKind::Json => Dialect::Playground,
-        ContentKind::Form if form_field(head, b"body").is_some() => Dialect::Playground,
-        ContentKind::Form => Dialect::Raw,
+        ContentKind::Form if form_field(head, b"body").is_none() => RequestForm::Raw,
+        _ => kind.form(),
     }
 }
 
@@ -394,18 +403,18 @@ mod tests {
     #[test]
     fn too_large_bodies_are_answered_in_the_dialect_they_look_like() {
         assert_eq!(
-            too_large_dialect(ContentKind::Form, b"version=2&body=aaaa"),
-            Dialect::Playground
-        );
-        assert_eq!(too_large_dialect(ContentKind::Form, b"#####"), Dialect::Raw);
-        assert_eq!(too_large_dialect(ContentKind::Form, b""), Dialect::Raw);
-        assert_eq!(
-            too_large_dialect(ContentKind::Json, b""),
-            Dialect::Playground
+            too_large_form(ContentKind::Form, b"version=2&body=aaaa"),
+            RequestForm::Form
         );
         assert_eq!(
-            too_large_dialect(ContentKind::Other, b"body=x"),
-            Dialect::Raw
+            too_large_form(ContentKind::Form, b"#####"),
+            RequestForm::Raw
+        );
+        assert_eq!(too_large_form(ContentKind::Form, b""), RequestForm::Raw);
+        assert_eq!(too_large_form(ContentKind::Json, b""), RequestForm::Json);
+        assert_eq!(
+            too_large_form(ContentKind::Other, b"body=x"),
+            RequestForm::Raw
         );
     }
 }

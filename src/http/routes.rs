@@ -130,22 +130,14 @@ async fn compile(app: &App, req: Request<Incoming>, started: Instant) -> Resp {
                             (form, app.compile.compile_as(program, form.dialect()).await)
                         }
                         Err(Malformed(why)) => {
-                            let form = match kind {
-                                request::ContentKind::Json => RequestForm::Json,
-                                _ => RequestForm::Form,
-                            };
+                            let form = kind.form();
                             let outcome = Outcome::Malformed(&why);
                             (form, app.compile.refusal(&outcome, form.dialect()))
                         }
                     },
                     Err(BodyError::TooLarge { head }) => {
-                        let dialect = request::too_large_dialect(kind, &head);
-                        let form = match (dialect, kind) {
-                            (Dialect::Raw, _) => RequestForm::Raw,
-                            (_, request::ContentKind::Json) => RequestForm::Json,
-                            _ => RequestForm::Form,
-                        };
-                        (form, app.compile.program_too_large(dialect))
+                        let form = request::too_large_form(kind, &head);
+                        (form, app.compile.program_too_large(form.dialect()))
                     }
                     Err(BodyError::Timeout) => (
                         RequestForm::Raw,
