@@ -1,6 +1,7 @@
 //! The /compile service: cache → single flight → admission → sandbox → rendered answer. It knows
 //! nothing of HTTP beyond status codes; answers leave here already serialized, so the cache can
-//! hand out the same bytes again.
+//! hand out the same bytes again. A run is rendered once per dialect (`answer`), so whichever
+//! request forms ask for a program, it runs once and each gets the answer its client reads.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
