@@ -185,7 +185,10 @@ async fn output_flood(backend: Backend) {
 }
 
 async fn memory_kill(backend: Backend) {
-    let d = TestDaemon::start(config(backend)).await;
+    // Room to reach the memory limit on a loaded machine (as in http_contract's memory_hog).
+    let mut c = config(backend);
+    c.limits.timeout = Duration::from_secs(6);
+    let d = TestDaemon::start(c).await;
     let r = json(&d, "echo start; a=xxxxxxxx; while :; do a=\"$a$a\"; done").await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!((r.errors(), &r.json["Status"]), ("", &Value::from(0)));
