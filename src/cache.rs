@@ -24,15 +24,20 @@ pub fn key(fingerprint: &str, program: &[u8]) -> Key {
     h.finalize().into()
 }
 
+/// One run's answer in both dialects (`answer::Dialect`), so that a program sent raw and then as
+/// a form runs once.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stored {
+    /// The raw dialect's status and body.
     pub status: u16,
     pub body: Bytes,
+    /// The playground dialect's body; its status is `answer::CACHED_PLAYGROUND_STATUS`.
+    pub playground: Bytes,
 }
 
 impl Stored {
     fn cost(&self) -> usize {
-        self.body.len() + ENTRY_OVERHEAD
+        self.body.len() + self.playground.len() + ENTRY_OVERHEAD
     }
 }
 
@@ -113,6 +118,7 @@ mod tests {
         Stored {
             status: 200,
             body: Bytes::from(vec![b'x'; n]),
+            playground: Bytes::new(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The /compile service: cache → single flight → admission → sandbox → rendered answer. It knows
 //! nothing of HTTP beyond status codes; answers leave here already serialized, so the cache can
-//! hand out the same bytes again.
+//! hand out the same bytes again. A run is rendered once per dialect (`answer`), so whichever
+//! request forms ask for a program, it runs once and each gets the answer its client reads.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,18 +10,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
-use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::admission::Admission;
+use crate::answer::{self, Outcome, Row};
 use crate::cache::{self, Cache, Key, Stored};
 use crate::hooks::{Hooks, RunResult};
-use crate::sandbox::{Chunk, Limits, RunOutcome, Sandbox, SandboxError, StreamKind};
+use crate::sandbox::{Limits, Sandbox};
 
-/// The Go server's notice after a killed run; existing frontends show it.
-pub const TIMEOUT_NOTICE: &str = "\nTime exceeded, killing...\n";
-pub const PROGRAM_TOO_LARGE: &str = "Program too large.";
-pub const OUTPUT_TOO_LARGE: &str = "Program output too large.";
+pub use crate::answer::{Dialect, OUTPUT_TOO_LARGE, PROGRAM_TOO_LARGE, TIMEOUT_NOTICE, error_body};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheStatus {
@@ -65,111 +63,31 @@ impl Answer {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    #[serde(rename = "Errors")]
-    errors: &'a str,
-    #[serde(rename = "Events")]
-    events: Option<Vec<Event<'a>>>,
-    #[serde(rename = "Status", skip_serializing_if = "Option::is_none")]
-    status: Option<i64>,
+/// One run's answer in both dialects: the run is shared by every request for the program,
+/// whatever its form, and each gets its own dialect's answer.
+#[derive(Clone, Debug)]
+struct Answers {
+    raw: Answer,
+    playground: Answer,
 }
 
-#[derive(Serialize)]
-struct Event<'a> {
-    #[serde(rename = "Message")]
-    message: std::borrow::Cow<'a, str>,
-    #[serde(rename = "Kind")]
-    kind: &'static str,
-    #[serde(rename = "Delay")]
-    delay: u64,
-}
-
-fn json(body: &Body<'_>) -> Bytes {
-    Bytes::from(serde_json::to_vec(body).expect("answer serializes"))
-}
-
-/// `{"Errors": message, "Events": null}`
-pub fn error_body(message: &str) -> Bytes {
-    json(&Body {
-        errors: message,
-        events: None,
-        status: None,
-    })
-}
-
-fn events<'a>(output: &'a [Chunk], notice: Option<String>) -> Vec<Event<'a>> {
-    let mut events: Vec<Event<'a>> = output
-        .iter()
-        .map(|c| Event {
-            message: String::from_utf8_lossy(&c.data),
-            kind: c.kind.as_str(),
-            delay: 0,
-        })
-        .collect();
-    if let Some(n) = notice {
-        events.push(Event {
-            message: n.into(),
-            kind: StreamKind::Stderr.as_str(),
-            delay: 0,
-        });
+impl Answers {
+    fn pick(self, dialect: Dialect) -> Answer {
+        match dialect {
+            Dialect::Raw => self.raw,
+            Dialect::Playground => self.playground,
+        }
     }
-    events
-}
 
-/// One row of the outcome table in `docs/design.md`: (status, body, metric result, cacheable).
-fn render(
-    result: &Result<RunOutcome, SandboxError>,
-    limits: &Limits,
-) -> (u16, Bytes, RunResult, bool) {
-    match result {
-        Ok(RunOutcome::Exited { status, output }) => {
-            let body = json(&Body {
-                errors: "",
-                events: Some(events(output, None)),
-                status: Some(*status),
-            });
-            let r = if *status == 0 {
-                RunResult::Ok
-            } else {
-                RunResult::ExitNonzero
-            };
-            (200, body, r, true)
-        }
-        Ok(RunOutcome::OutputTooLarge { .. }) => (
-            400,
-            error_body(OUTPUT_TOO_LARGE),
-            RunResult::OutputTooLarge,
-            true,
-        ),
-        Ok(RunOutcome::TimedOut { output }) => {
-            let body = json(&Body {
-                errors: "",
-                events: Some(events(output, Some(TIMEOUT_NOTICE.into()))),
-                status: None,
-            });
-            (200, body, RunResult::Timeout, false)
-        }
-        Ok(RunOutcome::OutOfMemory { output }) => {
-            let notice = format!(
-                "\nOut of memory: the program used more than its {} MiB and was killed.\n",
-                limits.memory_bytes >> 20
-            );
-            let body = json(&Body {
-                errors: "",
-                events: Some(events(output, Some(notice))),
-                status: None,
-            });
-            (200, body, RunResult::Oom, false)
-        }
-        Err(e) => {
-            let body = error_body(&format!("Sandbox failed: {}", e.message));
-            (503, body, RunResult::SandboxError, false)
+    fn both(answer: Answer) -> Answers {
+        Answers {
+            raw: answer.clone(),
+            playground: answer,
         }
     }
 }
 
-type Flight = Shared<BoxFuture<'static, Answer>>;
+type Flight = Shared<BoxFuture<'static, Answers>>;
 
 /// Takes a finished flight off the in-flight map when dropped.
 struct Landing<'a>(&'a CompileService, Key);
@@ -235,21 +153,54 @@ impl CompileService {
     }
 
     /// The answer to a program that is over the size limit; never run, never cached.
-    pub fn program_too_large(&self) -> Answer {
+    pub fn program_too_large(&self, dialect: Dialect) -> Answer {
         self.hooks.program_too_large();
-        Answer::error(400, PROGRAM_TOO_LARGE)
+        self.refusal(&Outcome::ProgramTooLarge, dialect)
+    }
+
+    /// The table's answer to a request that never reaches a run.
+    pub fn refusal(&self, outcome: &Outcome<'_>, dialect: Dialect) -> Answer {
+        let row = answer::answer(outcome, dialect, &self.limits);
+        self.answer_of(row, None)
+    }
+
+    fn answer_of(&self, row: Row, cache: Option<CacheStatus>) -> Answer {
+        Answer {
+            status: row.status,
+            body: row.body,
+            cache,
+            retry_after: row.retry_after.then(|| self.retry_after_secs()),
+            result: row.metric,
+            key: None,
+        }
+    }
+
+    /// A client turned away for overload retries after about one run's deadline.
+    fn retry_after_secs(&self) -> u64 {
+        self.limits.timeout.as_secs_f64().ceil().max(1.0) as u64
     }
 
     pub fn key(&self, program: &[u8]) -> Key {
         cache::key(&self.fingerprint, program)
     }
 
+    /// A raw-body request's answer: `compile_as(program, Dialect::Raw)`.
     pub async fn compile(self: &Arc<Self>, program: Bytes) -> Answer {
+        self.compile_as(program, Dialect::Raw).await
+    }
+
+    /// Answers `program` in `dialect`: from the cache, or from the run of the same program that is
+    /// in flight (whatever dialect asked for it), or from a new run.
+    pub async fn compile_as(self: &Arc<Self>, program: Bytes, dialect: Dialect) -> Answer {
         if program.len() > self.max_program_bytes {
-            return self.program_too_large();
+            return self.program_too_large(dialect);
         }
         let key = self.key(&program);
-        if let Some(Stored { status, body }) = self.cache.get(&key) {
+        if let Some(stored) = self.cache.get(&key) {
+            let (status, body) = match dialect {
+                Dialect::Raw => (stored.status, stored.body),
+                Dialect::Playground => (answer::CACHED_PLAYGROUND_STATUS, stored.playground),
+            };
             return Answer {
                 status,
                 body,
@@ -278,7 +229,10 @@ impl CompileService {
                     let flight = async move {
                         task.await.unwrap_or_else(|e| {
                             tracing::error!(error = %e, "run task failed");
-                            Answer::error(500, "Internal error while running the program.")
+                            Answers::both(Answer::error(
+                                500,
+                                "Internal error while running the program.",
+                            ))
                         })
                     }
                     .boxed()
@@ -290,7 +244,7 @@ impl CompileService {
         };
         Answer {
             key: Some(key),
-            ..flight.await
+            ..flight.await.pick(dialect)
         }
     }
 
@@ -313,46 +267,46 @@ impl CompileService {
         }
     }
 
-    async fn run_uncached(&self, key: Key, program: Bytes) -> Answer {
+    async fn run_uncached(&self, key: Key, program: Bytes) -> Answers {
         let _slot = match self.admission.acquire().await {
             Ok(slot) => slot,
             Err(_) => {
                 self.hooks.overload_rejected();
-                let retry = self.limits.timeout.as_secs_f64().ceil().max(1.0) as u64;
-                return Answer {
-                    retry_after: Some(retry),
-                    ..Answer::error(
-                        503,
-                        "Server busy: too many programs are running. Retry shortly.",
-                    )
+                return Answers {
+                    raw: self.refusal(&Outcome::Overloaded, Dialect::Raw),
+                    playground: self.refusal(&Outcome::Overloaded, Dialect::Playground),
                 };
             }
         };
         let started = Instant::now();
         let result = self.sandbox.run(program, None).await;
         let elapsed: Duration = started.elapsed();
-        if let Err(e) = &result {
-            self.hooks.sandbox_error(e.kind.as_str());
-            tracing::error!(kind = e.kind.as_str(), error = %e.message, "sandbox failed");
-        }
-        let (status, body, run_result, cacheable) = render(&result, &self.limits);
+        let outcome = match &result {
+            Ok(ran) => Outcome::Ran(ran),
+            Err(e) => {
+                self.hooks.sandbox_error(e.kind.as_str());
+                tracing::error!(kind = e.kind.as_str(), error = %e.message, "sandbox failed");
+                Outcome::SandboxFailed(e)
+            }
+        };
+        let raw = answer::answer(&outcome, Dialect::Raw, &self.limits);
+        let playground = answer::answer(&outcome, Dialect::Playground, &self.limits);
+        let run_result = raw.metric.unwrap_or(RunResult::SandboxError);
         self.hooks.run_finished(run_result, elapsed);
-        if cacheable {
+        if raw.cacheable {
+            debug_assert_eq!(playground.status, answer::CACHED_PLAYGROUND_STATUS);
             self.cache.insert(
                 key,
                 Stored {
-                    status,
-                    body: body.clone(),
+                    status: raw.status,
+                    body: raw.body.clone(),
+                    playground: playground.body.clone(),
                 },
             );
         }
-        Answer {
-            status,
-            body,
-            cache: Some(CacheStatus::Miss),
-            retry_after: None,
-            result: Some(run_result),
-            key: None,
+        Answers {
+            raw: self.answer_of(raw, Some(CacheStatus::Miss)),
+            playground: self.answer_of(playground, Some(CacheStatus::Miss)),
         }
     }
 }
@@ -360,44 +314,93 @@ impl CompileService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hooks::NoHooks;
+    use crate::sandbox::scripted::ScriptedSandbox;
 
-    fn chunk(kind: StreamKind, s: &[u8]) -> Chunk {
-        Chunk {
-            kind,
-            data: s.to_vec(),
-            at: Duration::ZERO,
-        }
+    fn service(sandbox: Arc<ScriptedSandbox>) -> Arc<CompileService> {
+        let limits = Limits::default();
+        CompileService::new(
+            sandbox,
+            Options {
+                limits,
+                max_program_bytes: 100,
+                cache_entries: 100,
+                cache_bytes: 1 << 20,
+                max_concurrent_runs: 2,
+                max_queued: 2,
+            },
+            Arc::new(NoHooks),
+        )
     }
 
-    #[test]
-    fn renders_the_wire_contract() {
-        let limits = Limits::default();
-        let out = Ok(RunOutcome::Exited {
-            status: 3,
-            output: vec![
-                chunk(StreamKind::Stdout, b"hi\n"),
-                chunk(StreamKind::Stderr, b"\xffx"),
-            ],
-        });
-        let (status, body, r, cacheable) = render(&out, &limits);
-        assert_eq!((status, r, cacheable), (200, RunResult::ExitNonzero, true));
-        assert_eq!(
-            std::str::from_utf8(&body).unwrap(),
-            r#"{"Errors":"","Events":[{"Message":"hi\n","Kind":"stdout","Delay":0},{"Message":"�x","Kind":"stderr","Delay":0}],"Status":3}"#
+    fn text(a: &Answer) -> &str {
+        std::str::from_utf8(&a.body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_run_answers_each_dialect_and_the_cache_keeps_both() {
+        let sandbox = Arc::new(ScriptedSandbox::new(Limits::default()));
+        let svc = service(sandbox.clone());
+        let program = Bytes::from_static(b"sleep 50\nout hi\nexit 3");
+        // Both ask while the run is in flight: one run.
+        let (raw, pg) = tokio::join!(
+            svc.compile_as(program.clone(), Dialect::Raw),
+            svc.compile_as(program.clone(), Dialect::Playground)
         );
-        let (status, body, _, cacheable) =
-            render(&Ok(RunOutcome::OutputTooLarge { output: vec![] }), &limits);
-        assert_eq!((status, cacheable), (400, true));
+        assert_eq!(sandbox.runs(), 1);
         assert_eq!(
-            &body[..],
-            br#"{"Errors":"Program output too large.","Events":null}"#
+            text(&raw),
+            r#"{"Errors":"","Events":[{"Message":"hi\n","Kind":"stdout","Delay":0}],"Status":3}"#
         );
-        let (_, body, r, cacheable) = render(&Ok(RunOutcome::TimedOut { output: vec![] }), &limits);
-        assert_eq!((r, cacheable), (RunResult::Timeout, false));
         assert!(
-            std::str::from_utf8(&body)
-                .unwrap()
-                .contains(r#"Time exceeded, killing...\n"#)
+            text(&pg).contains(r#""Kind":"stdout","Delay":"#),
+            "{}",
+            text(&pg)
         );
+        assert!(!text(&pg).contains(r#""Delay":0"#), "{}", text(&pg));
+        assert_eq!((raw.status, pg.status), (200, 200));
+        // Then both from the cache, each its own dialect's bytes.
+        let raw_hit = svc.compile_as(program.clone(), Dialect::Raw).await;
+        let pg_hit = svc.compile_as(program, Dialect::Playground).await;
+        assert_eq!(sandbox.runs(), 1);
+        assert_eq!(
+            (raw_hit.cache, pg_hit.cache),
+            (Some(CacheStatus::Hit), Some(CacheStatus::Hit))
+        );
+        assert_eq!((raw_hit.body, pg_hit.body), (raw.body, pg.body));
+    }
+
+    #[tokio::test]
+    async fn a_flood_is_cached_with_each_dialects_status() {
+        let limits = Limits {
+            max_output_bytes: 8,
+            ..Limits::default()
+        };
+        let sandbox = Arc::new(ScriptedSandbox::new(limits));
+        let svc = service(sandbox.clone());
+        let program = Bytes::from_static(b"out 0123456789");
+        let pg = svc.compile_as(program.clone(), Dialect::Playground).await;
+        assert_eq!(pg.status, 200);
+        assert!(text(&pg).contains("Program output too large."));
+        let raw = svc.compile_as(program, Dialect::Raw).await;
+        assert_eq!((raw.status, raw.cache), (400, Some(CacheStatus::Hit)));
+        assert_eq!(sandbox.runs(), 1);
+    }
+
+    #[tokio::test]
+    async fn too_large_programs_are_answered_in_their_dialect() {
+        let sandbox = Arc::new(ScriptedSandbox::new(Limits::default()));
+        let svc = service(sandbox.clone());
+        let big = Bytes::from(vec![b'#'; 101]);
+        assert_eq!(svc.compile_as(big.clone(), Dialect::Raw).await.status, 400);
+        let pg = svc.compile_as(big, Dialect::Playground).await;
+        assert_eq!(
+            (pg.status, text(&pg)),
+            (
+                200,
+                r#"{"Errors":"Program too large.","Events":null,"Status":0}"#
+            )
+        );
+        assert_eq!(sandbox.runs(), 0);
     }
 }

@@ -42,6 +42,8 @@ pub trait Hooks: Send + Sync + 'static {
     fn cache_evicted(&self, _entries: u64) {}
     fn cache_size(&self, _entries: usize, _bytes: usize) {}
     fn program_too_large(&self) {}
+    /// A request refused because its `Origin` is not on the `--allow-origin` list.
+    fn origin_refused(&self) {}
     fn overload_rejected(&self) {}
     fn runs_in_flight(&self, _n: usize) {}
     fn runs_queued(&self, _n: usize) {}

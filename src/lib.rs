@@ -3,6 +3,7 @@
 //! wire format of the Go playground's compile server.
 
 pub mod admission;
+pub mod answer;
 pub mod cache;
 pub mod compile;
 pub mod config;

@@ -22,6 +22,7 @@ pub struct Metrics {
     run_timeouts: IntCounter,
     output_too_large: IntCounter,
     program_too_large: IntCounter,
+    origin_refusals: IntCounter,
     memory_limit_kills: IntCounter,
     runs: IntCounterVec,
     run_duration: Histogram,
@@ -93,6 +94,10 @@ impl Metrics {
             program_too_large: reg!(counter(
                 "compilerd_program_too_large_total",
                 "Requests whose program was over the size limit (never run)."
+            )),
+            origin_refusals: reg!(counter(
+                "compilerd_origin_refusals_total",
+                "Requests refused (403, never run) because their Origin is not on --allow-origin."
             )),
             memory_limit_kills: reg!(counter(
                 "compilerd_memory_limit_kills_total",
@@ -256,6 +261,9 @@ impl Hooks for Metrics {
     }
     fn program_too_large(&self) {
         self.program_too_large.inc();
+    }
+    fn origin_refused(&self) {
+        self.origin_refusals.inc();
     }
     fn overload_rejected(&self) {
         self.overload_rejections.inc();

@@ -144,7 +144,11 @@ async fn deadline(backend: Backend) {
 }
 
 async fn memory_hog(backend: Backend) {
-    let d = TestDaemon::start(config(backend)).await;
+    // Room to reach the memory limit when the machine is loaded (the doubling loop needs CPU):
+    // under a load average of 20 on 2 cores, 1.5 s was sometimes not enough.
+    let mut c = config(backend);
+    c.limits.timeout = Duration::from_secs(6);
+    let d = TestDaemon::start(c).await;
     let r = d
         .compile("echo start; a=xxxxxxxx; while :; do a=\"$a$a\"; done")
         .await;

@@ -51,6 +51,7 @@ async fn promtool_accepts_the_exposition() {
         "compilerd_run_timeouts_total",
         "compilerd_output_too_large_total",
         "compilerd_program_too_large_total",
+        "compilerd_origin_refusals_total",
         "compilerd_memory_limit_kills_total",
         "compilerd_runs_total{outcome=\"ok\"}",
         "compilerd_run_duration_seconds_bucket{le=\"0.001\"}",

@@ -16,7 +16,11 @@ const DISCARD: u64 = 1 << 20;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum BodyError {
-    TooLarge,
+    /// Over `max`; `head` is what was kept of it (at most `max` bytes from its start, nothing
+    /// when the declared length alone was too large), to tell which form it was.
+    TooLarge {
+        head: Bytes,
+    },
     Timeout,
     /// The client went away or sent a malformed body.
     Broken,
@@ -33,7 +37,7 @@ pub async fn read_bounded(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64 + DISCARD) {
-        return Err(BodyError::TooLarge);
+        return Err(BodyError::TooLarge { head: Bytes::new() });
     }
     let read = async {
         // A body that arrives in one frame (the usual case: a small program read with its head)
@@ -47,26 +51,38 @@ pub async fn read_bounded(
             let Ok(data) = frame.into_data() else {
                 continue;
             };
+            let before = seen;
             seen += data.len() as u64;
             if seen > max as u64 + DISCARD {
-                return Err(BodyError::TooLarge);
+                return Err(BodyError::TooLarge {
+                    head: first.take().unwrap_or_else(|| buf.split().freeze()),
+                });
             }
-            if seen <= max as u64 {
-                if first.is_none() && buf.is_empty() {
-                    first = Some(data);
-                    continue;
-                }
-                if let Some(first) = first.take() {
-                    buf.reserve(declared.map_or(0, |n| n as usize).min(max));
-                    buf.extend_from_slice(&first);
-                }
-                buf.extend_from_slice(&data);
+            // Past `max` nothing more is kept: the start is enough to tell the request's form.
+            let room = (max as u64).saturating_sub(before) as usize;
+            if room == 0 && !data.is_empty() {
+                continue;
             }
+            let data = if data.len() > room {
+                data.slice(..room)
+            } else {
+                data
+            };
+            if first.is_none() && buf.is_empty() {
+                first = Some(data);
+                continue;
+            }
+            if let Some(first) = first.take() {
+                buf.reserve(declared.map_or(0, |n| n as usize).min(max));
+                buf.extend_from_slice(&first);
+            }
+            buf.extend_from_slice(&data);
         }
+        let kept = first.unwrap_or_else(|| buf.freeze());
         if seen > max as u64 {
-            Err(BodyError::TooLarge)
+            Err(BodyError::TooLarge { head: kept })
         } else {
-            Ok(first.unwrap_or_else(|| buf.freeze()))
+            Ok(kept)
         }
     };
     tokio::time::timeout(timeout, read)

@@ -1,4 +1,6 @@
-//! CORS for /compile: the Go server allowed every origin; an operator can now name the frontends.
+//! CORS for /compile (and the origin check of /socket): the Go server allowed every origin; an
+//! operator can now name the frontends. CORS headers alone only hide answers from other pages
+//! (their programs would still run), so a request from an origin off the list is refused outright.
 
 use http::HeaderValue;
 use http::header::{
@@ -19,6 +21,17 @@ pub struct Cors {
 impl Cors {
     pub fn new(allow: AllowOrigin) -> Cors {
         Cors { allow }
+    }
+
+    /// Whether a request may be served: always with the default `*`; with a list, when it has no
+    /// `Origin` (curl, server to server: not a browser page) or its `Origin` is on the list.
+    pub fn allows(&self, request_headers: &HeaderMap) -> bool {
+        match &self.allow {
+            AllowOrigin::Any => true,
+            AllowOrigin::List(list) => request_headers
+                .get(ORIGIN)
+                .is_none_or(|origin| list.iter().any(|o| o.as_bytes() == origin.as_bytes())),
+        }
     }
 
     /// Adds the allow-origin header (and Vary when the answer depends on Origin).
@@ -71,6 +84,24 @@ mod tests {
         let mut out = HeaderMap::new();
         cors.apply(&with_origin("https://evil.example"), &mut out);
         assert!(out.get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+    }
+
+    #[test]
+    fn allows_listed_or_absent_origins_only() {
+        let cors = Cors::new(AllowOrigin::List(vec![
+            "https://a.example".into(),
+            "http://127.0.0.1:8080".into(),
+        ]));
+        assert!(cors.allows(&with_origin("https://a.example")));
+        assert!(cors.allows(&with_origin("http://127.0.0.1:8080")));
+        assert!(cors.allows(&HeaderMap::new()));
+        assert!(!cors.allows(&with_origin("https://evil.example")));
+        assert!(!cors.allows(&with_origin("https://a.example.evil")));
+        assert!(!cors.allows(&with_origin("null")));
+        assert!(!cors.allows(&with_origin("HTTPS://A.EXAMPLE")));
+        let any = Cors::new(AllowOrigin::Any);
+        assert!(any.allows(&with_origin("https://evil.example")));
+        assert!(any.allows(&HeaderMap::new()));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod body;
 pub mod cors;
+pub mod request;
 mod routes;
 
 use std::future::Future;

@@ -12,6 +12,8 @@ use hyper::body::Incoming;
 use super::App;
 use super::body::{BodyError, read_bounded};
 use super::cors::ALLOW_METHODS;
+use super::request::{self, Decoded, Malformed, RequestForm};
+use crate::answer::{Dialect, Outcome};
 use crate::compile::{Answer, CacheStatus, error_body};
 
 type Resp = Response<Full<Bytes>>;
@@ -102,6 +104,16 @@ fn metrics(app: &App, req: &Request<Incoming>) -> Resp {
 async fn compile(app: &App, req: Request<Incoming>, started: Instant) -> Resp {
     let id = app.next_request_id.fetch_add(1, Ordering::Relaxed);
     let (parts, body) = req.into_parts();
+    if !app.cors.allows(&parts.headers) {
+        // Before the body is read: a page from another origin gets nothing run.
+        app.hooks.origin_refused();
+        let origin = parts.headers.get(http::header::ORIGIN);
+        tracing::info!(request_id = id, origin = ?origin, "origin refused");
+        let answer = app.compile.refusal(&Outcome::OriginRefused, Dialect::Raw);
+        let mut r = answer_response(answer);
+        app.cors.apply(&parts.headers, r.headers_mut());
+        return r;
+    }
     let mut resp = match parts.method {
         Method::OPTIONS => {
             let mut r = response(204, "text/plain; charset=utf-8", Bytes::new());
@@ -109,23 +121,35 @@ async fn compile(app: &App, req: Request<Incoming>, started: Instant) -> Resp {
             return r;
         }
         Method::POST => {
-            let max = app.compile.max_program_bytes();
-            match read_bounded(&parts.headers, body, max, app.read_timeout).await {
-                Ok(program) => {
-                    let answer = app.compile.compile(program).await;
-                    log_compile(id, &answer, started);
-                    answer_response(answer)
-                }
-                Err(BodyError::TooLarge) => {
-                    let answer = app.compile.program_too_large();
-                    log_compile(id, &answer, started);
-                    answer_response(answer)
-                }
-                Err(BodyError::Timeout) => {
-                    json_error(408, "Request body was not received in time.")
-                }
-                Err(BodyError::Broken) => json_error(400, "Request body could not be read."),
-            }
+            let kind = request::content_kind(&parts.headers);
+            let bound = request::read_bound(kind, app.compile.max_program_bytes());
+            let (form, answer) =
+                match read_bounded(&parts.headers, body, bound, app.read_timeout).await {
+                    Ok(bytes) => match request::decode(kind, bytes) {
+                        Ok(Decoded { program, form }) => {
+                            (form, app.compile.compile_as(program, form.dialect()).await)
+                        }
+                        Err(Malformed(why)) => {
+                            let form = kind.form();
+                            let outcome = Outcome::Malformed(&why);
+                            (form, app.compile.refusal(&outcome, form.dialect()))
+                        }
+                    },
+                    Err(BodyError::TooLarge { head }) => {
+                        let form = request::too_large_form(kind, &head);
+                        (form, app.compile.program_too_large(form.dialect()))
+                    }
+                    Err(BodyError::Timeout) => (
+                        RequestForm::Raw,
+                        app.compile.refusal(&Outcome::BodyTimeout, Dialect::Raw),
+                    ),
+                    Err(BodyError::Broken) => (
+                        RequestForm::Raw,
+                        app.compile.refusal(&Outcome::BodyBroken, Dialect::Raw),
+                    ),
+                };
+            log_compile(id, form, &answer, started);
+            answer_response(answer)
         }
         _ => {
             let mut r = json_error(405, "Method not allowed: use POST.");
@@ -152,12 +176,13 @@ fn answer_response(answer: Answer) -> Resp {
 
 /// One line per request; cache hits only at debug level: at tens of thousands a second, a line
 /// each cost a third of the hit path's throughput (measured with wrk), and the metrics count them.
-fn log_compile(id: u64, answer: &Answer, started: Instant) {
+fn log_compile(id: u64, form: RequestForm, answer: &Answer, started: Instant) {
     macro_rules! line {
         ($level:expr) => {
             tracing::event!(
                 $level,
                 request_id = id,
+                form = form.as_str(),
                 program_hash = %ProgramHash(answer.key),
                 status = answer.status,
                 cache = answer.cache.map_or("-", |c| c.as_str()),

@@ -51,13 +51,13 @@ impl TestDaemon {
     pub async fn start(config: Config) -> TestDaemon {
         let metrics = Arc::new(Metrics::new());
         let hooks: Arc<dyn Hooks> = metrics.clone();
-        let sandbox = server::open_sandbox(&config, hooks)
+        let sandbox = server::open_sandbox(&config, hooks.clone())
             .await
             .expect("sandbox opens");
         Self::start_with(config, sandbox, metrics).await
     }
 
-    /// A daemon on a sandbox the test made (e.g. the scripted one of the fast tier).
+    /// A daemon over a given sandbox (e.g. `ScriptedSandbox`); `metrics` are its hooks.
     pub async fn start_with(
         config: Config,
         sandbox: Arc<dyn Sandbox>,
