@@ -110,10 +110,12 @@ pub fn container_body(
             pids_limit: Some(i64::from(limits.pids)),
             nano_cpus: Some((limits.cpus * 1e9).round() as i64),
             readonly_rootfs: Some(true),
-            // exec stays allowed: compiled languages build and run their binary in /tmp.
+            // Compiled languages build and run their binary in /tmp. Docker mounts a tmpfs
+            // `noexec` unless `exec` is asked for, and a compiled program then fails with
+            // "Permission denied" (status 126).
             tmpfs: Some(HashMap::from([(
                 "/tmp".to_owned(),
-                format!("rw,nosuid,nodev,size={tmpfs_bytes},mode=1777"),
+                format!("rw,exec,nosuid,nodev,size={tmpfs_bytes},mode=1777"),
             )])),
             // A private IPC namespace keeps shm_open working (some runtimes need it), with
             // /dev/shm no bigger than /tmp; both are charged to the memory limit.
@@ -162,7 +164,9 @@ mod tests {
         assert_eq!(host.nano_cpus, Some(1_000_000_000));
         assert_eq!(host.readonly_rootfs, Some(true));
         assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
-        assert!(host.tmpfs.unwrap()["/tmp"].contains(&format!("size={}", 16 << 20)));
+        let tmp = &host.tmpfs.unwrap()["/tmp"];
+        assert!(tmp.contains(&format!("size={}", 16 << 20)));
+        assert!(tmp.split(',').any(|o| o == "exec"), "{tmp}");
         assert_eq!(body.user.as_deref(), Some(SANDBOX_USER));
         assert_eq!(body.env.unwrap().len(), SANDBOX_ENV.len());
     }
