@@ -127,7 +127,11 @@ exec ./prog
 EOF
       cat >"$dir/fmt" <<'EOF'
 #!/bin/sh
-exec /usr/lib/go-1.19/bin/gofmt
+# Messages name the program prog.go, as the Go playground's do.
+/usr/lib/go-1.19/bin/gofmt 2>/tmp/gofmt.err
+status=$?
+sed 's/^<standard input>/prog.go/' /tmp/gofmt.err >&2
+exit $status
 EOF
       ;;
     python)

@@ -117,8 +117,11 @@ fn events<'a>(output: &'a [Chunk], notice: Option<String>) -> Vec<Event<'a>> {
     events
 }
 
+/// Turns a run's outcome into (status, body, metric result, cacheable).
+pub type Render = fn(&Result<RunOutcome, SandboxError>, &Limits) -> (u16, Bytes, RunResult, bool);
+
 /// One row of the outcome table in `shared/design.md`: (status, body, metric result, cacheable).
-fn render(
+pub fn render(
     result: &Result<RunOutcome, SandboxError>,
     limits: &Limits,
 ) -> (u16, Bytes, RunResult, bool) {
@@ -182,8 +185,11 @@ impl Drop for Landing<'_> {
 
 pub struct CompileService {
     sandbox: Arc<dyn Sandbox>,
-    cache: Cache,
+    cache: Arc<Cache>,
     admission: Arc<Admission>,
+    /// The language, a bounded label of the run metrics.
+    language: String,
+    render: Render,
     hooks: Arc<dyn Hooks>,
     limits: Limits,
     max_program_bytes: usize,
@@ -192,6 +198,7 @@ pub struct CompileService {
     idle: Notify,
 }
 
+#[derive(Clone)]
 pub struct Options {
     pub limits: Limits,
     pub max_program_bytes: usize,
@@ -201,12 +208,53 @@ pub struct Options {
     pub max_queued: usize,
 }
 
+/// What every language's service shares: one cache and one admission, so that the daemon's
+/// memory and its run slots are bounded once, whatever the number of languages.
+#[derive(Clone)]
+pub struct SharedState {
+    pub cache: Arc<Cache>,
+    pub admission: Arc<Admission>,
+}
+
+impl SharedState {
+    pub fn new(opts: &Options, hooks: &Arc<dyn Hooks>) -> SharedState {
+        SharedState {
+            cache: Arc::new(Cache::new(
+                opts.cache_entries,
+                opts.cache_bytes,
+                hooks.clone(),
+            )),
+            admission: Admission::new(opts.max_concurrent_runs, opts.max_queued, hooks.clone()),
+        }
+    }
+}
+
 impl CompileService {
     pub fn new(sandbox: Arc<dyn Sandbox>, opts: Options, hooks: Arc<dyn Hooks>) -> Arc<Self> {
-        let fingerprint = format!("{}|{}", sandbox.name(), sandbox.fingerprint());
+        let shared = SharedState::new(&opts, &hooks);
+        Self::with_shared(sandbox, opts, &shared, "default", render, hooks)
+    }
+
+    /// A service for one language (`language` is in its cache keys and metric labels) whose
+    /// answers `render` writes, on the cache and admission of `shared`.
+    pub fn with_shared(
+        sandbox: Arc<dyn Sandbox>,
+        opts: Options,
+        shared: &SharedState,
+        language: &str,
+        render: Render,
+        hooks: Arc<dyn Hooks>,
+    ) -> Arc<Self> {
+        let fingerprint = format!(
+            "lang={language}|{}|{}",
+            sandbox.name(),
+            sandbox.fingerprint()
+        );
         Arc::new(CompileService {
-            cache: Cache::new(opts.cache_entries, opts.cache_bytes, hooks.clone()),
-            admission: Admission::new(opts.max_concurrent_runs, opts.max_queued, hooks.clone()),
+            cache: shared.cache.clone(),
+            admission: shared.admission.clone(),
+            language: language.to_owned(),
+            render,
             sandbox,
             hooks,
             limits: opts.limits,
@@ -219,6 +267,10 @@ impl CompileService {
 
     pub fn max_program_bytes(&self) -> usize {
         self.max_program_bytes
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     pub fn sandbox(&self) -> &Arc<dyn Sandbox> {
@@ -335,8 +387,8 @@ impl CompileService {
             self.hooks.sandbox_error(e.kind.as_str());
             tracing::error!(kind = e.kind.as_str(), error = %e.message, "sandbox failed");
         }
-        let (status, body, run_result, cacheable) = render(&result, &self.limits);
-        self.hooks.run_finished(run_result, elapsed);
+        let (status, body, run_result, cacheable) = (self.render)(&result, &self.limits);
+        self.hooks.run_finished(&self.language, run_result, elapsed);
         if cacheable {
             self.cache.insert(
                 key,

@@ -12,15 +12,16 @@ use hyper::body::Incoming;
 use super::App;
 use super::body::{BodyError, read_bounded};
 use super::cors::ALLOW_METHODS;
+use super::langs;
 use crate::compile::{Answer, CacheStatus, error_body};
 
-type Resp = Response<Full<Bytes>>;
+pub(super) type Resp = Response<Full<Bytes>>;
 
 /// A `HeaderName` built once: inserting by `&str` copies a non-standard name into a fresh
 /// allocation on every response (one of the few allocations of a cache hit, per tests/hot_path.rs).
 static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
-fn response(status: u16, content_type: &'static str, body: Bytes) -> Resp {
+pub(super) fn response(status: u16, content_type: &'static str, body: Bytes) -> Resp {
     let mut r = Response::new(Full::new(body));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut()
@@ -28,7 +29,7 @@ fn response(status: u16, content_type: &'static str, body: Bytes) -> Resp {
     r
 }
 
-fn json_error(status: u16, message: &str) -> Resp {
+pub(super) fn json_error(status: u16, message: &str) -> Resp {
     response(status, "application/json", error_body(message))
 }
 
@@ -36,6 +37,8 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Resp {
     let started = Instant::now();
     let (handler, resp) = match req.uri().path() {
         "/compile" => ("compile", compile(app, req, started).await),
+        "/fmt" => ("fmt", langs::fmt(app, req, started).await),
+        "/languages" => ("languages", langs::languages(app, &req)),
         "/healthz" => ("healthz", healthz(app, &req)),
         "/metrics" => ("metrics", metrics(app, &req)),
         _ => (
@@ -109,15 +112,22 @@ async fn compile(app: &App, req: Request<Incoming>, started: Instant) -> Resp {
             return r;
         }
         Method::POST => {
-            let max = app.compile.max_program_bytes();
+            let compile = match langs::pick(app, &parts.uri) {
+                Ok(lang) => &lang.compile,
+                Err(mut r) => {
+                    app.cors.apply(&parts.headers, r.headers_mut());
+                    return r;
+                }
+            };
+            let max = compile.max_program_bytes();
             match read_bounded(&parts.headers, body, max, app.read_timeout).await {
                 Ok(program) => {
-                    let answer = app.compile.compile(program).await;
+                    let answer = compile.compile(program).await;
                     log_compile(id, &answer, started);
                     answer_response(answer)
                 }
                 Err(BodyError::TooLarge) => {
-                    let answer = app.compile.program_too_large();
+                    let answer = compile.program_too_large();
                     log_compile(id, &answer, started);
                     answer_response(answer)
                 }
@@ -138,7 +148,7 @@ async fn compile(app: &App, req: Request<Incoming>, started: Instant) -> Resp {
     resp
 }
 
-fn answer_response(answer: Answer) -> Resp {
+pub(super) fn answer_response(answer: Answer) -> Resp {
     let mut r = response(answer.status, "application/json", answer.body);
     if let Some(c) = answer.cache {
         r.headers_mut()

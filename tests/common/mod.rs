@@ -8,7 +8,7 @@ use std::time::Duration;
 use compilerd::config::{Backend, Config};
 use compilerd::hooks::Hooks;
 use compilerd::metrics::Metrics;
-use compilerd::server::{self, Daemon, StopRequests, Stopped};
+use compilerd::server::{Daemon, StopRequests, Stopped};
 
 pub fn test_image() -> String {
     std::env::var("COMPILERD_TEST_IMAGE").unwrap_or_else(|_| "compilerd-test".into())
@@ -52,14 +52,14 @@ impl TestDaemon {
         let addr = listener.local_addr().unwrap();
         let metrics = Arc::new(Metrics::new());
         let hooks: Arc<dyn Hooks> = metrics.clone();
-        let sandbox = server::open_sandbox(&config, hooks.clone())
+        let languages = compilerd::languages::open(&config, hooks.clone())
             .await
-            .expect("sandbox opens");
+            .expect("sandboxes open");
         let stops = StopRequests::default();
         let daemon = Daemon {
             config,
             listener,
-            sandbox,
+            languages,
             metrics: Some(metrics.clone()),
             hooks,
             stops: stops.clone(),
@@ -95,7 +95,7 @@ impl TestDaemon {
         tokio::spawn(async move { Reply::read(request.send().await.unwrap()).await })
     }
 
-    /// The value of one sample line of /metrics, e.g. `compilerd_runs_total{outcome="ok"}`.
+    /// The value of one sample line of /metrics, e.g. `compilerd_runs_total{language=\"default\",outcome="ok"}`.
     pub fn metric(&self, series: &str) -> f64 {
         metric_value(&self.metrics.render(), series)
     }
