@@ -122,7 +122,8 @@ write_commands() {
 export GOROOT=/usr/lib/go-1.19 GOCACHE=/tmp/.cache GOPATH=/tmp/.go CGO_ENABLED=0 GO111MODULE=off GOFLAGS=
 mkdir -p /tmp/prog && cd /tmp/prog || exit 2
 cat >prog.go
-/usr/lib/go-1.19/bin/go build -o prog prog.go || exit 2
+# The build's threads count against the run's process limit, whatever the host's core count.
+GOMAXPROCS=2 /usr/lib/go-1.19/bin/go build -o prog prog.go || exit 2
 exec ./prog
 EOF
       cat >"$dir/fmt" <<'EOF'
