@@ -140,6 +140,11 @@ pub struct Settings {
     /// bound read-only.
     #[arg(long)]
     pub rootfs: Option<PathBuf>,
+    /// The formatter of POST /fmt (program on stdin, formatted program on stdout), run in the
+    /// image or rootfs; without it /fmt answers 400. Flat settings only: a `[languages.NAME]`
+    /// table has its own.
+    #[arg(long)]
+    pub format_command: Option<String>,
     /// Per-run deadline, from the moment the program is handed over [default: 3500ms].
     #[arg(long)]
     pub timeout: Option<HumanDuration>,
@@ -266,6 +271,7 @@ impl Settings {
             image,
             command,
             rootfs,
+            format_command,
             timeout,
             max_program_bytes,
             max_output_bytes,
@@ -306,6 +312,7 @@ pub struct Config {
     pub image: String,
     pub command: String,
     pub rootfs: Option<PathBuf>,
+    pub format_command: Option<String>,
     pub limits: Limits,
     pub max_program_bytes: usize,
     pub cache_entries: usize,
@@ -372,6 +379,7 @@ impl Config {
             image: s.image.unwrap_or_else(|| "playground".into()),
             command: s.command.unwrap_or_else(|| "/bin/sh".into()),
             rootfs: s.rootfs,
+            format_command: s.format_command,
             limits,
             max_program_bytes: s.max_program_bytes.map_or(65536, |b| b.0 as usize),
             cache_entries: s.cache_entries.unwrap_or(10_000),
@@ -405,7 +413,7 @@ impl Config {
                 image: self.image.clone(),
                 rootfs: self.rootfs.clone(),
                 command: self.command.clone(),
-                format_command: None,
+                format_command: self.format_command.clone(),
                 limits: self.limits.clone(),
                 pool_size: self.pool_size,
             }];

@@ -339,6 +339,39 @@ async fn format(backend: Backend) {
     d.stop().await;
 }
 
+/// Without tables, the flat settings are one language, `default`, as before languages existed.
+async fn flat_settings(backend: Backend) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut c = common::config(backend);
+    c.image = "compilerd-go".to_owned();
+    c.rootfs = Some("/var/lib/compilerd/rootfs/go".into());
+    c.command = "/usr/lib/compilerd/run".to_owned();
+    c.format_command = Some("/usr/lib/compilerd/fmt".to_owned());
+    c.limits.timeout = Duration::from_millis(3500);
+    c.limits.memory_bytes = 128 << 20;
+    c.pool_size = 1;
+    let d = TestDaemon::start(c).await;
+    let r = post(&d, "/compile", HELLO).await;
+    assert_eq!(stream(&r, "stdout"), "Hello, 世界\n", "{}", r.text);
+    let r = compile(&d, "default", HELLO).await;
+    assert_eq!(r.header("x-cache"), Some("HIT"));
+    let r = compile(&d, "go", HELLO).await;
+    assert_eq!(
+        r.errors(),
+        "Unknown language \"go\"; this server runs: default."
+    );
+    let r = fmt(&d, "", "package main\nfunc main(){}").await;
+    assert_eq!(
+        r.json["Body"], "package main\n\nfunc main() {}\n",
+        "{}",
+        r.text
+    );
+    let r = Reply::read(d.client.get(d.url("/languages")).send().await.unwrap()).await;
+    assert_eq!(r.json[0]["name"], "default");
+    assert_eq!(r.json[0]["version"], "go 1.19.8");
+    d.stop().await;
+}
+
 macro_rules! both_backends {
     ($($check:ident),* $(,)?) => {
         $(
@@ -356,4 +389,10 @@ macro_rules! both_backends {
     };
 }
 
-both_backends!(go_programs, go_limits, other_languages, format);
+both_backends!(
+    go_programs,
+    go_limits,
+    other_languages,
+    format,
+    flat_settings
+);

@@ -1,5 +1,6 @@
 //! The language routes: `GET /languages`, `POST /fmt`, and the `?lang=` choice of /compile.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -15,15 +16,13 @@ use super::routes::{Resp, answer_response, json_error, response};
 use crate::languages::Language;
 
 /// The language a request names with `?lang=NAME`, or the default one; an unknown name is the
-/// 400 that lists the languages.
-pub fn pick<'a>(app: &'a App, req_uri: &http::Uri) -> Result<&'a std::sync::Arc<Language>, Resp> {
+/// message of the 400 that lists the languages.
+pub fn pick<'a>(app: &'a App, req_uri: &http::Uri) -> Result<&'a Arc<Language>, String> {
     let name = req_uri
         .query()
         .and_then(|q| form::field(q.as_bytes(), "lang"))
         .map(|n| String::from_utf8_lossy(&n).into_owned());
-    app.languages
-        .get(name.as_deref())
-        .map_err(|message| json_error(400, &message))
+    app.languages.get(name.as_deref())
 }
 
 pub fn languages(app: &App, req: &Request<Incoming>) -> Resp {
@@ -68,7 +67,7 @@ async fn fmt_post(
 ) -> Resp {
     let lang = match pick(app, &parts.uri) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(message) => return json_error(400, &message),
     };
     let Some(format) = &lang.format else {
         return json_error(400, &format!("Language {:?} has no formatter.", lang.name));

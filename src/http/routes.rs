@@ -114,7 +114,8 @@ async fn compile(app: &App, req: Request<Incoming>, started: Instant) -> Resp {
         Method::POST => {
             let compile = match langs::pick(app, &parts.uri) {
                 Ok(lang) => &lang.compile,
-                Err(mut r) => {
+                Err(message) => {
+                    let mut r = json_error(400, &message);
                     app.cors.apply(&parts.headers, r.headers_mut());
                     return r;
                 }
