@@ -312,6 +312,11 @@ async fn format(backend: Backend) {
         (Some("HIT"), &r.text)
     );
 
+    // The same program to /compile is a run, not the formatter's cached answer.
+    let run = post(&d, "/compile", messy).await;
+    assert_eq!(run.header("x-cache"), Some("MISS"));
+    assert_eq!(stream(&run, "stdout"), "Hello, 世界\n", "{}", run.text);
+
     let r = fmt(&d, "", "package main\nfunc main( {\n").await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["Body"], "");

@@ -161,8 +161,11 @@ impl DockerSandbox {
             );
         }
 
+        // The command is in it: the same image with another command (a formatter) answers the
+        // same program differently.
         let fingerprint = format!(
-            "backend=docker;image={image}@{image_id};{}",
+            "backend=docker;image={image}@{image_id};command={:?};{}",
+            command.argv,
             limits.fingerprint()
         );
         let engine = Engine::new(docker, host.to_owned(), opts.image.clone(), command, limits);
