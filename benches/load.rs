@@ -7,8 +7,8 @@
 //!   (c) 40 distinct programs 8 at a time: wall time and errors, vs `docker run`;
 //!   (d) RSS after caching 2 000 answers of ~32 KiB, and again after replaying them all.
 //! Run: `cargo bench --bench load` (root, Docker engine, wrk, bubblewrap, the test image).
-//! `BENCH_QUICK=1` shortens every phase for a smoke test; `BENCH_PHASES=c` (any of `abcwd`, w for
-//! bubblewrap) runs only the phases named.
+//! `BENCH_QUICK=1` shortens every phase for a smoke test; `BENCH_PHASES=c` (any of `abcwdg`, w for
+//! bubblewrap, g for Go) runs only the phases named.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -160,6 +160,61 @@ fn docker_run(program: &str) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
+}
+
+/// `docker run -i` of `image` with the program on stdin; (success, stdout).
+fn docker_run_image(image: &str, program: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new("docker")
+        .args(["run", "--rm", "-i", "--network", "none", image])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("docker CLI");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(program.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// (g): Go hello world, a distinct program each time (a comment differs) so that every one is
+/// compiled and run, never answered from the cache.
+fn go_hello(tag: &str, i: usize) -> String {
+    format!(
+        "package main\n\nimport \"fmt\"\n\n// {tag} {i} {}\nfunc main() {{\n\tfmt.Println(\"Hello, 世界\")\n}}\n",
+        std::process::id()
+    )
+}
+
+/// (g): latencies of `n` sequential Go hello worlds through `run`, which says whether the
+/// greeting came back.
+fn go_sequential(
+    n: usize,
+    tag: &str,
+    before_each: impl Fn(),
+    run: impl Fn(String) -> bool,
+) -> (Vec<Duration>, usize) {
+    let mut times = Vec::new();
+    let mut errors = 0;
+    for i in 0..n {
+        before_each();
+        let program = go_hello(tag, i);
+        let t = Instant::now();
+        if !run(program) {
+            errors += 1;
+        }
+        times.push(t.elapsed());
+    }
+    times.sort();
+    (times, errors)
 }
 
 /// (b): latencies of `n` sequential distinct programs.
@@ -515,6 +570,62 @@ fn main() {
             ms(bwall)
         );
         drop(b);
+    }
+
+    if phase('g') {
+        // Go hello world, cold (compiled and run every time), with Debian's Go 1.19 from
+        // scripts/build-image.sh go: compilerd on both backends next to `docker run -i`.
+        let n = if quick() { 5 } else { 20 };
+        let go_image = "compilerd-go";
+        let ok = |(status, body): (u16, String)| status == 200 && body.contains("Hello, 世界");
+        let g = Daemon::start(&[
+            "--image",
+            go_image,
+            "--pool-size",
+            "2",
+            "--max-concurrent-runs",
+            "2",
+        ]);
+        let gurl = g.url();
+        let (docker, derr) = go_sequential(
+            n,
+            "docker",
+            || g.wait_pool(2),
+            |p| ok(post(&client, &gurl, p)),
+        );
+        drop(g);
+        let b = Daemon::start(&[
+            "--backend",
+            "bwrap",
+            "--rootfs",
+            "/var/lib/compilerd/rootfs/go",
+            "--command",
+            "/usr/lib/compilerd/run",
+        ]);
+        let burl = b.url();
+        let (bw, berr) = go_sequential(n, "bwrap", || (), |p| ok(post(&client, &burl, p)));
+        drop(b);
+        let (cli, cerr) = go_sequential(
+            n,
+            "cli",
+            || (),
+            |p| {
+                let (success, out) = docker_run_image(go_image, &p);
+                success && out.contains("Hello, 世界")
+            },
+        );
+        println!("\n(g) Go hello world, {n} sequential cold compile+run (distinct programs):");
+        for (name, t, e) in [
+            ("compilerd docker", &docker, derr),
+            ("compilerd bwrap ", &bw, berr),
+            ("docker run -i   ", &cli, cerr),
+        ] {
+            println!(
+                "    {name}  p50 {:>7.1} ms  p90 {:>7.1} ms  errors {e}",
+                ms(percentile(t, 0.5)),
+                ms(percentile(t, 0.9))
+            );
+        }
     }
 
     if phase('d') {

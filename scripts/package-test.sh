@@ -164,7 +164,7 @@ if [ $? -eq 0 ]; then pass "apt-get install ./compilerd.deb"; else
 fi
 files_ok=yes
 for f in /usr/bin/compilerd /usr/lib/systemd/system/compilerd.service \
-    /usr/lib/systemd/system/compilerd.socket /usr/lib/compilerd/halt-if-requested \
+    /usr/lib/systemd/system/compilerd.socket /usr/lib/compilerd/halt-if-requested /usr/lib/compilerd/build-image \
     /etc/compilerd/config.toml /usr/lib/sysusers.d/compilerd.conf \
     /usr/share/doc/compilerd/README.md /usr/share/doc/compilerd/LICENSE \
     /usr/share/doc/compilerd/copyright; do

@@ -98,10 +98,17 @@ impl Drop for Landing<'_> {
     }
 }
 
+/// How a service's runs become answers: `answer::answer` for programs; a formatter's own table
+/// for `/fmt`.
+pub type Render = fn(&Outcome<'_>, Dialect, &Limits) -> Row;
+
 pub struct CompileService {
     sandbox: Arc<dyn Sandbox>,
-    cache: Cache,
+    cache: Arc<Cache>,
     admission: Arc<Admission>,
+    /// The language, a bounded label of the run metrics.
+    language: String,
+    render: Render,
     hooks: Arc<dyn Hooks>,
     limits: Limits,
     max_program_bytes: usize,
@@ -110,6 +117,7 @@ pub struct CompileService {
     idle: Notify,
 }
 
+#[derive(Clone)]
 pub struct Options {
     pub limits: Limits,
     pub max_program_bytes: usize,
@@ -119,12 +127,53 @@ pub struct Options {
     pub max_queued: usize,
 }
 
+/// What every language's service shares: one cache and one admission, so that the daemon's
+/// memory and its run slots are bounded once, whatever the number of languages.
+#[derive(Clone)]
+pub struct SharedState {
+    pub cache: Arc<Cache>,
+    pub admission: Arc<Admission>,
+}
+
+impl SharedState {
+    pub fn new(opts: &Options, hooks: &Arc<dyn Hooks>) -> SharedState {
+        SharedState {
+            cache: Arc::new(Cache::new(
+                opts.cache_entries,
+                opts.cache_bytes,
+                hooks.clone(),
+            )),
+            admission: Admission::new(opts.max_concurrent_runs, opts.max_queued, hooks.clone()),
+        }
+    }
+}
+
 impl CompileService {
     pub fn new(sandbox: Arc<dyn Sandbox>, opts: Options, hooks: Arc<dyn Hooks>) -> Arc<Self> {
-        let fingerprint = format!("{}|{}", sandbox.name(), sandbox.fingerprint());
+        let shared = SharedState::new(&opts, &hooks);
+        Self::with_shared(sandbox, opts, &shared, "default", answer::answer, hooks)
+    }
+
+    /// A service for one language (`language` is in its cache keys and metric labels) whose
+    /// answers `render` writes, on the cache and admission of `shared`.
+    pub fn with_shared(
+        sandbox: Arc<dyn Sandbox>,
+        opts: Options,
+        shared: &SharedState,
+        language: &str,
+        render: Render,
+        hooks: Arc<dyn Hooks>,
+    ) -> Arc<Self> {
+        let fingerprint = format!(
+            "lang={language}|{}|{}",
+            sandbox.name(),
+            sandbox.fingerprint()
+        );
         Arc::new(CompileService {
-            cache: Cache::new(opts.cache_entries, opts.cache_bytes, hooks.clone()),
-            admission: Admission::new(opts.max_concurrent_runs, opts.max_queued, hooks.clone()),
+            cache: shared.cache.clone(),
+            admission: shared.admission.clone(),
+            language: language.to_owned(),
+            render,
             sandbox,
             hooks,
             limits: opts.limits,
@@ -137,6 +186,10 @@ impl CompileService {
 
     pub fn max_program_bytes(&self) -> usize {
         self.max_program_bytes
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     pub fn sandbox(&self) -> &Arc<dyn Sandbox> {
@@ -160,7 +213,7 @@ impl CompileService {
 
     /// The table's answer to a request that never reaches a run.
     pub fn refusal(&self, outcome: &Outcome<'_>, dialect: Dialect) -> Answer {
-        let row = answer::answer(outcome, dialect, &self.limits);
+        let row = (self.render)(outcome, dialect, &self.limits);
         self.answer_of(row, None)
     }
 
@@ -289,10 +342,10 @@ impl CompileService {
                 Outcome::SandboxFailed(e)
             }
         };
-        let raw = answer::answer(&outcome, Dialect::Raw, &self.limits);
-        let playground = answer::answer(&outcome, Dialect::Playground, &self.limits);
+        let raw = (self.render)(&outcome, Dialect::Raw, &self.limits);
+        let playground = (self.render)(&outcome, Dialect::Playground, &self.limits);
         let run_result = raw.metric.unwrap_or(RunResult::SandboxError);
-        self.hooks.run_finished(run_result, elapsed);
+        self.hooks.run_finished(&self.language, run_result, elapsed);
         if raw.cacheable {
             debug_assert_eq!(playground.status, answer::CACHED_PLAYGROUND_STATUS);
             self.cache.insert(

@@ -2,6 +2,7 @@
 //! file over the default. `Settings` is the raw, all-optional form shared by clap and serde so that
 //! a key and its flag can never drift apart; `Config` is the validated form the daemon runs on.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -139,6 +140,11 @@ pub struct Settings {
     /// bound read-only.
     #[arg(long)]
     pub rootfs: Option<PathBuf>,
+    /// The formatter of POST /fmt (program on stdin, formatted program on stdout), run in the
+    /// image or rootfs; without it /fmt answers 400. Flat settings only: a `[languages.NAME]`
+    /// table has its own.
+    #[arg(long)]
+    pub format_command: Option<String>,
     /// Per-run deadline, from the moment the program is handed over [default: 3500ms].
     #[arg(long)]
     pub timeout: Option<HumanDuration>,
@@ -184,6 +190,62 @@ pub struct Settings {
     /// Log format [default: auto].
     #[arg(long)]
     pub log_format: Option<LogFormat>,
+    /// The language of requests that name none [default: the only one, or `default` when no
+    /// `[languages.NAME]` table is given].
+    #[arg(long)]
+    pub default_language: Option<String>,
+    /// `[languages.NAME]` tables, file only; without any, the flat settings are one language.
+    #[arg(skip)]
+    pub languages: Option<BTreeMap<String, LanguageSettings>>,
+}
+
+/// One `[languages.NAME]` table: its sandbox and, optionally, its own limits; what it leaves out
+/// comes from the flat settings.
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LanguageSettings {
+    /// Docker image [default: compilerd-NAME, as scripts/build-image.sh NAME builds it].
+    pub image: Option<String>,
+    /// bwrap root [default: /var/lib/compilerd/rootfs/NAME].
+    pub rootfs: Option<PathBuf>,
+    /// bwrap: the run command [default: /usr/lib/compilerd/run].
+    pub command: Option<String>,
+    /// The formatter (program on stdin, formatted program on stdout), run in the same image or
+    /// rootfs; without it the language cannot format.
+    pub format_command: Option<String>,
+    pub timeout: Option<HumanDuration>,
+    pub memory: Option<ByteSize>,
+    pub pids: Option<u32>,
+    pub cpus: Option<f64>,
+    pub tmpfs_size: Option<ByteSize>,
+    pub max_output_bytes: Option<ByteSize>,
+    pub pool_size: Option<usize>,
+}
+
+/// One language as the daemon runs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LanguageConfig {
+    pub name: String,
+    pub image: String,
+    pub rootfs: Option<PathBuf>,
+    pub command: String,
+    pub format_command: Option<String>,
+    pub limits: Limits,
+    pub pool_size: usize,
+}
+
+/// The most languages one daemon serves: each is a label value of the run metrics.
+pub const MAX_LANGUAGES: usize = 32;
+
+/// The language name of a configuration without `[languages.NAME]` tables.
+pub const FLAT_LANGUAGE: &str = "default";
+
+fn valid_language_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-_.".contains(&b))
 }
 
 impl Settings {
@@ -209,6 +271,7 @@ impl Settings {
             image,
             command,
             rootfs,
+            format_command,
             timeout,
             max_program_bytes,
             max_output_bytes,
@@ -223,7 +286,9 @@ impl Settings {
             cpus,
             tmpfs_size,
             read_timeout,
-            log_format
+            log_format,
+            default_language,
+            languages
         )
     }
 }
@@ -247,6 +312,7 @@ pub struct Config {
     pub image: String,
     pub command: String,
     pub rootfs: Option<PathBuf>,
+    pub format_command: Option<String>,
     pub limits: Limits,
     pub max_program_bytes: usize,
     pub cache_entries: usize,
@@ -257,6 +323,9 @@ pub struct Config {
     pub pool_size: usize,
     pub read_timeout: Duration,
     pub log_format: LogFormat,
+    /// As written; `languages()` resolves them against the flat settings.
+    pub language_tables: BTreeMap<String, LanguageSettings>,
+    pub default_language: Option<String>,
 }
 
 impl Default for Config {
@@ -310,6 +379,7 @@ impl Config {
             image: s.image.unwrap_or_else(|| "playground".into()),
             command: s.command.unwrap_or_else(|| "/bin/sh".into()),
             rootfs: s.rootfs,
+            format_command: s.format_command,
             limits,
             max_program_bytes: s.max_program_bytes.map_or(65536, |b| b.0 as usize),
             cache_entries: s.cache_entries.unwrap_or(10_000),
@@ -320,6 +390,8 @@ impl Config {
             pool_size: s.pool_size.unwrap_or(max_concurrent_runs),
             read_timeout: s.read_timeout.map_or(Duration::from_secs(10), |d| d.0),
             log_format: s.log_format.unwrap_or(LogFormat::Auto),
+            language_tables: s.languages.unwrap_or_default(),
+            default_language: s.default_language,
         };
         c.check(&mut errors);
         if errors.is_empty() {
@@ -329,32 +401,114 @@ impl Config {
         }
     }
 
+    /// Every language, in name order, with the flat settings filling what a table leaves out;
+    /// without tables, the flat settings are the one language `default`.
+    pub fn languages(&self) -> Vec<LanguageConfig> {
+        if self.language_tables.is_empty() {
+            return vec![LanguageConfig {
+                name: self
+                    .default_language
+                    .clone()
+                    .unwrap_or_else(|| FLAT_LANGUAGE.to_owned()),
+                image: self.image.clone(),
+                rootfs: self.rootfs.clone(),
+                command: self.command.clone(),
+                format_command: self.format_command.clone(),
+                limits: self.limits.clone(),
+                pool_size: self.pool_size,
+            }];
+        }
+        self.language_tables
+            .iter()
+            .map(|(name, t)| {
+                let g = &self.limits;
+                LanguageConfig {
+                    name: name.clone(),
+                    image: t
+                        .image
+                        .clone()
+                        .unwrap_or_else(|| format!("compilerd-{name}")),
+                    rootfs: Some(t.rootfs.clone().unwrap_or_else(|| {
+                        PathBuf::from(format!("/var/lib/compilerd/rootfs/{name}"))
+                    })),
+                    command: t
+                        .command
+                        .clone()
+                        .unwrap_or_else(|| "/usr/lib/compilerd/run".to_owned()),
+                    format_command: t.format_command.clone(),
+                    limits: Limits {
+                        timeout: t.timeout.map_or(g.timeout, |d| d.0),
+                        max_output_bytes: t
+                            .max_output_bytes
+                            .map_or(g.max_output_bytes, |b| b.0 as usize),
+                        memory_bytes: t.memory.map_or(g.memory_bytes, |b| b.0),
+                        pids: t.pids.unwrap_or(g.pids),
+                        cpus: t.cpus.unwrap_or(g.cpus),
+                        tmpfs_bytes: t.tmpfs_size.map_or(g.tmpfs_bytes, |b| b.0),
+                    },
+                    pool_size: t.pool_size.unwrap_or(self.pool_size),
+                }
+            })
+            .collect()
+    }
+
+    /// The name of the language of requests that name none.
+    pub fn default_language(&self) -> String {
+        match (&self.default_language, self.language_tables.keys().next()) {
+            (Some(name), _) => name.clone(),
+            (None, Some(first)) if self.language_tables.len() == 1 => first.clone(),
+            _ => FLAT_LANGUAGE.to_owned(),
+        }
+    }
+
     fn check(&self, errors: &mut Vec<String>) {
-        let l = &self.limits;
+        check_limits("", &self.limits, errors);
+        for lang in self.languages() {
+            let at = format!("[languages.{}] ", lang.name);
+            if !self.language_tables.is_empty() {
+                check_limits(&at, &lang.limits, errors);
+            }
+            if !valid_language_name(&lang.name) {
+                errors.push(format!(
+                    "{at}language names are 1 to 32 of a-z, 0-9, +, -, _ and ."
+                ));
+            }
+            if lang.image.is_empty() || lang.command.trim().is_empty() {
+                errors.push(format!("{at}image and command must not be empty"));
+            }
+            if lang
+                .format_command
+                .as_ref()
+                .is_some_and(|c| c.trim().is_empty())
+            {
+                errors.push(format!("{at}format-command must not be empty"));
+            }
+        }
+        if self.language_tables.len() > MAX_LANGUAGES {
+            errors.push(format!("at most {MAX_LANGUAGES} languages"));
+        }
+        let default = self.default_language();
+        if !self.language_tables.is_empty() && !self.language_tables.contains_key(&default) {
+            let names: Vec<&str> = self.language_tables.keys().map(String::as_str).collect();
+            errors.push(format!(
+                "default-language {default:?} is none of the languages ({}){}",
+                names.join(", "),
+                if self.default_language.is_none() {
+                    "; with several languages, name the default one"
+                } else {
+                    ""
+                }
+            ));
+        }
         let mut need = |ok: bool, msg: &str| {
             if !ok {
                 errors.push(msg.to_string());
             }
         };
-        need(!l.timeout.is_zero(), "timeout must be more than 0");
-        need(
-            l.max_output_bytes > 0,
-            "max-output-bytes must be more than 0",
-        );
         need(
             self.max_program_bytes > 0,
             "max-program-bytes must be more than 0",
         );
-        need(
-            l.memory_bytes >= 6 << 20,
-            "memory must be at least 6MiB (Docker's minimum)",
-        );
-        need(l.pids >= 2, "pids must be at least 2");
-        need(
-            l.cpus > 0.0 && l.cpus.is_finite(),
-            "cpus must be more than 0",
-        );
-        need(l.tmpfs_bytes > 0, "tmpfs-size must be more than 0");
         need(
             self.max_concurrent_runs > 0,
             "max-concurrent-runs must be at least 1",
@@ -376,6 +530,30 @@ impl Config {
             );
         }
     }
+}
+
+/// The checks of one set of limits; `at` names the table they come from.
+fn check_limits(at: &str, l: &Limits, errors: &mut Vec<String>) {
+    let mut need = |ok: bool, msg: &str| {
+        if !ok {
+            errors.push(format!("{at}{msg}"));
+        }
+    };
+    need(!l.timeout.is_zero(), "timeout must be more than 0");
+    need(
+        l.max_output_bytes > 0,
+        "max-output-bytes must be more than 0",
+    );
+    need(
+        l.memory_bytes >= 6 << 20,
+        "memory must be at least 6MiB (Docker's minimum)",
+    );
+    need(l.pids >= 2, "pids must be at least 2");
+    need(
+        l.cpus > 0.0 && l.cpus.is_finite(),
+        "cpus must be more than 0",
+    );
+    need(l.tmpfs_bytes > 0, "tmpfs-size must be more than 0");
 }
 
 #[cfg(test)]
@@ -431,6 +609,47 @@ mod tests {
             "127.0.0.1:0"
         );
         assert!(parse_address("nonsense").is_err());
+    }
+
+    #[test]
+    fn language_tables_inherit_the_flat_settings() {
+        let file: Settings = toml::from_str(
+            "memory = \"64MiB\"\ndefault-language = \"go\"\n\
+             [languages.go]\nmemory = \"512MiB\"\nformat-command = \"/usr/lib/compilerd/fmt\"\n\
+             [languages.sh]\nimage = \"compilerd-test\"\n",
+        )
+        .unwrap();
+        let c = Config::from_settings(file).unwrap();
+        let langs = c.languages();
+        assert_eq!(langs.len(), 2);
+        assert_eq!(
+            (langs[0].name.as_str(), langs[0].limits.memory_bytes),
+            ("go", 512 << 20)
+        );
+        assert_eq!(langs[0].image, "compilerd-go");
+        assert_eq!(langs[1].limits.memory_bytes, 64 << 20);
+        assert_eq!(langs[1].image, "compilerd-test");
+        assert_eq!(c.default_language(), "go");
+
+        let flat = Config::default();
+        assert_eq!(flat.languages()[0].name, FLAT_LANGUAGE);
+        assert_eq!(flat.languages()[0].image, "playground");
+    }
+
+    #[test]
+    fn every_language_table_is_checked() {
+        let bad = |toml: &str| Config::from_settings(toml::from_str(toml).unwrap()).unwrap_err();
+        let e = bad("[languages.go]\npids = 0\n[languages.c]\ntimeout = \"0s\"\n");
+        assert!(
+            e.contains("[languages.go] pids") && e.contains("[languages.c] timeout"),
+            "{e}"
+        );
+        assert!(e.contains("name the default one"), "{e}");
+        let e = bad("default-language = \"rust\"\n[languages.go]\n");
+        assert!(e.contains("\"rust\" is none of the languages (go)"), "{e}");
+        let e = bad("[languages.\"Go Lang\"]\n");
+        assert!(e.contains("language names"), "{e}");
+        assert!(toml::from_str::<Settings>("[languages.go]\nimgae = \"x\"\n").is_err());
     }
 
     #[test]

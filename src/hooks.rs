@@ -47,7 +47,8 @@ pub trait Hooks: Send + Sync + 'static {
     fn overload_rejected(&self) {}
     fn runs_in_flight(&self, _n: usize) {}
     fn runs_queued(&self, _n: usize) {}
-    fn run_finished(&self, _result: RunResult, _duration: Duration) {}
+    /// `language` is a configured language's name (a bounded label).
+    fn run_finished(&self, _language: &str, _result: RunResult, _duration: Duration) {}
     /// `kind` is one of `SandboxErrorKind::as_str`'s values.
     fn sandbox_error(&self, _kind: &'static str) {}
     fn request_finished(&self, _handler: &'static str, _code: u16, _duration: Duration) {}

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use compilerd::config::{Config, Settings};
 use compilerd::hooks::Hooks;
 use compilerd::metrics::Metrics;
-use compilerd::server::{self, Daemon, StopRequests, Stopped};
+use compilerd::server::{Daemon, StopRequests, Stopped};
 
 /// The self-halt deadline passed and no --halt-command was given: the unit maps this status to a
 /// poweroff (and to success), so the daemon itself never needs root.
@@ -91,9 +91,7 @@ async fn run(config: Config) -> Result<Stopped, String> {
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let metrics = Arc::new(Metrics::new());
     let hooks: Arc<dyn Hooks> = metrics.clone();
-    let sandbox = server::open_sandbox(&config, hooks.clone())
-        .await
-        .map_err(|e| format!("sandbox backend {} is not usable: {e}", config.backend))?;
+    let languages = compilerd::languages::open(&config, hooks.clone()).await?;
     tracing::info!(address = %local, inherited, backend = %config.backend, "serving");
 
     let stops = StopRequests::default();
@@ -101,7 +99,7 @@ async fn run(config: Config) -> Result<Stopped, String> {
     let daemon = Daemon {
         config,
         listener,
-        sandbox,
+        languages,
         metrics: Some(metrics),
         hooks,
         stops,

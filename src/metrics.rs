@@ -40,7 +40,7 @@ pub struct Metrics {
 }
 
 /// The handlers `requests_total` and `request_duration_seconds` are labelled with.
-const HANDLERS: [&str; 4] = ["compile", "healthz", "metrics", "other"];
+const HANDLERS: [&str; 6] = ["compile", "fmt", "languages", "healthz", "metrics", "other"];
 
 fn buckets() -> Vec<f64> {
     // 1 ms to 10 s, roughly ×2.5 a step: a cache hit, a pooled run and a timeout each land in
@@ -105,8 +105,11 @@ impl Metrics {
             )),
             runs: reg!(
                 IntCounterVec::new(
-                    Opts::new("compilerd_runs_total", "Finished runs by outcome."),
-                    &["outcome"]
+                    Opts::new(
+                        "compilerd_runs_total",
+                        "Finished runs by language and outcome."
+                    ),
+                    &["language", "outcome"]
                 )
                 .expect("valid metric")
             ),
@@ -211,9 +214,6 @@ impl Metrics {
             ))
             .expect("metric names are unique");
         // Every bounded label value exists from the start, so rate() and alerts see a 0, not a gap.
-        for r in RunResult::ALL {
-            m.runs.with_label_values(&[r.as_str()]);
-        }
         for k in SandboxErrorKind::ALL {
             m.sandbox_errors.with_label_values(&[k.as_str()]);
         }
@@ -228,6 +228,17 @@ impl Metrics {
     }
 
     /// The text exposition format.
+    /// Shows every outcome of each language's runs from the start, at 0, so that rates work
+    /// before the first run of each.
+    pub fn register_languages<S: AsRef<str>>(&self, languages: &[S]) {
+        for language in languages {
+            for r in RunResult::ALL {
+                self.runs
+                    .with_label_values(&[language.as_ref(), r.as_str()]);
+            }
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
@@ -274,8 +285,10 @@ impl Hooks for Metrics {
     fn runs_queued(&self, n: usize) {
         self.runs_queued.set(n as i64);
     }
-    fn run_finished(&self, result: RunResult, duration: Duration) {
-        self.runs.with_label_values(&[result.as_str()]).inc();
+    fn run_finished(&self, language: &str, result: RunResult, duration: Duration) {
+        self.runs
+            .with_label_values(&[language, result.as_str()])
+            .inc();
         self.run_duration.observe(duration.as_secs_f64());
         match result {
             RunResult::Timeout => self.run_timeouts.inc(),
@@ -338,13 +351,14 @@ mod tests {
     #[test]
     fn outcomes_feed_their_counters() {
         let m = Metrics::new();
-        m.run_finished(RunResult::Timeout, Duration::from_millis(3500));
-        m.run_finished(RunResult::Oom, Duration::from_millis(10));
+        m.register_languages(&["go"]);
+        m.run_finished("go", RunResult::Timeout, Duration::from_millis(3500));
+        m.run_finished("go", RunResult::Oom, Duration::from_millis(10));
         let text = m.render();
         assert!(text.contains("compilerd_run_timeouts_total 1"), "{text}");
         assert!(text.contains("compilerd_memory_limit_kills_total 1"));
-        assert!(text.contains("compilerd_runs_total{outcome=\"timeout\"} 1"));
-        assert!(text.contains("compilerd_runs_total{outcome=\"ok\"} 0"));
+        assert!(text.contains("compilerd_runs_total{language=\"go\",outcome=\"timeout\"} 1"));
+        assert!(text.contains("compilerd_runs_total{language=\"go\",outcome=\"ok\"} 0"));
         assert!(text.contains("compilerd_build_info{version="));
     }
 }

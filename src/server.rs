@@ -9,36 +9,14 @@ use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::compile::{CompileService, Options};
-use crate::config::{Backend, Config};
+use crate::compile::{Options, SharedState};
+use crate::config::Config;
 use crate::hooks::Hooks;
 use crate::http::{self, App, Cors};
+use crate::languages::{Languages, OpenLanguage};
 use crate::lifecycle::Health;
 use crate::metrics::Metrics;
-use crate::sandbox::bwrap::{BwrapOptions, BwrapSandbox};
-use crate::sandbox::docker::{DockerOptions, DockerSandbox};
-use crate::sandbox::{Sandbox, SandboxError};
 use crate::systemd;
-
-/// Opens the configured backend, with its startup checks (engine, image, bwrap, pool fill).
-pub async fn open_sandbox(
-    config: &Config,
-    hooks: Arc<dyn Hooks>,
-) -> Result<Arc<dyn Sandbox>, SandboxError> {
-    Ok(match config.backend {
-        Backend::Docker => {
-            let opts = DockerOptions::new(config.image.clone(), config.pool_size);
-            Arc::new(DockerSandbox::connect(opts, config.limits.clone(), hooks).await?)
-        }
-        Backend::Bwrap => {
-            let opts = BwrapOptions {
-                command: config.command.clone(),
-                rootfs: config.rootfs.clone(),
-            };
-            Arc::new(BwrapSandbox::connect(opts, config.limits.clone(), hooks).await?)
-        }
-    })
-}
 
 /// Why the daemon stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -70,11 +48,11 @@ impl StopRequests {
     }
 }
 
-/// What `run` is built from; the caller opened the sandbox and the listener.
+/// What `run` is built from; the caller opened the sandboxes (`languages::open`) and the listener.
 pub struct Daemon {
     pub config: Config,
     pub listener: TcpListener,
-    pub sandbox: Arc<dyn Sandbox>,
+    pub languages: Vec<OpenLanguage>,
     pub metrics: Option<Arc<Metrics>>,
     pub hooks: Arc<dyn Hooks>,
     pub stops: StopRequests,
@@ -92,26 +70,36 @@ impl Daemon {
         let Daemon {
             config,
             listener,
-            sandbox,
+            languages,
             metrics,
             hooks,
             stops,
         } = self;
-        let compile = CompileService::new(
-            sandbox.clone(),
-            Options {
-                limits: config.limits.clone(),
-                max_program_bytes: config.max_program_bytes,
-                cache_entries: config.cache_entries,
-                cache_bytes: config.cache_bytes,
-                max_concurrent_runs: config.max_concurrent_runs,
-                max_queued: config.max_queued,
-            },
+        let opts = Options {
+            limits: config.limits.clone(),
+            max_program_bytes: config.max_program_bytes,
+            cache_entries: config.cache_entries,
+            cache_bytes: config.cache_bytes,
+            max_concurrent_runs: config.max_concurrent_runs,
+            max_queued: config.max_queued,
+        };
+        let shared = SharedState::new(&opts, &hooks);
+        if let Some(m) = &metrics {
+            let names: Vec<&str> = languages.iter().map(|l| l.config.name.as_str()).collect();
+            m.register_languages(&names);
+        }
+        let languages = Arc::new(Languages::new(
+            languages,
+            &config.default_language(),
+            &opts,
+            &shared,
             hooks.clone(),
-        );
+        ));
+        // Status lines count runs and cache entries through any service: all share them.
+        let compile = languages.default_language().compile.clone();
         let health = Health::new(hooks.clone());
         let app = App::new(
-            compile.clone(),
+            languages.clone(),
             Cors::new(config.allow_origin.clone()),
             health.clone(),
             metrics,
@@ -159,9 +147,9 @@ impl Daemon {
         if let Err(e) = server.await {
             tracing::error!(error = %e, "server task failed");
         }
-        compile.wait_idle().await;
+        languages.wait_idle().await;
         tracing::info!("every accepted request answered; removing sandboxes");
-        sandbox.shutdown().await;
+        languages.shutdown().await;
         status.abort();
         if !halting {
             tracing::info!("stopped");

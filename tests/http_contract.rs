@@ -265,7 +265,10 @@ async fn identical_requests_run_once(backend: Backend) {
     for r in &replies {
         assert_eq!(r.output(), "once\n");
     }
-    assert_eq!(d.metric("compilerd_runs_total{outcome=\"ok\"}"), 1.0);
+    assert_eq!(
+        d.metric("compilerd_runs_total{language=\"default\",outcome=\"ok\"}"),
+        1.0
+    );
     d.stop().await;
 }
 
@@ -427,7 +430,9 @@ async fn assert_sandbox_failure_answer(d: &TestDaemon, what: &str) {
             .status(),
         200
     );
-    assert!(d.metric("compilerd_runs_total{outcome=\"sandbox_error\"}") >= 2.0);
+    assert!(
+        d.metric("compilerd_runs_total{language=\"default\",outcome=\"sandbox_error\"}") >= 2.0
+    );
 }
 
 #[tokio::test]

@@ -53,7 +53,7 @@ async fn promtool_accepts_the_exposition() {
         "compilerd_program_too_large_total",
         "compilerd_origin_refusals_total",
         "compilerd_memory_limit_kills_total",
-        "compilerd_runs_total{outcome=\"ok\"}",
+        "compilerd_runs_total{language=\"default\",outcome=\"ok\"}",
         "compilerd_run_duration_seconds_bucket{le=\"0.001\"}",
         "compilerd_request_duration_seconds_count{handler=\"compile\"}",
         "compilerd_requests_total{code=\"200\",handler=\"compile\"}",
@@ -103,7 +103,11 @@ async fn each_counter_moves_by_exactly_one() {
 
     let moved = deltas(
         &d,
-        &[hit, miss, "compilerd_runs_total{outcome=\"ok\"}"],
+        &[
+            hit,
+            miss,
+            "compilerd_runs_total{language=\"default\",outcome=\"ok\"}",
+        ],
         async {
             d.compile("echo count me").await;
         },
@@ -112,7 +116,11 @@ async fn each_counter_moves_by_exactly_one() {
     assert_eq!(moved, [0.0, 1.0, 1.0], "a miss");
     let moved = deltas(
         &d,
-        &[hit, miss, "compilerd_runs_total{outcome=\"ok\"}"],
+        &[
+            hit,
+            miss,
+            "compilerd_runs_total{language=\"default\",outcome=\"ok\"}",
+        ],
         async {
             assert_eq!(
                 d.compile("echo count me").await.header("x-cache"),
@@ -126,7 +134,7 @@ async fn each_counter_moves_by_exactly_one() {
         &d,
         &[
             "compilerd_run_timeouts_total",
-            "compilerd_runs_total{outcome=\"timeout\"}",
+            "compilerd_runs_total{language=\"default\",outcome=\"timeout\"}",
         ],
         async {
             d.compile("sleep 5").await;
@@ -138,7 +146,7 @@ async fn each_counter_moves_by_exactly_one() {
         &d,
         &[
             "compilerd_output_too_large_total",
-            "compilerd_runs_total{outcome=\"output_too_large\"}",
+            "compilerd_runs_total{language=\"default\",outcome=\"output_too_large\"}",
         ],
         async {
             assert_eq!(d.compile("yes").await.status, 400);
@@ -158,7 +166,7 @@ async fn each_counter_moves_by_exactly_one() {
     let moved = deltas(
         &d,
         &[
-            "compilerd_runs_total{outcome=\"exit_nonzero\"}",
+            "compilerd_runs_total{language=\"default\",outcome=\"exit_nonzero\"}",
             "compilerd_requests_total{code=\"200\",handler=\"compile\"}",
         ],
         async {

@@ -3,6 +3,8 @@
 
 mod body;
 pub mod cors;
+mod form;
+mod langs;
 pub mod request;
 mod routes;
 
@@ -19,13 +21,16 @@ use tokio::net::TcpListener;
 
 use crate::compile::CompileService;
 use crate::hooks::Hooks;
+use crate::languages::Languages;
 use crate::lifecycle::Health;
 use crate::metrics::Metrics;
 pub use cors::Cors;
 
 /// Everything a request handler needs; shared by all connections.
 pub struct App {
+    /// The default language's service.
     pub compile: Arc<CompileService>,
+    pub languages: Arc<Languages>,
     pub cors: Cors,
     pub health: Arc<Health>,
     pub metrics: Option<Arc<Metrics>>,
@@ -37,7 +42,7 @@ pub struct App {
 
 impl App {
     pub fn new(
-        compile: Arc<CompileService>,
+        languages: Arc<Languages>,
         cors: Cors,
         health: Arc<Health>,
         metrics: Option<Arc<Metrics>>,
@@ -45,7 +50,8 @@ impl App {
         read_timeout: Duration,
     ) -> Arc<App> {
         Arc::new(App {
-            compile,
+            compile: languages.default_language().compile.clone(),
+            languages,
             cors,
             health,
             metrics,

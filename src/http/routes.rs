@@ -12,17 +12,18 @@ use hyper::body::Incoming;
 use super::App;
 use super::body::{BodyError, read_bounded};
 use super::cors::ALLOW_METHODS;
+use super::langs;
 use super::request::{self, Decoded, Malformed, RequestForm};
 use crate::answer::{Dialect, Outcome};
 use crate::compile::{Answer, CacheStatus, error_body};
 
-type Resp = Response<Full<Bytes>>;
+pub(super) type Resp = Response<Full<Bytes>>;
 
 /// A `HeaderName` built once: inserting by `&str` copies a non-standard name into a fresh
 /// allocation on every response (one of the few allocations of a cache hit, per tests/hot_path.rs).
 static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
-fn response(status: u16, content_type: &'static str, body: Bytes) -> Resp {
+pub(super) fn response(status: u16, content_type: &'static str, body: Bytes) -> Resp {
     let mut r = Response::new(Full::new(body));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut()
@@ -30,7 +31,7 @@ fn response(status: u16, content_type: &'static str, body: Bytes) -> Resp {
     r
 }
 
-fn json_error(status: u16, message: &str) -> Resp {
+pub(super) fn json_error(status: u16, message: &str) -> Resp {
     response(status, "application/json", error_body(message))
 }
 
@@ -38,6 +39,8 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Resp {
     let started = Instant::now();
     let (handler, resp) = match req.uri().path() {
         "/compile" => ("compile", compile(app, req, started).await),
+        "/fmt" => ("fmt", langs::fmt(app, req, started).await),
+        "/languages" => ("languages", langs::languages(app, &req)),
         "/healthz" => ("healthz", healthz(app, &req)),
         "/metrics" => ("metrics", metrics(app, &req)),
         _ => (
@@ -121,31 +124,39 @@ async fn compile(app: &App, req: Request<Incoming>, started: Instant) -> Resp {
             return r;
         }
         Method::POST => {
+            let compile = match langs::pick(app, &parts.uri) {
+                Ok(lang) => &lang.compile,
+                Err(message) => {
+                    let mut r = json_error(400, &message);
+                    app.cors.apply(&parts.headers, r.headers_mut());
+                    return r;
+                }
+            };
             let kind = request::content_kind(&parts.headers);
-            let bound = request::read_bound(kind, app.compile.max_program_bytes());
+            let bound = request::read_bound(kind, compile.max_program_bytes());
             let (form, answer) =
                 match read_bounded(&parts.headers, body, bound, app.read_timeout).await {
                     Ok(bytes) => match request::decode(kind, bytes) {
                         Ok(Decoded { program, form }) => {
-                            (form, app.compile.compile_as(program, form.dialect()).await)
+                            (form, compile.compile_as(program, form.dialect()).await)
                         }
                         Err(Malformed(why)) => {
                             let form = kind.form();
                             let outcome = Outcome::Malformed(&why);
-                            (form, app.compile.refusal(&outcome, form.dialect()))
+                            (form, compile.refusal(&outcome, form.dialect()))
                         }
                     },
                     Err(BodyError::TooLarge { head }) => {
                         let form = request::too_large_form(kind, &head);
-                        (form, app.compile.program_too_large(form.dialect()))
+                        (form, compile.program_too_large(form.dialect()))
                     }
                     Err(BodyError::Timeout) => (
                         RequestForm::Raw,
-                        app.compile.refusal(&Outcome::BodyTimeout, Dialect::Raw),
+                        compile.refusal(&Outcome::BodyTimeout, Dialect::Raw),
                     ),
                     Err(BodyError::Broken) => (
                         RequestForm::Raw,
-                        app.compile.refusal(&Outcome::BodyBroken, Dialect::Raw),
+                        compile.refusal(&Outcome::BodyBroken, Dialect::Raw),
                     ),
                 };
             log_compile(id, form, &answer, started);
@@ -162,7 +173,7 @@ async fn compile(app: &App, req: Request<Incoming>, started: Instant) -> Resp {
     resp
 }
 
-fn answer_response(answer: Answer) -> Resp {
+pub(super) fn answer_response(answer: Answer) -> Resp {
     let mut r = response(answer.status, "application/json", answer.body);
     if let Some(c) = answer.cache {
         r.headers_mut()

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use compilerd::config::{Backend, Config};
 use compilerd::hooks::Hooks;
+use compilerd::languages::OpenLanguage;
 use compilerd::metrics::Metrics;
 use compilerd::sandbox::Sandbox;
-use compilerd::server::{self, Daemon, StopRequests, Stopped};
+use compilerd::server::{Daemon, StopRequests, Stopped};
 
 pub fn test_image() -> String {
     std::env::var("COMPILERD_TEST_IMAGE").unwrap_or_else(|_| "compilerd-test".into())
@@ -51,16 +52,32 @@ impl TestDaemon {
     pub async fn start(config: Config) -> TestDaemon {
         let metrics = Arc::new(Metrics::new());
         let hooks: Arc<dyn Hooks> = metrics.clone();
-        let sandbox = server::open_sandbox(&config, hooks.clone())
+        let languages = compilerd::languages::open(&config, hooks.clone())
             .await
-            .expect("sandbox opens");
-        Self::start_with(config, sandbox, metrics).await
+            .expect("sandboxes open");
+        Self::start_languages(config, languages, metrics).await
     }
 
-    /// A daemon over a given sandbox (e.g. `ScriptedSandbox`); `metrics` are its hooks.
+    /// A daemon over a given sandbox (e.g. `ScriptedSandbox`) as its one language, the flat
+    /// settings' `default`; `metrics` are its hooks.
     pub async fn start_with(
         config: Config,
         sandbox: Arc<dyn Sandbox>,
+        metrics: Arc<Metrics>,
+    ) -> TestDaemon {
+        let language = config.languages().into_iter().next().expect("a language");
+        let languages = vec![OpenLanguage {
+            config: language,
+            version: String::new(),
+            run: sandbox,
+            format: None,
+        }];
+        Self::start_languages(config, languages, metrics).await
+    }
+
+    async fn start_languages(
+        config: Config,
+        languages: Vec<OpenLanguage>,
         metrics: Arc<Metrics>,
     ) -> TestDaemon {
         let listener = tokio::net::TcpListener::bind(config.address).await.unwrap();
@@ -70,7 +87,7 @@ impl TestDaemon {
         let daemon = Daemon {
             config,
             listener,
-            sandbox,
+            languages,
             metrics: Some(metrics.clone()),
             hooks,
             stops: stops.clone(),
@@ -106,7 +123,7 @@ impl TestDaemon {
         tokio::spawn(async move { Reply::read(request.send().await.unwrap()).await })
     }
 
-    /// The value of one sample line of /metrics, e.g. `compilerd_runs_total{outcome="ok"}`.
+    /// The value of one sample line of /metrics, e.g. `compilerd_runs_total{language=\"default\",outcome="ok"}`.
     pub fn metric(&self, series: &str) -> f64 {
         metric_value(&self.metrics.render(), series)
     }

@@ -229,7 +229,12 @@ impl Engine {
             name: format!("compilerd-{}-{n}", self.instance),
         };
         self.events.watch(&guard.name);
-        let body = settings::container_body(&self.image, &self.limits, self.labels.clone());
+        let body = settings::container_body(
+            &self.image,
+            Some(&self.command),
+            &self.limits,
+            self.labels.clone(),
+        );
         let create = CreateContainerOptionsBuilder::new()
             .name(&guard.name)
             .build();

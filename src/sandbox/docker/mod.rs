@@ -46,6 +46,8 @@ pub struct DockerOptions {
     /// `engine`): faster runs at light load, no cost under a sustained one. Off only to test the
     /// other hand-over.
     pub arm: bool,
+    /// Replaces the image's Cmd, e.g. with a language's formatter; `None`: the image's.
+    pub command: Option<Vec<String>>,
 }
 
 impl DockerOptions {
@@ -54,6 +56,7 @@ impl DockerOptions {
             image: image.into(),
             pool_size,
             arm: true,
+            command: None,
         }
     }
 }
@@ -103,7 +106,9 @@ impl DockerSandbox {
         let (image_id, command) = match docker.inspect_image(image).await {
             Ok(info) => (
                 info.id.unwrap_or_default(),
-                info.config.as_ref().and_then(ImageCommand::of),
+                info.config
+                    .as_ref()
+                    .and_then(|c| ImageCommand::with_cmd(c, opts.command.clone())),
             ),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404 | 400,
@@ -156,8 +161,11 @@ impl DockerSandbox {
             );
         }
 
+        // The command is in it: the same image with another command (a formatter) answers the
+        // same program differently.
         let fingerprint = format!(
-            "backend=docker;image={image}@{image_id};{}",
+            "backend=docker;image={image}@{image_id};command={:?};{}",
+            command.argv,
             limits.fingerprint()
         );
         let engine = Engine::new(docker, host.to_owned(), opts.image.clone(), command, limits);

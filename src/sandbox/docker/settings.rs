@@ -26,21 +26,30 @@ pub struct ImageCommand {
     pub argv: Vec<String>,
     /// Empty: the engine's default, `/`, as for the main process.
     pub working_dir: String,
+    /// A Cmd that replaces the image's (e.g. a language's formatter in its run image); the
+    /// container's main process gets it too.
+    pub cmd: Option<Vec<String>>,
 }
 
 impl ImageCommand {
     /// `None` when the image has no command at all.
     pub fn of(config: &ImageConfig) -> Option<ImageCommand> {
+        Self::with_cmd(config, None)
+    }
+
+    /// The image's command with `cmd`, when given, in place of its Cmd.
+    pub fn with_cmd(config: &ImageConfig, cmd: Option<Vec<String>>) -> Option<ImageCommand> {
         let argv: Vec<String> = config
             .entrypoint
             .iter()
             .flatten()
-            .chain(config.cmd.iter().flatten())
+            .chain(cmd.as_ref().or(config.cmd.as_ref()).into_iter().flatten())
             .cloned()
             .collect();
         (!argv.is_empty()).then(|| ImageCommand {
             argv,
             working_dir: config.working_dir.clone().unwrap_or_default(),
+            cmd,
         })
     }
 }
@@ -75,6 +84,7 @@ fn sandbox_env() -> Vec<String> {
 /// Everything the engine needs to create one sandbox container from `image`.
 pub fn container_body(
     image: &str,
+    command: Option<&ImageCommand>,
     limits: &Limits,
     labels: HashMap<String, String>,
 ) -> ContainerCreateBody {
@@ -87,6 +97,7 @@ pub fn container_body(
     };
     ContainerCreateBody {
         image: Some(image.to_owned()),
+        cmd: command.and_then(|c| c.cmd.clone()),
         hostname: Some(SANDBOX_HOSTNAME.to_owned()),
         user: Some(SANDBOX_USER.to_owned()),
         // The engine adds the image's own ENV and HOSTNAME, never the daemon's environment.
@@ -110,10 +121,12 @@ pub fn container_body(
             pids_limit: Some(i64::from(limits.pids)),
             nano_cpus: Some((limits.cpus * 1e9).round() as i64),
             readonly_rootfs: Some(true),
-            // exec stays allowed: compiled languages build and run their binary in /tmp.
+            // Compiled languages build and run their binary in /tmp. Docker mounts a tmpfs
+            // `noexec` unless `exec` is asked for, and a compiled program then fails with
+            // "Permission denied" (status 126).
             tmpfs: Some(HashMap::from([(
                 "/tmp".to_owned(),
-                format!("rw,nosuid,nodev,size={tmpfs_bytes},mode=1777"),
+                format!("rw,exec,nosuid,nodev,size={tmpfs_bytes},mode=1777"),
             )])),
             // A private IPC namespace keeps shm_open working (some runtimes need it), with
             // /dev/shm no bigger than /tmp; both are charged to the memory limit.
@@ -153,7 +166,7 @@ mod tests {
     #[test]
     fn hardening_follows_limits() {
         let limits = Limits::default();
-        let body = container_body("img", &limits, HashMap::new());
+        let body = container_body("img", None, &limits, HashMap::new());
         let host = body.host_config.unwrap();
         assert_eq!(host.network_mode.as_deref(), Some("none"));
         assert_eq!(host.memory, Some(128 << 20));
@@ -162,7 +175,9 @@ mod tests {
         assert_eq!(host.nano_cpus, Some(1_000_000_000));
         assert_eq!(host.readonly_rootfs, Some(true));
         assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
-        assert!(host.tmpfs.unwrap()["/tmp"].contains(&format!("size={}", 16 << 20)));
+        let tmp = &host.tmpfs.unwrap()["/tmp"];
+        assert!(tmp.contains(&format!("size={}", 16 << 20)));
+        assert!(tmp.split(',').any(|o| o == "exec"), "{tmp}");
         assert_eq!(body.user.as_deref(), Some(SANDBOX_USER));
         assert_eq!(body.env.unwrap().len(), SANDBOX_ENV.len());
     }

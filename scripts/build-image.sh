@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# Builds a compilerd sandbox for one language from Debian packages only (no image registry): the
+# packages' files are unpacked (apt-get download + dpkg-deb -x, no maintainer scripts) into a small
+# root with busybox as the shell, plus two commands compilerd runs:
+#   /usr/lib/compilerd/run  program on stdin -> compiled in /tmp where the language needs it, run;
+#                           a compile error is the compiler's message on stderr, status 2
+#   /usr/lib/compilerd/fmt  program on stdin -> formatted program on stdout (only where there is a
+#                           formatter), errors on stderr, nonzero status
+# and /etc/compilerd-language (language=, version=), which the Docker image repeats as labels.
+#
+# Usage: build-image.sh LANGUAGE [--tag IMAGE] [--rootfs DIR]
+#   LANGUAGE: go, python, c or sh. Without --tag or --rootfs, both are built: the Docker image
+#   compilerd-LANGUAGE and the rootfs /var/lib/compilerd/rootfs/LANGUAGE (for --backend bwrap).
+#   With only one of them, only that one.
+# Idempotent: downloaded packages are kept in $COMPILERD_DEB_CACHE (default
+# /var/cache/compilerd/debs); a rootfs or image that already holds the same packages built by the
+# same script is left as it is.
+set -euo pipefail
+
+usage() { echo "usage: $0 go|python|c|sh [--tag IMAGE] [--rootfs DIR]" >&2; exit 2; }
+[ $# -ge 1 ] || usage
+lang=$1; shift
+tag=; rootfs=
+while [ $# -gt 0 ]; do
+  case $1 in
+    --tag) tag=${2:?--tag needs an image name}; shift 2 ;;
+    --rootfs) rootfs=${2:?--rootfs needs a directory}; shift 2 ;;
+    *) usage ;;
+  esac
+done
+if [ -z "$tag" ] && [ -z "$rootfs" ]; then
+  tag=compilerd-$lang
+  rootfs=/var/lib/compilerd/rootfs/$lang
+fi
+
+# Packages whose files the sandbox needs; their Depends are added. `main` names the toolchain's
+# package, whose upstream version is the one /languages reports.
+case $lang in
+  go) packages=(golang-1.19-go golang-1.19-src); main=golang-1.19-go; name=go ;;
+  python) packages=(python3); main=python3.11-minimal; name=python ;;
+  c) packages=(gcc libc6-dev); main=gcc-12; name=gcc ;;
+  sh) packages=(); main=busybox-static; name=busybox ;;
+  *) echo "unknown language $lang: choose go, python, c or sh" >&2; exit 2 ;;
+esac
+packages+=(busybox-static)
+# Dependencies a sandbox never uses (package management, perl for mailcap, docs tooling).
+skip='^(dpkg|install-info|tar|perl|perl-base|perl-modules-.*|libperl.*|mailcap|mime-support|debconf|libgdbm-compat4)$'
+
+cache=${COMPILERD_DEB_CACHE:-/var/cache/compilerd/debs}
+mkdir -p "$cache"
+mapfile -t closure < <(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts \
+  --no-breaks --no-replaces --no-enhances "${packages[@]}" | grep '^[a-z0-9]' | sort -u | grep -Ev "$skip")
+# 'URI' FILE SIZE HASH, one per package; only missing files are fetched.
+mapfile -t uris < <(apt-get download --print-uris "${closure[@]}" 2>/dev/null)
+[ ${#uris[@]} -eq ${#closure[@]} ] || {
+  echo "apt cannot find every package of ${closure[*]}; run apt-get update" >&2; exit 1; }
+debs=(); fetch=()
+for line in "${uris[@]}"; do
+  read -r _ file _ <<<"$line"
+  debs+=("$cache/$file")
+  [ -s "$cache/$file" ] || fetch+=("${file%%_*}")
+done
+if [ ${#fetch[@]} -gt 0 ]; then
+  (cd "$cache" && apt-get download -q "${fetch[@]}" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2 || true)
+fi
+for d in "${debs[@]}"; do [ -s "$d" ] || { echo "download of $d failed" >&2; exit 1; }; done
+
+main_deb=$(printf '%s\n' "${debs[@]}" | grep "/${main}_")
+version=$(dpkg-deb -f "$main_deb" Version | sed -e 's/^[0-9]*://' -e 's/-[^-]*$//' -e 's/+.*//')
+version="$name $version"
+stamp=$( (cat "$0"; printf '%s\n' "${debs[@]##*/}") | sha256sum | cut -c1-16)
+
+build_root() {
+  local root=$1
+  mkdir -p "$root"/{bin,etc,tmp,proc,sys,dev,home,usr/lib/compilerd}
+  chmod 1777 "$root/tmp"
+  for d in "${debs[@]}"; do dpkg-deb -x "$d" "$root"; done
+  rm -rf "$root"/usr/share/{doc,man,info,locale,lintian}
+  trim "$root"
+  # busybox is the shell and the small tools, wherever a package did not bring its own.
+  for applet in $("$root/bin/busybox" --list); do
+    [ -e "$root/bin/$applet" ] || [ -e "$root/usr/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
+  done
+  printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/sh\n' >"$root/etc/passwd"
+  printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
+  printf 'include /etc/ld.so.conf.d/*.conf\n' >"$root/etc/ld.so.conf"
+  [ -d "$root/lib/x86_64-linux-gnu" ] && ldconfig -r "$root" 2>/dev/null || true
+  printf 'language=%s\nversion=%s\nstamp=%s\n' "$lang" "$version" "$stamp" >"$root/etc/compilerd-language"
+  write_commands "$root/usr/lib/compilerd"
+}
+
+# What a sandbox never uses of the toolchain: tests, test data, and tools no build runs.
+trim() {
+  local root=$1
+  case $lang in
+    go)
+      local goroot=$root/usr/lib/go-1.19
+      rm -rf "$goroot/pkg/linux_amd64/cmd" "$root"/usr/share/go-1.19/{test,api,misc}
+      find "$root/usr/share/go-1.19/src" -depth \( -name testdata -type d -exec rm -rf {} + \) -o -name '*_test.go' -delete
+      for tool in api pprof trace doc fix objdump addr2line nm test2json cover dist; do
+        rm -f "$goroot/pkg/tool/linux_amd64/$tool"
+      done
+      ;;
+    python)
+      rm -rf "$root"/usr/lib/python3.11/{test,idlelib,tkinter,turtledemo,ensurepip,lib2to3/tests}
+      ;;
+    c)
+      rm -f "$root"/usr/lib/x86_64-linux-gnu/lib{asan,tsan,lsan,ubsan,gprofng}.so* \
+        "$root"/usr/lib/gcc/x86_64-linux-gnu/12/{lto1,lto-wrapper}
+      ;;
+  esac
+}
+
+# The run and format commands. Compiled programs are built and run in /tmp, the only writable place.
+write_commands() {
+  local dir=$1
+  case $lang in
+    go)
+      cat >"$dir/run" <<'EOF'
+#!/bin/sh
+# The standard library comes precompiled with the toolchain; the build cache lives in /tmp.
+export GOROOT=/usr/lib/go-1.19 GOCACHE=/tmp/.cache GOPATH=/tmp/.go CGO_ENABLED=0 GO111MODULE=off GOFLAGS=
+mkdir -p /tmp/prog && cd /tmp/prog || exit 2
+cat >prog.go
+# The build's threads count against the run's process limit, whatever the host's core count.
+GOMAXPROCS=2 /usr/lib/go-1.19/bin/go build -o prog prog.go || exit 2
+exec ./prog
+EOF
+      cat >"$dir/fmt" <<'EOF'
+#!/bin/sh
+# Messages name the program prog.go, as the Go playground's do.
+/usr/lib/go-1.19/bin/gofmt 2>/tmp/gofmt.err
+status=$?
+sed 's/^<standard input>/prog.go/' /tmp/gofmt.err >&2
+exit $status
+EOF
+      ;;
+    python)
+      cat >"$dir/run" <<'EOF'
+#!/bin/sh
+cat >/tmp/prog.py
+exec /usr/bin/python3 -B /tmp/prog.py
+EOF
+      ;;
+    c)
+      cat >"$dir/run" <<'EOF'
+#!/bin/sh
+cd /tmp || exit 2
+cat >prog.c
+/usr/bin/gcc -O2 -o prog prog.c -lm || exit 2
+exec ./prog
+EOF
+      ;;
+    sh)
+      cat >"$dir/run" <<'EOF'
+#!/bin/sh
+exec /bin/sh -s
+EOF
+      ;;
+  esac
+  chmod 755 "$dir"/*
+}
+
+if [ -n "$rootfs" ]; then
+  if [ "$(sed -n 's/^stamp=//p' "$rootfs/etc/compilerd-language" 2>/dev/null)" = "$stamp" ]; then
+    echo "rootfs $rootfs is up to date ($version)"
+  else
+    mkdir -p "$(dirname "$rootfs")"
+    rm -rf "$rootfs.new"
+    build_root "$rootfs.new"
+    rm -rf "$rootfs" && mv "$rootfs.new" "$rootfs"
+    echo "rootfs $rootfs built ($version, $(du -sh "$rootfs" | cut -f1))"
+  fi
+fi
+
+if [ -n "$tag" ]; then
+  docker info >/dev/null 2>&1 || { echo "no Docker engine: cannot build image $tag" >&2; exit 1; }
+  if [ "$(docker image inspect -f '{{index .Config.Labels "compilerd.stamp"}}' "$tag" 2>/dev/null)" = "$stamp" ]; then
+    echo "image $tag is up to date ($version)"
+  else
+    src=$rootfs
+    if [ -z "$src" ]; then
+      src=$(mktemp -d)
+      trap 'rm -rf "$src"' EXIT
+      build_root "$src"
+    fi
+    tar -C "$src" -c . | docker import \
+      --change 'CMD ["/usr/lib/compilerd/run"]' \
+      --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
+      --change "LABEL compilerd.language=$lang" \
+      --change "LABEL compilerd.version=\"$version\"" \
+      --change "LABEL compilerd.stamp=$stamp" \
+      - "$tag" >/dev/null
+    echo "image $tag built ($version)"
+  fi
+fi
