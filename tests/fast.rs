@@ -50,7 +50,7 @@ async fn a_second_identical_program_is_a_hit_and_never_runs() {
     assert_eq!(b.text, a.text);
     assert_eq!(f.sb.runs(), 1);
     assert_eq!(
-        f.d.metric("compilerd_runs_total{outcome=\"exit_nonzero\"}"),
+        f.d.metric("compilerd_runs_total{language=\"default\",outcome=\"exit_nonzero\"}"),
         1.0
     );
     f.d.stop().await;
@@ -121,7 +121,7 @@ async fn each_outcome_gets_its_row_of_the_table() {
     }
     assert_eq!(f.sb.runs(), 7);
     for outcome in ["timeout", "oom", "output_too_large", "sandbox_error"] {
-        let series = format!("compilerd_runs_total{{outcome=\"{outcome}\"}}");
+        let series = format!("compilerd_runs_total{{language=\"default\",outcome=\"{outcome}\"}}");
         assert!(f.d.metric(&series) >= 1.0, "{series}");
     }
     f.d.stop().await;
