@@ -46,6 +46,7 @@ use tokio::time::Instant;
 use super::events::Events;
 use super::settings::{self, ImageCommand};
 use super::sweep::{LABEL_INSTANCE, LABEL_MANAGED, LABEL_OWNER, current_owner};
+use crate::sandbox::relay::InstalledRelay;
 use crate::sandbox::{Limits, SandboxError, SandboxErrorKind};
 
 pub(super) type OutputStream = Pin<Box<dyn Stream<Item = Result<LogOutput, DockerError>> + Send>>;
@@ -59,6 +60,8 @@ pub(super) struct Engine {
     pub image: String,
     /// The image's Entrypoint + Cmd and working directory, which an arming exec runs.
     pub command: ImageCommand,
+    /// The output relay on the host, mounted into every container.
+    relay: Arc<InstalledRelay>,
     pub limits: Limits,
     pub instance: String,
     labels: HashMap<String, String>,
@@ -186,6 +189,7 @@ impl Engine {
         host: String,
         image: String,
         command: ImageCommand,
+        relay: Arc<InstalledRelay>,
         limits: Limits,
     ) -> Arc<Engine> {
         // Random, so that names stay unique across restarts and across daemons on one engine.
@@ -200,6 +204,7 @@ impl Engine {
             host,
             image,
             command,
+            relay,
             limits,
             instance,
             labels,
@@ -229,7 +234,13 @@ impl Engine {
             name: format!("compilerd-{}-{n}", self.instance),
         };
         self.events.watch(&guard.name);
-        let body = settings::container_body(&self.image, &self.limits, self.labels.clone());
+        let body = settings::container_body(
+            &self.image,
+            &self.command,
+            self.relay.path(),
+            &self.limits,
+            self.labels.clone(),
+        );
         let create = CreateContainerOptionsBuilder::new()
             .name(&guard.name)
             .build();

@@ -1,0 +1,58 @@
+//! Puts the embedded relay binary where a sandbox can mount it from.
+
+use std::fs::{DirBuilder, OpenOptions, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+static BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/compilerd-relay"));
+
+/// The relay written to the host; removed again when dropped.
+#[derive(Debug)]
+pub struct InstalledRelay {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl InstalledRelay {
+    /// Writes the relay into a new directory under systemd's `RUNTIME_DIRECTORY` (which, unlike
+    /// a private /tmp, the Docker engine can see) or else the temporary directory. The directory
+    /// is created here, so no one else can have planted anything in it; it can be traversed (a
+    /// bwrap that dropped root must reach the file) but not listed or written by anyone else.
+    pub fn install() -> io::Result<InstalledRelay> {
+        let base = std::env::var_os("RUNTIME_DIRECTORY")
+            .and_then(|dirs| std::env::split_paths(&dirs).next())
+            .filter(|d| d.is_absolute())
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!("compilerd-relay-{:016x}", rand::random::<u64>()));
+        DirBuilder::new().mode(0o700).create(&dir)?;
+        let installed = InstalledRelay {
+            path: dir.join("relay"),
+            dir,
+        };
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o700)
+            .open(&installed.path)?;
+        file.write_all(BINARY)?;
+        file.sync_all()?;
+        drop(file);
+        // Explicitly, whatever the umask: read and run by anyone, written by no one but us.
+        std::fs::set_permissions(&installed.path, Permissions::from_mode(0o555))?;
+        std::fs::set_permissions(&installed.dir, Permissions::from_mode(0o711))?;
+        Ok(installed)
+    }
+
+    /// The relay binary on the host.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for InstalledRelay {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
