@@ -29,17 +29,17 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdout, Command};
 
 use self::cgroup::{BWRAP_TASKS, Cgroups, Controller, RunCgroup};
 use self::spawn::{ChildSetup, Resource};
 use super::output::OutputCollector;
-use super::{
-    Limits, LiveOutput, RunOutcome, SANDBOX_ENV, Sandbox, SandboxError, SandboxErrorKind,
-    StreamKind,
-};
+use super::relay::{BWRAP_RELAY_PATH, InstalledRelay};
+use super::supervise::{Ending, supervise};
+use super::{Limits, LiveOutput, RunOutcome, SANDBOX_ENV, Sandbox, SandboxError, SandboxErrorKind};
 use crate::hooks::Hooks;
 
 /// The host uid and gid a sandbox gets when the daemon is root. Without capabilities, host root
@@ -48,6 +48,12 @@ const NOBODY: u32 = 65534;
 
 /// The startup probe runs the command on empty input; it should end long before this.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How much of bwrap's own stderr (its and the relay's complaints, never the program's output) is
+/// kept for the error message of a sandbox that could not be set up.
+const COMPLAINTS_CAP: usize = 4096;
+/// How long a run that ended without its exit status waits for those complaints.
+const COMPLAINTS_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct BwrapOptions {
@@ -70,6 +76,8 @@ pub struct BwrapSandbox {
     enforcement: String,
     fingerprint: String,
     running: AtomicUsize,
+    /// Mounted into every sandbox; removed with the sandbox.
+    _relay: InstalledRelay,
 }
 
 fn err(kind: SandboxErrorKind, message: impl Into<String>) -> SandboxError {
@@ -112,7 +120,12 @@ fn host_root_args(args: &mut Vec<OsString>) {
     }
 }
 
-fn bwrap_args(rootfs: Option<&Path>, command: &[String], limits: &Limits) -> Vec<OsString> {
+fn bwrap_args(
+    rootfs: Option<&Path>,
+    relay: &Path,
+    command: &[String],
+    limits: &Limits,
+) -> Vec<OsString> {
     let mut args: Vec<OsString> = Vec::new();
     let mut add = |xs: &[&str]| args.extend(xs.iter().map(OsString::from));
     // --unshare-all tries the cgroup namespace and takes the rest; --unshare-user makes the user
@@ -138,6 +151,8 @@ fn bwrap_args(rootfs: Option<&Path>, command: &[String], limits: &Limits) -> Vec
     // device nodes, which are separate mounts. /dev/shm, as in the Docker backend, is a tmpfs no
     // bigger than /tmp (some runtimes need shm_open); both are charged to the memory limit.
     add(&["--proc", "/proc", "--dev", "/dev"]);
+    args.extend(["--ro-bind".into(), relay.into(), BWRAP_RELAY_PATH.into()]);
+    let mut add = |xs: &[&str]| args.extend(xs.iter().map(OsString::from));
     add(&["--perms", "1777", "--size", &tmpfs, "--tmpfs", "/dev/shm"]);
     add(&["--remount-ro", "/dev"]);
     add(&["--perms", "1777", "--size", &tmpfs, "--tmpfs", "/tmp"]);
@@ -158,24 +173,10 @@ fn bwrap_args(rootfs: Option<&Path>, command: &[String], limits: &Limits) -> Vec
         "--cap-drop",
         "ALL",
         "--",
+        BWRAP_RELAY_PATH,
     ]);
     args.extend(command.iter().map(OsString::from));
     args
-}
-
-/// bwrap reports a failure to build the sandbox as `bwrap: ...` on stderr and exit status 1,
-/// before the command could write anything.
-fn setup_failure(outcome: &RunOutcome) -> Option<String> {
-    match outcome {
-        RunOutcome::Exited { status: 1, output }
-            if output.len() == 1
-                && output[0].kind == StreamKind::Stderr
-                && output[0].data.starts_with(b"bwrap: ") =>
-        {
-            Some(String::from_utf8_lossy(&output[0].data).trim().to_string())
-        }
-        _ => None,
-    }
 }
 
 fn exit_status(status: std::process::ExitStatus) -> i64 {
@@ -212,12 +213,6 @@ impl Drop for Running<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-enum Ending {
-    Exited(std::process::ExitStatus),
-    OverCap,
-    Deadline,
 }
 
 impl BwrapSandbox {
@@ -364,7 +359,13 @@ impl BwrapSandbox {
             }
         }
 
-        let args = bwrap_args(opts.rootfs.as_deref(), &command, &limits);
+        let relay = InstalledRelay::install().map_err(|e| {
+            err(
+                SandboxErrorKind::Start,
+                format!("cannot write the output relay for the sandboxes: {e}"),
+            )
+        })?;
+        let args = bwrap_args(opts.rootfs.as_deref(), relay.path(), &command, &limits);
         let mode = match &cgroups {
             Some(_) if unenforced.is_empty() => "cgroup",
             Some(_) => "cgroup+rlimits",
@@ -386,6 +387,7 @@ impl BwrapSandbox {
             enforcement,
             fingerprint,
             running: AtomicUsize::new(0),
+            _relay: relay,
         };
         sandbox.probe(&version, &opts, host_uid).await?;
         Ok(sandbox)
@@ -399,46 +401,61 @@ impl BwrapSandbox {
         opts: &BwrapOptions,
         host_uid: u32,
     ) -> Result<(), SandboxError> {
-        let outcome = self
+        let place = match &opts.rootfs {
+            Some(dir) => format!("in the rootfs {}", dir.display()),
+            None => "on the host's /usr, /bin and /lib".into(),
+        };
+        let outcome = match self
             .execute(Bytes::new(), PROBE_TIMEOUT, &mut Vec::new(), None)
             .await
-            .map_err(|e| {
-                err(
+        {
+            Ok(outcome) => outcome,
+            Err(e) if e.kind == SandboxErrorKind::Start => {
+                let msg = e.message;
+                return Err(
+                    if msg.contains("Unknown option") || msg.contains("Unrecognized") {
+                        err(
+                            SandboxErrorKind::Unavailable,
+                            format!(
+                                "{version} lacks an option compilerd needs ({msg}): install bubblewrap 0.8 or newer"
+                            ),
+                        )
+                    } else {
+                        err(
+                            SandboxErrorKind::Unavailable,
+                            format!(
+                                "bwrap cannot create a sandbox as uid {host_uid} ({msg}): unprivileged user namespaces must be enabled: \
+                                 `sysctl user.max_user_namespaces` must be > 0, on Debian kernels `sysctl -w kernel.unprivileged_userns_clone=1`, \
+                                 on Ubuntu 24.04+ `sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` (or an AppArmor profile for bwrap); \
+                                 inside a container, its seccomp profile must allow unshare and mount"
+                            ),
+                        )
+                    },
+                );
+            }
+            Err(e) => {
+                return Err(err(
                     SandboxErrorKind::Unavailable,
                     format!("bwrap startup check: {}", e.message),
-                )
-            })?;
-        if let Some(msg) = setup_failure(&outcome) {
-            let place = match &opts.rootfs {
-                Some(dir) => format!("in the rootfs {}", dir.display()),
-                None => "on the host's /usr, /bin and /lib".into(),
-            };
-            return Err(if msg.contains("execvp") {
-                err(
-                    SandboxErrorKind::ImageMissing,
-                    format!(
-                        "the command `{}` cannot run inside the sandbox ({msg}): it must exist {place} and be readable by uid {host_uid}",
-                        opts.command
-                    ),
-                )
-            } else if msg.contains("Unknown option") || msg.contains("Unrecognized") {
-                err(
-                    SandboxErrorKind::Unavailable,
-                    format!(
-                        "{version} lacks an option compilerd needs ({msg}): install bubblewrap 0.8 or newer"
-                    ),
-                )
-            } else {
-                err(
-                    SandboxErrorKind::Unavailable,
-                    format!(
-                        "bwrap cannot create a sandbox as uid {host_uid} ({msg}): unprivileged user namespaces must be enabled: \
-                         `sysctl user.max_user_namespaces` must be > 0, on Debian kernels `sysctl -w kernel.unprivileged_userns_clone=1`, \
-                         on Ubuntu 24.04+ `sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` (or an AppArmor profile for bwrap); \
-                         inside a container, its seccomp profile must allow unshare and mount"
-                    ),
-                )
-            });
+                ));
+            }
+        };
+        // The relay runs the command as a shell would: 127 when it is missing, 126 when it
+        // cannot be run, with the reason on stderr.
+        if let RunOutcome::Exited {
+            status: 126 | 127,
+            output,
+        } = &outcome
+        {
+            let said: Vec<u8> = output.iter().flat_map(|c| c.data.clone()).collect();
+            return Err(err(
+                SandboxErrorKind::ImageMissing,
+                format!(
+                    "the command `{}` cannot run inside the sandbox ({}): it must exist {place} and be readable by uid {host_uid}",
+                    opts.command,
+                    String::from_utf8_lossy(&said).trim()
+                ),
+            ));
         }
         match outcome {
             RunOutcome::Exited { status: 0, .. } => {}
@@ -484,16 +501,8 @@ impl BwrapSandbox {
         dirs: &mut Vec<PathBuf>,
         live: Option<LiveOutput>,
     ) -> Result<RunOutcome, SandboxError> {
-        let outcome = self
-            .execute(program, self.limits.timeout, dirs, live)
-            .await?;
-        match setup_failure(&outcome) {
-            Some(msg) => Err(err(
-                SandboxErrorKind::Start,
-                format!("bwrap could not set up the sandbox: {msg}"),
-            )),
-            None => Ok(outcome),
-        }
+        self.execute(program, self.limits.timeout, dirs, live)
+            .await
     }
 
     fn rlimits_for_run(&self) -> Vec<(Resource, libc::rlim_t)> {
@@ -550,18 +559,35 @@ impl BwrapSandbox {
             )
         })?;
 
-        let ending = self
-            .supervise(&mut child, program, started + timeout, live)
-            .await;
-        let (ending, output) = match ending {
-            Ok(x) => x,
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            kill(&mut child, cg.as_ref()).await;
+            return Err(err(
+                SandboxErrorKind::Internal,
+                "bwrap's stdio is not piped",
+            ));
+        };
+        // bwrap's own stderr: only bwrap and the relay write there, the program's stderr goes
+        // through the relay. Read all along, so that neither can block on it.
+        let complaints = tokio::spawn(read_bounded(stderr, COMPLAINTS_CAP));
+        // A program need not read its input: a broken pipe just ends the feeding.
+        let feed = async move {
+            let mut stdin = stdin;
+            let _ = stdin.write_all(&program).await;
+        };
+        let mut output = OutputCollector::new(self.limits.max_output_bytes, live);
+        let deadline = tokio::time::Instant::from_std(started + timeout);
+        let ending = supervise(frames_of(stdout), &mut output, deadline, feed).await;
+        // After a normal exit too: the namespace is empty by then, and this proves it.
+        let status = kill(&mut child, cg.as_ref()).await;
+        let ending = match ending {
+            Ok(ending) => ending,
             Err(e) => {
-                kill(&mut child, cg.as_ref()).await;
+                complaints.abort();
                 return Err(e);
             }
         };
-        // After a normal exit too: the namespace is empty by then, and this proves it.
-        kill(&mut child, cg.as_ref()).await;
         let oom = cg.as_ref().is_some_and(RunCgroup::oom_killed);
         if let Some(mut c) = cg
             && let Err(e) = c.remove()
@@ -569,89 +595,76 @@ impl BwrapSandbox {
             // Dropping `c` kills what is left and retries on a background thread.
             tracing::warn!(error = %e, "a run's cgroup was not empty after the run");
         }
+        let output = output.into_chunks();
         Ok(match ending {
-            Ending::OverCap => RunOutcome::OutputTooLarge {
-                output: output.into_chunks(),
+            Ending::OverCap => RunOutcome::OutputTooLarge { output },
+            Ending::Deadline => RunOutcome::TimedOut { output },
+            Ending::Exited(exit) if oom || exit.oom_kills.is_some_and(|n| n > 0) => {
+                RunOutcome::OutOfMemory { output }
+            }
+            Ending::Exited(exit) => RunOutcome::Exited {
+                status: exit.status,
+                output,
             },
-            Ending::Deadline => RunOutcome::TimedOut {
-                output: output.into_chunks(),
-            },
-            Ending::Exited(_) if oom => RunOutcome::OutOfMemory {
-                output: output.into_chunks(),
-            },
-            Ending::Exited(status) => RunOutcome::Exited {
-                status: exit_status(status),
-                output: output.into_chunks(),
-            },
+            Ending::Vanished if oom => RunOutcome::OutOfMemory { output },
+            // The relay is the namespace's pid 1, which no process inside can kill: without
+            // its report, the sandbox never came up (bwrap says why on its own stderr, which
+            // the program cannot write to) or the relay failed.
+            Ending::Vanished => {
+                let said = tokio::time::timeout(COMPLAINTS_WAIT, complaints)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
+                let said = String::from_utf8_lossy(&said).trim().to_string();
+                let status = status.map_or_else(|| "unknown".to_owned(), |s| exit_status(s).to_string());
+                return Err(err(
+                    SandboxErrorKind::Start,
+                    format!("bwrap could not set up the sandbox (exit status {status}): {said}"),
+                ));
+            }
         })
-    }
-
-    /// Feeds stdin and collects output until the run has exited and both streams are closed, the
-    /// output passes the cap, or the deadline passes.
-    async fn supervise(
-        &self,
-        child: &mut Child,
-        program: Bytes,
-        deadline: Instant,
-        live: Option<LiveOutput>,
-    ) -> Result<(Ending, OutputCollector), SandboxError> {
-        let mut output = OutputCollector::new(self.limits.max_output_bytes, live);
-        let (Some(stdin), Some(mut stdout), Some(mut stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            return Err(err(
-                SandboxErrorKind::Internal,
-                "bwrap's stdio is not piped",
-            ));
-        };
-        // A program need not read its input: a broken pipe just ends the feeding.
-        let feed = async move {
-            let mut stdin = stdin;
-            let _ = stdin.write_all(&program).await;
-        };
-        tokio::pin!(feed);
-        let sleep = tokio::time::sleep_until(deadline.into());
-        tokio::pin!(sleep);
-        let mut out_buf = vec![0u8; 16 << 10];
-        let mut err_buf = vec![0u8; 16 << 10];
-        let (mut out_open, mut err_open, mut feeding) = (true, true, true);
-        let mut status = None;
-        loop {
-            if let (false, false, Some(s)) = (out_open, err_open, status) {
-                return Ok((Ending::Exited(s), output));
-            }
-            tokio::select! {
-                r = stdout.read(&mut out_buf), if out_open => match r {
-                    Ok(n) if n > 0 => {
-                        if output.push(StreamKind::Stdout, &out_buf[..n]).is_err() {
-                            return Ok((Ending::OverCap, output));
-                        }
-                    }
-                    _ => out_open = false,
-                },
-                r = stderr.read(&mut err_buf), if err_open => match r {
-                    Ok(n) if n > 0 => {
-                        if output.push(StreamKind::Stderr, &err_buf[..n]).is_err() {
-                            return Ok((Ending::OverCap, output));
-                        }
-                    }
-                    _ => err_open = false,
-                },
-                s = child.wait(), if status.is_none() => match s {
-                    Ok(s) => status = Some(s),
-                    Err(e) => {
-                        return Err(err(SandboxErrorKind::Io, format!("waiting for bwrap: {e}")));
-                    }
-                },
-                () = &mut feed, if feeding => feeding = false,
-                () = &mut sleep => return Ok((Ending::Deadline, output)),
-            }
-        }
     }
 }
 
-/// Kills every process of the run and returns once they are all gone.
-async fn kill(child: &mut Child, cg: Option<&RunCgroup>) {
+/// The relay's frames, as bwrap's stdout delivers them.
+fn frames_of(stdout: ChildStdout) -> impl Stream<Item = Result<Bytes, SandboxError>> + Unpin {
+    Box::pin(futures_util::stream::unfold(
+        Some(stdout),
+        |stdout| async move {
+            let mut stdout = stdout?;
+            let mut buf = BytesMut::with_capacity(64 << 10);
+            match stdout.read_buf(&mut buf).await {
+                Ok(0) => None,
+                Ok(_) => Some((Ok(buf.freeze()), Some(stdout))),
+                Err(e) => Some((
+                    Err(err(
+                        SandboxErrorKind::Io,
+                        format!("reading the sandbox's output: {e}"),
+                    )),
+                    None,
+                )),
+            }
+        },
+    ))
+}
+
+/// Reads `from` to its end, keeping the first `cap` bytes.
+async fn read_bounded(mut from: impl AsyncRead + Unpin, cap: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let room = cap.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+    }
+    kept
+}
+
+/// Kills every process of the run and returns once they are all gone, with bwrap's exit status.
+async fn kill(child: &mut Child, cg: Option<&RunCgroup>) -> Option<std::process::ExitStatus> {
     match cg {
         Some(cg) => {
             if !cg.kill_all().await {
@@ -664,7 +677,7 @@ async fn kill(child: &mut Child, cg: Option<&RunCgroup>) {
             let _ = child.start_kill();
         }
     }
-    let _ = child.wait().await;
+    child.wait().await.ok()
 }
 
 #[async_trait]
