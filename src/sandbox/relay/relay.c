@@ -134,6 +134,11 @@ static int drain(struct stream *st, char **buf, size_t *cap) {
     for (;;) {
         peek(&st[0]);
         peek(&st[1]);
+        /* Only one has a write: look at the other again. A write to it stamped before this one
+         * was queued before this one was stamped, so it is visible now even if the first look,
+         * made before the look that found this one, missed it. */
+        if (st[0].pending != st[1].pending)
+            peek(st[0].pending ? &st[1] : &st[0]);
         struct stream *s = NULL;
         if (st[0].pending && st[1].pending)
             s = earlier(&st[1].at, &st[0].at) ? &st[1] : &st[0];
