@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::stream::{self, StreamExt};
 use compilerd::hooks::NoHooks;
 use compilerd::sandbox::bwrap::{BwrapOptions, BwrapSandbox};
 use compilerd::sandbox::{
@@ -21,6 +22,9 @@ enum Root {
     Rootfs,
     Host,
 }
+
+#[path = "common/order.rs"]
+mod common_order;
 
 fn rootfs_dir() -> PathBuf {
     std::env::var_os("COMPILERD_TEST_ROOTFS")
@@ -130,6 +134,9 @@ both_roots!(
     twenty_distinct_programs_at_once,
     background_processes_die_with_the_run,
     rlimit_fallback_still_runs_and_says_so,
+    output_comes_back_in_the_order_written,
+    one_large_write_arrives_whole,
+    bwrap_lookalike_on_stderr_is_the_programs_own,
 );
 
 async fn hello_world_keeps_streams_apart_and_in_order(root: Root) {
@@ -758,4 +765,62 @@ async fn trivial_run_latency() {
     );
     // Generous: CI shares its two cores with the rest of the suite.
     assert!(p50 < Duration::from_millis(60), "p50 {p50:?}");
+}
+
+/// Writes to stdout and stderr come back in the order written, in 50 runs, five at a time to load
+/// the machine.
+async fn output_comes_back_in_the_order_written(root: Root) {
+    const RUNS: usize = 50;
+    let sb = open_with(root, limits()).await;
+    let results: Vec<Result<(), String>> = stream::iter(0..RUNS)
+        .map(|_| async {
+            match run(&sb, common_order::ORDER_PROGRAM).await {
+                RunOutcome::Exited { status: 0, output }
+                    if common_order::in_written_order(&output) =>
+                {
+                    Ok(())
+                }
+                RunOutcome::Exited { status: 0, output } => {
+                    Err(common_order::first_departure(&output))
+                }
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .buffer_unordered(5)
+        .collect()
+        .await;
+    let in_order = results.iter().filter(|r| r.is_ok()).count();
+    eprintln!("{root:?}: {in_order}/{RUNS} in the order written");
+    let first_bad = results.iter().find_map(|r| r.clone().err());
+    assert_eq!(in_order, RUNS, "first out of order: {first_bad:?}");
+}
+
+/// A single write far larger than a socket buffer arrives whole; stdout is no terminal.
+async fn one_large_write_arrives_whole(root: Root) {
+    let limits = Limits {
+        max_output_bytes: 4 << 20,
+        ..limits()
+    };
+    let sb = open_with(root, limits).await;
+    let (status, out, err) = exited(
+        &sb,
+        "[ -t 1 ] || echo notty >&2; dd if=/dev/zero bs=3000000 count=1 2>/dev/null; echo wrote $? >&2",
+    )
+    .await;
+    assert_eq!(status, 0);
+    assert_eq!(out.len(), 3_000_000);
+    assert_eq!(err, "notty\nwrote 0\n");
+}
+
+/// A program cannot pass itself off as bwrap failing: its stderr is its own answer.
+async fn bwrap_lookalike_on_stderr_is_the_programs_own(root: Root) {
+    let sb = open_with(root, limits()).await;
+    let (status, out, err) = exited(
+        &sb,
+        "echo \"bwrap: Can't mount proc on /newroot/proc: fake\" >&2; exit 1",
+    )
+    .await;
+    assert_eq!(status, 1);
+    assert_eq!(out, "");
+    assert_eq!(err, "bwrap: Can't mount proc on /newroot/proc: fake\n");
 }
