@@ -41,6 +41,7 @@ impl InstalledRelay {
         // Explicitly, whatever the umask: read and run by anyone, written by no one but us.
         std::fs::set_permissions(&installed.path, Permissions::from_mode(0o555))?;
         std::fs::set_permissions(&installed.dir, Permissions::from_mode(0o711))?;
+        super::report_largest_write();
         Ok(installed)
     }
 
