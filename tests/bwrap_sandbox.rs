@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::stream::{self, StreamExt};
 use compilerd::hooks::NoHooks;
 use compilerd::sandbox::bwrap::{BwrapOptions, BwrapSandbox};
 use compilerd::sandbox::{
     Chunk, Limits, RunOutcome, SANDBOX_ENV, Sandbox, SandboxErrorKind, StreamKind,
 };
+use futures_util::stream::{self, StreamExt};
 
 #[derive(Clone, Copy, Debug)]
 enum Root {

@@ -646,7 +646,10 @@ async fn output_comes_back_in_the_order_written() {
         let in_order = results.iter().filter(|r| r.is_ok()).count();
         eprintln!("mode {mode:?}: {in_order}/{RUNS} in the order written");
         let first_bad = results.iter().find_map(|r| r.clone().err());
-        assert_eq!(in_order, RUNS, "{mode:?}: first out of order: {first_bad:?}");
+        assert_eq!(
+            in_order, RUNS,
+            "{mode:?}: first out of order: {first_bad:?}"
+        );
         finish(sb).await;
     }
 }

@@ -118,7 +118,12 @@ mod tests {
         let ending = supervise(stream::iter(items), &mut c, later(), async {}).await;
         assert_eq!(ending.unwrap(), Ending::OverCap);
         let mut c = OutputCollector::new(3, None);
-        let ending = supervise(stream::iter(vec![Ok(frame(b'o', b"a"))]), &mut c, later(), async {});
+        let ending = supervise(
+            stream::iter(vec![Ok(frame(b'o', b"a"))]),
+            &mut c,
+            later(),
+            async {},
+        );
         assert_eq!(ending.await.unwrap(), Ending::Vanished);
     }
 

@@ -49,11 +49,21 @@ pub fn first_departure(output: &[Chunk]) -> String {
     let got = runs(output.iter().map(|c| (c.kind, c.data.clone())));
     let want = expected();
     let show = |r: Option<&(StreamKind, Vec<u8>)>| {
-        r.map(|(k, d)| format!("{}:{:?}", k.as_str(), String::from_utf8_lossy(&d[..d.len().min(24)])))
-            .unwrap_or_else(|| "end".into())
+        r.map(|(k, d)| {
+            format!(
+                "{}:{:?}",
+                k.as_str(),
+                String::from_utf8_lossy(&d[..d.len().min(24)])
+            )
+        })
+        .unwrap_or_else(|| "end".into())
     };
     match got.iter().zip(&want).position(|(g, w)| g != w) {
-        Some(i) => format!("run {i}: got {} want {}", show(got.get(i)), show(want.get(i))),
+        Some(i) => format!(
+            "run {i}: got {} want {}",
+            show(got.get(i)),
+            show(want.get(i))
+        ),
         None => format!("{} runs, {} expected", got.len(), want.len()),
     }
 }

@@ -2,17 +2,21 @@
 //! container takes hundreds, and needs no engine.
 //!
 //! A run is: make the run's cgroup, fork on the fork thread (the child joins the cgroup, drops
-//! root to nobody and execs bwrap), hand the program to stdin, collect stdout and stderr under
-//! one cap, and stop at exit, at the cap or at the deadline. Then every process left in the
-//! cgroup is killed and waited for, one pidfd each, until the cgroup is empty. Only then is the
-//! cgroup removed and the run over. Without a usable cgroup, limits fall back to rlimits and the
-//! startup log says, loudly, what that leaves unenforced.
+//! root to nobody and execs bwrap), hand the program to stdin, read the output relay's frames
+//! (`relay`, `supervise`) under the cap, and stop at the program's exit, at the cap or at the
+//! deadline. Then every process left in the cgroup is killed and waited for, one pidfd each, until
+//! the cgroup is empty. Only then is the cgroup removed and the run over. Without a usable cgroup,
+//! limits fall back to rlimits and the startup log says, loudly, what that leaves unenforced.
 //!
-//! The command is pid 1 of its namespace (`--as-pid-1`), as in a container without an init: bwrap's
-//! monitor then waits for it directly, and pid 1's exit waits until the kernel has killed and
-//! reaped everything else in the namespace. With bwrap's own init instead, the monitor would
-//! report the command's exit at once and leave that init to die orphaned, a zombie that some
-//! host reaper collects whenever it gets to it.
+//! The relay is pid 1 of the namespace (`--as-pid-1`) and the command its child: bwrap's monitor
+//! waits for the relay directly, the relay reaps whatever the namespace orphans, no process inside
+//! can signal it, and its exit (once it has reported the command's) makes the kernel kill and reap
+//! everything else in the namespace. With bwrap's own init instead, the monitor would report the
+//! exit at once and leave that init to die orphaned, a zombie that some host reaper collects
+//! whenever it gets to it.
+//!
+//! bwrap's own stderr carries only bwrap's and the relay's complaints, never the program's
+//! output, so a run that ends without the relay's report is a sandbox that failed, and says why.
 //!
 //! Inside: new user, pid, net, ipc, uts and cgroup namespaces; uid and gid 65534; no
 //! capabilities; no new privileges; only `SANDBOX_ENV`; a read-only root (the given rootfs, or
@@ -501,8 +505,7 @@ impl BwrapSandbox {
         dirs: &mut Vec<PathBuf>,
         live: Option<LiveOutput>,
     ) -> Result<RunOutcome, SandboxError> {
-        self.execute(program, self.limits.timeout, dirs, live)
-            .await
+        self.execute(program, self.limits.timeout, dirs, live).await
     }
 
     fn rlimits_for_run(&self) -> Vec<(Resource, libc::rlim_t)> {
@@ -617,7 +620,8 @@ impl BwrapSandbox {
                     .and_then(Result::ok)
                     .unwrap_or_default();
                 let said = String::from_utf8_lossy(&said).trim().to_string();
-                let status = status.map_or_else(|| "unknown".to_owned(), |s| exit_status(s).to_string());
+                let status =
+                    status.map_or_else(|| "unknown".to_owned(), |s| exit_status(s).to_string());
                 return Err(err(
                     SandboxErrorKind::Start,
                     format!("bwrap could not set up the sandbox (exit status {status}): {said}"),

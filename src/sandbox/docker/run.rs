@@ -74,14 +74,20 @@ pub(super) async fn drive(
 
     let output = match ending {
         Ending::Deadline => {
-            return Ok(Some(cut_short(&guard, RunOutcome::TimedOut {
-                output: collector.into_chunks(),
-            })));
+            return Ok(Some(cut_short(
+                &guard,
+                RunOutcome::TimedOut {
+                    output: collector.into_chunks(),
+                },
+            )));
         }
         Ending::OverCap => {
-            return Ok(Some(cut_short(&guard, RunOutcome::OutputTooLarge {
-                output: collector.into_chunks(),
-            })));
+            return Ok(Some(cut_short(
+                &guard,
+                RunOutcome::OutputTooLarge {
+                    output: collector.into_chunks(),
+                },
+            )));
         }
         Ending::Exited(exit) => {
             let output = collector.into_chunks();
@@ -136,7 +142,10 @@ pub(super) async fn drive(
 /// ended.
 async fn oom_flagged(engine: &Engine, name: &str, exec: Option<&str>) -> bool {
     if let Some(exec) = exec
-        && engine.events.oom_before_end(name, exec, OOM_EVENT_WAIT).await
+        && engine
+            .events
+            .oom_before_end(name, exec, OOM_EVENT_WAIT)
+            .await
     {
         return true;
     }

@@ -120,10 +120,7 @@ pub fn container_body(
             // Equal memory and memory+swap: no swap, so a hog is OOM-killed instead of thrashing.
             memory: Some(memory),
             memory_swap: Some(memory),
-            binds: Some(vec![format!(
-                "{}:{DOCKER_RELAY_PATH}:ro",
-                relay.display()
-            )]),
+            binds: Some(vec![format!("{}:{DOCKER_RELAY_PATH}:ro", relay.display())]),
             // The init and the relay count, as in any container.
             pids_limit: Some(i64::from(limits.pids)),
             nano_cpus: Some((limits.cpus * 1e9).round() as i64),
@@ -213,7 +210,11 @@ mod tests {
         assert_eq!(exec.working_dir.as_deref(), Some("/src"));
         assert_eq!(
             exec.cmd,
-            Some(vec![DOCKER_RELAY_PATH.into(), "/bin/tini".into(), "sh".into()])
+            Some(vec![
+                DOCKER_RELAY_PATH.into(),
+                "/bin/tini".into(),
+                "sh".into()
+            ])
         );
         assert_eq!(exec.env.unwrap().len(), SANDBOX_ENV.len());
         assert_eq!(ImageCommand::of(&ImageConfig::default()), None);

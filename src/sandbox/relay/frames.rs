@@ -89,9 +89,8 @@ impl Frames {
                     if !self.fill(&mut data, EXIT_LEN) {
                         break;
                     }
-                    let word = |i: usize| {
-                        u32::from_be_bytes(self.partial[i..i + 4].try_into().unwrap())
-                    };
+                    let word =
+                        |i: usize| u32::from_be_bytes(self.partial[i..i + 4].try_into().unwrap());
                     let (status, kills) = (word(0), word(4));
                     events.push(Event::Exit(Exit {
                         status: i64::from(status as i32),

@@ -48,6 +48,8 @@ pub fn report_largest_write() {
              raise it with `sysctl -w net.core.wmem_max=4194304` (and in /etc/sysctl.d)"
         ),
         Some(n) => tracing::info!(largest_write = n, "output relay ready"),
-        None => tracing::warn!("cannot read net.core.wmem_max: the largest single write a program can make is unknown"),
+        None => tracing::warn!(
+            "cannot read net.core.wmem_max: the largest single write a program can make is unknown"
+        ),
     }
 }
