@@ -125,10 +125,11 @@ async fn output_flood_is_cut_at_the_cap_at_once() {
         eprintln!("mode {mode:?}");
         let sb = ModeSandbox::connect(mode).await;
         let began = Instant::now();
-        assert!(matches!(
-            sb.run("yes").await,
-            RunOutcome::OutputTooLarge { .. }
-        ));
+        let outcome = sb.run("yes").await;
+        assert!(
+            matches!(outcome, RunOutcome::OutputTooLarge { .. }),
+            "{mode:?}: {outcome:?}"
+        );
         assert!(
             began.elapsed() < limits().timeout / 2,
             "flood took {:?}",

@@ -46,25 +46,31 @@ static void die(const char *what) {
     _exit(125);
 }
 
-static void put_all(const void *buf, size_t len) {
-    const char *p = buf;
-    while (len > 0) {
-        ssize_t n = write(out_fd, p, len);
-        if (n < 0) {
+/* Writes all of `iov` to the daemon, or exits: a reader that is gone means the run is over. */
+static void put_all(struct iovec *iov, int n) {
+    while (n > 0) {
+        ssize_t done = writev(out_fd, iov, n);
+        if (done < 0) {
             if (errno == EINTR)
                 continue;
-            /* The reader is gone: the run is over. */
             _exit(0);
         }
-        p += n;
-        len -= (size_t)n;
+        while (n > 0 && (size_t)done >= iov->iov_len) {
+            done -= (ssize_t)iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (char *)iov->iov_base + done;
+            iov->iov_len -= (size_t)done;
+        }
     }
 }
 
 static void frame(char kind, const void *data, uint32_t len) {
     unsigned char head[5] = {(unsigned char)kind, len >> 24, len >> 16, len >> 8, len};
-    put_all(head, sizeof head);
-    put_all(data, len);
+    struct iovec iov[2] = {{head, sizeof head}, {(void *)data, len}};
+    put_all(iov, 2);
 }
 
 /* The memory cgroup's OOM kill counter, or -1 where it cannot be read (no /sys, no cgroup). */
