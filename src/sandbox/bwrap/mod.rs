@@ -56,6 +56,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of bwrap's own stderr (its and the relay's complaints, never the program's output) is
 /// kept for the error message of a sandbox that could not be set up.
 const COMPLAINTS_CAP: usize = 4096;
+/// How the error of a sandbox that never came up begins.
+const SETUP_FAILED: &str = "bwrap could not set up the sandbox";
 /// How long a run that ended without its exit status waits for those complaints.
 const COMPLAINTS_WAIT: Duration = Duration::from_secs(1);
 
@@ -414,7 +416,7 @@ impl BwrapSandbox {
             .await
         {
             Ok(outcome) => outcome,
-            Err(e) if e.kind == SandboxErrorKind::Start => {
+            Err(e) if e.message.starts_with(SETUP_FAILED) => {
                 let msg = e.message;
                 return Err(
                     if msg.contains("Unknown option") || msg.contains("Unrecognized") {
@@ -624,7 +626,7 @@ impl BwrapSandbox {
                     status.map_or_else(|| "unknown".to_owned(), |s| exit_status(s).to_string());
                 return Err(err(
                     SandboxErrorKind::Start,
-                    format!("bwrap could not set up the sandbox (exit status {status}): {said}"),
+                    format!("{SETUP_FAILED} (exit status {status}): {said}"),
                 ));
             }
         })
