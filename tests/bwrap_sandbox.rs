@@ -137,6 +137,7 @@ both_roots!(
     output_comes_back_in_the_order_written,
     one_large_write_arrives_whole,
     bwrap_lookalike_on_stderr_is_the_programs_own,
+    relay_is_out_of_the_programs_reach,
 );
 
 async fn hello_world_keeps_streams_apart_and_in_order(root: Root) {
@@ -823,4 +824,19 @@ async fn bwrap_lookalike_on_stderr_is_the_programs_own(root: Root) {
     assert_eq!(status, 1);
     assert_eq!(out, "");
     assert_eq!(err, "bwrap: Can't mount proc on /newroot/proc: fake\n");
+}
+
+/// The program can neither replace its relay (pid 1) nor reach the relay's own stdout to forge
+/// frames.
+async fn relay_is_out_of_the_programs_reach(root: Root) {
+    let sb = open_with(root, limits()).await;
+    let (status, out, _) = exited(
+        &sb,
+        "(echo forged > /proc/1/fd/1) 2>/dev/null && echo REACHED
+(ls /proc/1/fd) >/dev/null 2>&1 && echo LISTED
+(: > /dev/.compilerd-relay) 2>/dev/null && echo REPLACED
+kill -9 1 2>/dev/null; echo $PPID",
+    )
+    .await;
+    assert_eq!((status, out.as_str()), (0, "1\n"));
 }

@@ -704,3 +704,23 @@ async fn killing_everything_is_not_a_memory_kill() {
         sb.finish().await;
     }
 }
+
+/// The program can neither replace its relay nor reach the relay's own stdout to forge frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_is_out_of_the_programs_reach() {
+    let probe = "(echo forged > /proc/$PPID/fd/1) 2>/dev/null && echo REACHED
+(ls /proc/$PPID/fd) >/dev/null 2>&1 && echo LISTED
+(: > /.compilerd-relay) 2>/dev/null && echo REPLACED
+cat /proc/$PPID/cmdline | tr '\\0' ' '; echo";
+    for mode in MODES {
+        eprintln!("mode {mode:?}");
+        let sb = ModeSandbox::connect(mode).await;
+        let (status, out, _) = exited(sb.run(probe).await);
+        assert_eq!(status, 0);
+        assert!(out.starts_with("/.compilerd-relay "), "{mode:?}: {out}");
+        for bad in ["REACHED", "LISTED", "REPLACED"] {
+            assert!(!out.contains(bad), "{mode:?}: {out}");
+        }
+        sb.finish().await;
+    }
+}

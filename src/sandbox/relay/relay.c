@@ -194,6 +194,12 @@ int main(int argc, char **argv) {
     out_fd = fcntl(1, F_DUPFD_CLOEXEC, 3);
     if (out_fd < 0)
         die("dup");
+    /* Nothing but `out_fd` leads to the daemon, and it is not inherited. */
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null >= 0 && null != 1) {
+        dup2(null, 1);
+        close(null);
+    }
     signal(SIGPIPE, SIG_IGN);
     sigset_t chld;
     sigemptyset(&chld);
