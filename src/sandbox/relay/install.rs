@@ -57,3 +57,22 @@ impl Drop for InstalledRelay {
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn installed_where_no_one_else_can_write_and_removed_after() {
+        let relay = InstalledRelay::install().unwrap();
+        let file = std::fs::metadata(relay.path()).unwrap();
+        let dir = std::fs::metadata(relay.path().parent().unwrap()).unwrap();
+        assert_eq!(file.mode() & 0o7777, 0o555);
+        assert_eq!(dir.mode() & 0o7777, 0o711);
+        assert_eq!(file.len(), BINARY.len() as u64);
+        let path = relay.path().to_path_buf();
+        drop(relay);
+        assert!(!path.exists() && !path.parent().unwrap().exists());
+    }
+}
