@@ -649,6 +649,12 @@ async fn background_processes_die_with_the_run(root: Root) {
 }
 
 async fn rlimit_fallback_still_runs_and_says_so(root: Root) {
+    // RLIMIT_NPROC counts every process of the sandbox's host user, those of the other tests
+    // running at the same time included: room for them all.
+    let limits = || Limits {
+        pids: 10_000,
+        ..limits()
+    };
     let sb = BwrapSandbox::connect_without_cgroups(options(root), limits(), Arc::new(NoHooks))
         .await
         .unwrap();
