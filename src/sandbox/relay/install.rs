@@ -26,6 +26,14 @@ impl InstalledRelay {
             .unwrap_or_else(std::env::temp_dir);
         let dir = base.join(format!("compilerd-relay-{:016x}", rand::random::<u64>()));
         DirBuilder::new().mode(0o700).create(&dir)?;
+        if on_noexec_mount(&dir)? {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(io::Error::other(format!(
+                "{} is on a noexec mount, from which no sandbox could run the relay: \
+                 point TMPDIR (or systemd's RuntimeDirectory=) at another file system",
+                base.display()
+            )));
+        }
         let installed = InstalledRelay {
             path: dir.join("relay"),
             dir,
@@ -49,6 +57,22 @@ impl InstalledRelay {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Whether `dir` is on a file system mounted noexec (a bind mount of a file keeps that flag).
+fn on_noexec_mount(dir: &Path) -> io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a valid C string and `st` is written by statvfs before it is read; no
+    // crate we depend on wraps statvfs.
+    let st = unsafe {
+        if libc::statvfs(path.as_ptr(), st.as_mut_ptr()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        st.assume_init()
+    };
+    Ok(st.f_flag & libc::ST_NOEXEC != 0)
 }
 
 impl Drop for InstalledRelay {
