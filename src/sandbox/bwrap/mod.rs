@@ -23,7 +23,9 @@
 //! the host's /usr and friends with an almost empty /etc); /proc and a read-only /dev; a
 //! size-limited tmpfs at /tmp (and one at /dev/shm), the only writable places.
 
+mod args;
 mod cgroup;
+mod probe;
 mod spawn;
 
 use std::ffi::OsString;
@@ -38,12 +40,13 @@ use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdout, Command};
 
+use self::args::bwrap_args;
 use self::cgroup::{BWRAP_TASKS, Cgroups, Controller, RunCgroup};
 use self::spawn::{ChildSetup, Resource};
 use super::output::OutputCollector;
-use super::relay::{BWRAP_RELAY_PATH, InstalledRelay};
+use super::relay::InstalledRelay;
 use super::supervise::{Ending, supervise};
-use super::{Limits, LiveOutput, RunOutcome, SANDBOX_ENV, Sandbox, SandboxError, SandboxErrorKind};
+use super::{Limits, LiveOutput, RunOutcome, Sandbox, SandboxError, SandboxErrorKind};
 use crate::hooks::Hooks;
 
 /// The host uid and gid a sandbox gets when the daemon is root. Without capabilities, host root
@@ -95,94 +98,6 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
-}
-
-/// The host directories a sandbox without a rootfs sees, read-only. Merged-/usr hosts have
-/// /bin -> usr/bin and so on, which become the same symlinks inside.
-fn host_root_args(args: &mut Vec<OsString>) {
-    for dir in ["usr", "bin", "sbin", "lib", "lib64", "lib32", "libx32"] {
-        let path = Path::new("/").join(dir);
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if meta.file_type().is_symlink() {
-            if let Ok(target) = std::fs::read_link(&path) {
-                args.extend(["--symlink".into(), target.into(), path.into()]);
-            }
-        } else if meta.is_dir() {
-            args.extend(["--ro-bind".into(), path.clone().into(), path.into()]);
-        }
-    }
-    // The loader's cache (libraries in multiarch directories) and the alternatives symlinks that
-    // many commands in /usr/bin point through; nothing that names or configures the host.
-    args.extend(["--dir".into(), "/etc".into()]);
-    for file in [
-        "/etc/ld.so.cache",
-        "/etc/ld.so.conf",
-        "/etc/ld.so.conf.d",
-        "/etc/alternatives",
-    ] {
-        args.extend(["--ro-bind-try".into(), file.into(), file.into()]);
-    }
-}
-
-fn bwrap_args(
-    rootfs: Option<&Path>,
-    relay: &Path,
-    command: &[String],
-    limits: &Limits,
-) -> Vec<OsString> {
-    let mut args: Vec<OsString> = Vec::new();
-    let mut add = |xs: &[&str]| args.extend(xs.iter().map(OsString::from));
-    // --unshare-all tries the cgroup namespace and takes the rest; --unshare-user makes the user
-    // namespace mandatory even where bwrap would otherwise run without one.
-    add(&[
-        "--unshare-all",
-        "--unshare-user",
-        "--as-pid-1",
-        "--die-with-parent",
-        "--new-session",
-        "--clearenv",
-    ]);
-    for (k, v) in SANDBOX_ENV {
-        add(&["--setenv", k, v]);
-    }
-    match rootfs {
-        Some(dir) => args.extend(["--ro-bind".into(), dir.into(), "/".into()]),
-        None => host_root_args(&mut args),
-    }
-    let tmpfs = limits.tmpfs_bytes.to_string();
-    let mut add = |xs: &[&str]| args.extend(xs.iter().map(OsString::from));
-    // bwrap's /dev is a tmpfs of its own, writable and unbounded: read-only, it still holds the
-    // device nodes, which are separate mounts. /dev/shm, as in the Docker backend, is a tmpfs no
-    // bigger than /tmp (some runtimes need shm_open); both are charged to the memory limit.
-    add(&["--proc", "/proc", "--dev", "/dev"]);
-    args.extend(["--ro-bind".into(), relay.into(), BWRAP_RELAY_PATH.into()]);
-    let mut add = |xs: &[&str]| args.extend(xs.iter().map(OsString::from));
-    add(&["--perms", "1777", "--size", &tmpfs, "--tmpfs", "/dev/shm"]);
-    add(&["--remount-ro", "/dev"]);
-    add(&["--perms", "1777", "--size", &tmpfs, "--tmpfs", "/tmp"]);
-    if rootfs.is_none() {
-        // Without a rootfs, / is a tmpfs bwrap made to hold the binds; last, after every mount point.
-        add(&["--remount-ro", "/"]);
-    }
-    let id = NOBODY.to_string();
-    add(&[
-        "--chdir",
-        "/tmp",
-        "--uid",
-        &id,
-        "--gid",
-        &id,
-        "--hostname",
-        "sandbox",
-        "--cap-drop",
-        "ALL",
-        "--",
-        BWRAP_RELAY_PATH,
-    ]);
-    args.extend(command.iter().map(OsString::from));
-    args
 }
 
 fn exit_status(status: std::process::ExitStatus) -> i64 {
@@ -397,81 +312,6 @@ impl BwrapSandbox {
         };
         sandbox.probe(&version, &opts, host_uid).await?;
         Ok(sandbox)
-    }
-
-    /// Runs the command on empty input in a real sandbox: proves that bwrap can create every
-    /// namespace and mount, that the cgroups work and that the command exists inside.
-    async fn probe(
-        &self,
-        version: &str,
-        opts: &BwrapOptions,
-        host_uid: u32,
-    ) -> Result<(), SandboxError> {
-        let place = match &opts.rootfs {
-            Some(dir) => format!("in the rootfs {}", dir.display()),
-            None => "on the host's /usr, /bin and /lib".into(),
-        };
-        let outcome = match self
-            .execute(Bytes::new(), PROBE_TIMEOUT, &mut Vec::new(), None)
-            .await
-        {
-            Ok(outcome) => outcome,
-            Err(e) if e.message.starts_with(SETUP_FAILED) => {
-                let msg = e.message;
-                return Err(
-                    if msg.contains("Unknown option") || msg.contains("Unrecognized") {
-                        err(
-                            SandboxErrorKind::Unavailable,
-                            format!(
-                                "{version} lacks an option compilerd needs ({msg}): install bubblewrap 0.8 or newer"
-                            ),
-                        )
-                    } else {
-                        err(
-                            SandboxErrorKind::Unavailable,
-                            format!(
-                                "bwrap cannot create a sandbox as uid {host_uid} ({msg}): unprivileged user namespaces must be enabled: \
-                                 `sysctl user.max_user_namespaces` must be > 0, on Debian kernels `sysctl -w kernel.unprivileged_userns_clone=1`, \
-                                 on Ubuntu 24.04+ `sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` (or an AppArmor profile for bwrap); \
-                                 inside a container, its seccomp profile must allow unshare and mount"
-                            ),
-                        )
-                    },
-                );
-            }
-            Err(e) => {
-                return Err(err(
-                    SandboxErrorKind::Unavailable,
-                    format!("bwrap startup check: {}", e.message),
-                ));
-            }
-        };
-        // The relay runs the command as a shell would: 127 when it is missing, 126 when it
-        // cannot be run, with the reason on stderr.
-        if let RunOutcome::Exited {
-            status: 126 | 127,
-            output,
-        } = &outcome
-        {
-            let said: Vec<u8> = output.iter().flat_map(|c| c.data.clone()).collect();
-            return Err(err(
-                SandboxErrorKind::ImageMissing,
-                format!(
-                    "the command `{}` cannot run inside the sandbox ({}): it must exist {place} and be readable by uid {host_uid}",
-                    opts.command,
-                    String::from_utf8_lossy(&said).trim()
-                ),
-            ));
-        }
-        match outcome {
-            RunOutcome::Exited { status: 0, .. } => {}
-            other => tracing::warn!(
-                outcome = ?other,
-                "bwrap: the command `{}` does not end cleanly on empty input",
-                opts.command
-            ),
-        }
-        Ok(())
     }
 
     /// How the limits are enforced on this host, e.g. "cgroup v1: memory in ...".
