@@ -100,6 +100,7 @@ async fn infinite_loop_times_out_with_output_so_far() {
             "echo started; while :; do :; done",
             "echo started; sleep 100",
         ] {
+            sb.ready().await;
             let began = Instant::now();
             let outcome = sb.run(program).await;
             let took = began.elapsed();
@@ -124,6 +125,8 @@ async fn output_flood_is_cut_at_the_cap_at_once() {
     for mode in MODES {
         eprintln!("mode {mode:?}");
         let sb = ModeSandbox::connect(mode).await;
+        // The clock measures the flood, not the pool's filling.
+        sb.ready().await;
         let began = Instant::now();
         let outcome = sb.run("yes").await;
         assert!(
