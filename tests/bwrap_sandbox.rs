@@ -15,12 +15,16 @@ use compilerd::sandbox::bwrap::{BwrapOptions, BwrapSandbox};
 use compilerd::sandbox::{
     Chunk, Limits, RunOutcome, SANDBOX_ENV, Sandbox, SandboxErrorKind, StreamKind,
 };
+use futures_util::stream::{self, StreamExt};
 
 #[derive(Clone, Copy, Debug)]
 enum Root {
     Rootfs,
     Host,
 }
+
+#[path = "common/order.rs"]
+mod common_order;
 
 fn rootfs_dir() -> PathBuf {
     std::env::var_os("COMPILERD_TEST_ROOTFS")
@@ -130,6 +134,10 @@ both_roots!(
     twenty_distinct_programs_at_once,
     background_processes_die_with_the_run,
     rlimit_fallback_still_runs_and_says_so,
+    output_comes_back_in_the_order_written,
+    one_large_write_arrives_whole,
+    bwrap_lookalike_on_stderr_is_the_programs_own,
+    relay_is_out_of_the_programs_reach,
 );
 
 async fn hello_world_keeps_streams_apart_and_in_order(root: Root) {
@@ -591,10 +599,11 @@ async fn identity_and_privileges(root: Root) {
             "missing {line:?} in\n{out}"
         );
     }
-    // The command is pid 1 of its own namespace, as in a container, and sees no host process.
+    // The output relay is pid 1 of its own namespace, as an init in a container, the command
+    // its child, and neither sees a host process.
     let (_, out, _) = exited(&sb, "echo $$; ls /proc | grep -c '^[0-9]'").await;
     let mut lines = out.lines();
-    assert_eq!(lines.next(), Some("1"));
+    assert_eq!(lines.next(), Some("2"));
     let procs: u32 = lines.next().unwrap().parse().unwrap();
     assert!(procs <= 4, "{procs} processes visible");
 }
@@ -640,6 +649,12 @@ async fn background_processes_die_with_the_run(root: Root) {
 }
 
 async fn rlimit_fallback_still_runs_and_says_so(root: Root) {
+    // RLIMIT_NPROC counts every process of the sandbox's host user, those of the other tests
+    // running at the same time included: room for them all.
+    let limits = || Limits {
+        pids: 10_000,
+        ..limits()
+    };
     let sb = BwrapSandbox::connect_without_cgroups(options(root), limits(), Arc::new(NoHooks))
         .await
         .unwrap();
@@ -757,4 +772,77 @@ async fn trivial_run_latency() {
     );
     // Generous: CI shares its two cores with the rest of the suite.
     assert!(p50 < Duration::from_millis(60), "p50 {p50:?}");
+}
+
+/// Writes to stdout and stderr come back in the order written, in 50 runs, five at a time to load
+/// the machine.
+async fn output_comes_back_in_the_order_written(root: Root) {
+    const RUNS: usize = 50;
+    let sb = open_with(root, limits()).await;
+    let results: Vec<Result<(), String>> = stream::iter(0..RUNS)
+        .map(|_| async {
+            match run(&sb, common_order::ORDER_PROGRAM).await {
+                RunOutcome::Exited { status: 0, output }
+                    if common_order::in_written_order(&output) =>
+                {
+                    Ok(())
+                }
+                RunOutcome::Exited { status: 0, output } => {
+                    Err(common_order::first_departure(&output))
+                }
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .buffer_unordered(5)
+        .collect()
+        .await;
+    let in_order = results.iter().filter(|r| r.is_ok()).count();
+    eprintln!("{root:?}: {in_order}/{RUNS} in the order written");
+    let first_bad = results.iter().find_map(|r| r.clone().err());
+    assert_eq!(in_order, RUNS, "first out of order: {first_bad:?}");
+}
+
+/// A single write far larger than a socket buffer arrives whole; stdout is no terminal.
+async fn one_large_write_arrives_whole(root: Root) {
+    let limits = Limits {
+        max_output_bytes: 4 << 20,
+        ..limits()
+    };
+    let sb = open_with(root, limits).await;
+    let (status, out, err) = exited(
+        &sb,
+        "[ -t 1 ] || echo notty >&2; dd if=/dev/zero bs=3000000 count=1 2>/dev/null; echo wrote $? >&2",
+    )
+    .await;
+    assert_eq!(status, 0);
+    assert_eq!(out.len(), 3_000_000);
+    assert_eq!(err, "notty\nwrote 0\n");
+}
+
+/// A program cannot pass itself off as bwrap failing: its stderr is its own answer.
+async fn bwrap_lookalike_on_stderr_is_the_programs_own(root: Root) {
+    let sb = open_with(root, limits()).await;
+    let (status, out, err) = exited(
+        &sb,
+        "echo \"bwrap: Can't mount proc on /newroot/proc: fake\" >&2; exit 1",
+    )
+    .await;
+    assert_eq!(status, 1);
+    assert_eq!(out, "");
+    assert_eq!(err, "bwrap: Can't mount proc on /newroot/proc: fake\n");
+}
+
+/// The program can neither replace its relay (pid 1) nor reach the relay's own stdout to forge
+/// frames.
+async fn relay_is_out_of_the_programs_reach(root: Root) {
+    let sb = open_with(root, limits()).await;
+    let (status, out, _) = exited(
+        &sb,
+        "(echo forged > /proc/1/fd/1) 2>/dev/null && echo REACHED
+(ls /proc/1/fd) >/dev/null 2>&1 && echo LISTED
+(: > /dev/.compilerd-relay) 2>/dev/null && echo REPLACED
+kill -9 1 2>/dev/null; echo $PPID",
+    )
+    .await;
+    assert_eq!((status, out.as_str()), (0, "1\n"));
 }

@@ -9,6 +9,8 @@
 // By path, so that this suite needs no tests/common/mod.rs shared with the other suites.
 #[path = "common/docker.rs"]
 mod common_docker;
+#[path = "common/order.rs"]
+mod common_order;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,7 +27,7 @@ use common_docker::*;
 use compilerd::hooks::NoHooks;
 use compilerd::sandbox::docker::sweep::{LABEL_MANAGED, LABEL_OWNER, current_owner};
 use compilerd::sandbox::docker::{DockerOptions, DockerSandbox};
-use compilerd::sandbox::{RunOutcome, SANDBOX_ENV, Sandbox, SandboxErrorKind, StreamKind};
+use compilerd::sandbox::{Limits, RunOutcome, SANDBOX_ENV, Sandbox, SandboxErrorKind, StreamKind};
 use futures_util::StreamExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,6 +100,7 @@ async fn infinite_loop_times_out_with_output_so_far() {
             "echo started; while :; do :; done",
             "echo started; sleep 100",
         ] {
+            sb.ready().await;
             let began = Instant::now();
             let outcome = sb.run(program).await;
             let took = began.elapsed();
@@ -122,11 +125,14 @@ async fn output_flood_is_cut_at_the_cap_at_once() {
     for mode in MODES {
         eprintln!("mode {mode:?}");
         let sb = ModeSandbox::connect(mode).await;
+        // The clock measures the flood, not the pool's filling.
+        sb.ready().await;
         let began = Instant::now();
-        assert!(matches!(
-            sb.run("yes").await,
-            RunOutcome::OutputTooLarge { .. }
-        ));
+        let outcome = sb.run("yes").await;
+        assert!(
+            matches!(outcome, RunOutcome::OutputTooLarge { .. }),
+            "{mode:?}: {outcome:?}"
+        );
         assert!(
             began.elapsed() < limits().timeout / 2,
             "flood took {:?}",
@@ -606,4 +612,118 @@ async fn startup_sweeps_only_orphans() {
     let force = RemoveContainerOptionsBuilder::new().force(true).build();
     docker.remove_container(&alive, Some(force)).await.unwrap();
     finish(sb).await;
+}
+
+/// Writes to stdout and stderr come back in the order written, on every path to a container,
+/// with five runs at a time to load the machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_comes_back_in_the_order_written() {
+    use futures_util::stream::{self, StreamExt};
+    const RUNS: usize = 50;
+    for mode in MODES {
+        let pool_size = if mode == Mode::Cold { 0 } else { 5 };
+        let mut opts = DockerOptions::new(image(), pool_size);
+        opts.arm = mode == Mode::Armed;
+        let (sb, hooks) = connect_opts(opts, limits()).await;
+        match mode {
+            Mode::Armed => hooks.wait_armed(5).await,
+            Mode::Unarmed => hooks.wait_ready(5).await,
+            Mode::Cold => {}
+        }
+        let results: Vec<Result<(), String>> = stream::iter(0..RUNS)
+            .map(|_| async {
+                match run(&sb, common_order::ORDER_PROGRAM).await {
+                    RunOutcome::Exited { status: 0, output }
+                        if common_order::in_written_order(&output) =>
+                    {
+                        Ok(())
+                    }
+                    RunOutcome::Exited { status: 0, output } => {
+                        Err(common_order::first_departure(&output))
+                    }
+                    other => Err(format!("{other:?}")),
+                }
+            })
+            .buffer_unordered(5)
+            .collect()
+            .await;
+        let in_order = results.iter().filter(|r| r.is_ok()).count();
+        eprintln!("mode {mode:?}: {in_order}/{RUNS} in the order written");
+        let first_bad = results.iter().find_map(|r| r.clone().err());
+        assert_eq!(
+            in_order, RUNS,
+            "{mode:?}: first out of order: {first_bad:?}"
+        );
+        finish(sb).await;
+    }
+}
+
+/// A single write far larger than a socket buffer arrives whole; stdout is no terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_large_write_arrives_whole() {
+    let limits = Limits {
+        max_output_bytes: 4 << 20,
+        ..limits()
+    };
+    for mode in MODES {
+        eprintln!("mode {mode:?}");
+        let sb = ModeSandbox::connect_with(mode, limits.clone()).await;
+        let (status, out, err) = exited(
+            sb.run("[ -t 1 ] || echo notty >&2; dd if=/dev/zero bs=3000000 count=1 2>/dev/null; echo wrote $? >&2")
+                .await,
+        );
+        assert_eq!(status, 0);
+        assert_eq!(out.len(), 3_000_000);
+        assert_eq!(err, "notty\nwrote 0\n");
+        sb.finish().await;
+    }
+}
+
+/// Only the memory cgroup's own count makes a memory kill: a program that exits 137 by itself
+/// gets its own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_137_is_not_a_memory_kill() {
+    for mode in MODES {
+        eprintln!("mode {mode:?}");
+        let sb = ModeSandbox::connect(mode).await;
+        let (status, out, _) = exited(sb.run("echo before; exit 137").await);
+        assert_eq!((status, out.as_str()), (137, "before\n"));
+        sb.finish().await;
+    }
+}
+
+/// A program that kills every process it can (its relay, and an armed container's idle main
+/// process among them) is not taken for a memory kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_everything_is_not_a_memory_kill() {
+    for mode in MODES {
+        eprintln!("mode {mode:?}");
+        let sb = ModeSandbox::connect(mode).await;
+        let outcome = sb.run("echo before; kill -9 -1; sleep 1; echo after").await;
+        assert!(
+            matches!(outcome, RunOutcome::Exited { .. }),
+            "{mode:?}: {outcome:?}"
+        );
+        sb.finish().await;
+    }
+}
+
+/// The program can neither replace its relay nor reach the relay's own stdout to forge frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_is_out_of_the_programs_reach() {
+    let probe = "(echo forged > /proc/$PPID/fd/1) 2>/dev/null && echo REACHED
+(ls /proc/$PPID/fd) >/dev/null 2>&1 && echo LISTED
+(: > /.compilerd-relay) 2>/dev/null && echo REPLACED
+cat /proc/$PPID/cmdline | tr '\\0' ' '; echo";
+    for mode in MODES {
+        eprintln!("mode {mode:?}");
+        let sb = ModeSandbox::connect(mode).await;
+        let (status, out, _) = exited(sb.run(probe).await);
+        assert_eq!(status, 0);
+        assert!(out.starts_with("/.compilerd-relay "), "{mode:?}: {out}");
+        for bad in ["REACHED", "LISTED", "REPLACED"] {
+            assert!(!out.contains(bad), "{mode:?}: {out}");
+        }
+        sb.finish().await;
+    }
 }

@@ -1,12 +1,15 @@
 //! The sandbox contract shared by every backend (see `docs/design.md`): the program goes to the
-//! command's stdin, then EOF; stdout and stderr come back as ordered chunks; the run dies the moment
+//! command's stdin, then EOF; stdout and stderr come back as chunks in the order they were
+//! written (through the `relay` inside the sandbox, watched by `supervise`); the run dies the moment
 //! its output passes the cap or its deadline passes, and nothing of it outlives the run. A backend
 //! knows nothing of HTTP, the cache or metrics; it reports through `Hooks`.
 
 pub mod bwrap;
 pub mod docker;
 pub mod output;
+pub mod relay;
 pub mod scripted;
+pub mod supervise;
 
 use std::time::Duration;
 

@@ -111,13 +111,18 @@ impl ModeSandbox {
         ModeSandbox { sb, hooks, mode }
     }
 
-    /// Runs `program` once the pool holds a container of the mode's kind.
-    pub async fn run(&self, program: &str) -> RunOutcome {
+    /// Waits until the pool holds a container of the mode's kind.
+    pub async fn ready(&self) {
         match self.mode {
             Mode::Armed => self.hooks.wait_armed(1).await,
             Mode::Unarmed => self.hooks.wait_ready(1).await,
             Mode::Cold => {}
         }
+    }
+
+    /// Runs `program` once the pool holds a container of the mode's kind.
+    pub async fn run(&self, program: &str) -> RunOutcome {
+        self.ready().await;
         run(&self.sb, program).await
     }
 

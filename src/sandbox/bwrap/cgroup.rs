@@ -30,7 +30,8 @@ const PREFIX: &str = "compilerd-";
 /// How long killing a run may take before it is left to a background thread.
 const KILL_PATIENCE: Duration = Duration::from_secs(5);
 
-/// bwrap's monitor outside the namespaces, besides the program's own processes.
+/// bwrap's monitor outside the namespaces, besides the program's own processes (the output relay
+/// inside counts as one of them, as a container's init does).
 pub(super) const BWRAP_TASKS: u32 = 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

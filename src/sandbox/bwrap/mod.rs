@@ -2,24 +2,30 @@
 //! container takes hundreds, and needs no engine.
 //!
 //! A run is: make the run's cgroup, fork on the fork thread (the child joins the cgroup, drops
-//! root to nobody and execs bwrap), hand the program to stdin, collect stdout and stderr under
-//! one cap, and stop at exit, at the cap or at the deadline. Then every process left in the
-//! cgroup is killed and waited for, one pidfd each, until the cgroup is empty. Only then is the
-//! cgroup removed and the run over. Without a usable cgroup, limits fall back to rlimits and the
-//! startup log says, loudly, what that leaves unenforced.
+//! root to nobody and execs bwrap), hand the program to stdin, read the output relay's frames
+//! (`relay`, `supervise`) under the cap, and stop at the program's exit, at the cap or at the
+//! deadline. Then every process left in the cgroup is killed and waited for, one pidfd each, until
+//! the cgroup is empty. Only then is the cgroup removed and the run over. Without a usable cgroup,
+//! limits fall back to rlimits and the startup log says, loudly, what that leaves unenforced.
 //!
-//! The command is pid 1 of its namespace (`--as-pid-1`), as in a container without an init: bwrap's
-//! monitor then waits for it directly, and pid 1's exit waits until the kernel has killed and
-//! reaped everything else in the namespace. With bwrap's own init instead, the monitor would
-//! report the command's exit at once and leave that init to die orphaned, a zombie that some
-//! host reaper collects whenever it gets to it.
+//! The relay is pid 1 of the namespace (`--as-pid-1`) and the command its child: bwrap's monitor
+//! waits for the relay directly, the relay reaps whatever the namespace orphans, no process inside
+//! can signal it, and its exit (once it has reported the command's) makes the kernel kill and reap
+//! everything else in the namespace. With bwrap's own init instead, the monitor would report the
+//! exit at once and leave that init to die orphaned, a zombie that some host reaper collects
+//! whenever it gets to it.
+//!
+//! bwrap's own stderr carries only bwrap's and the relay's complaints, never the program's
+//! output, so a run that ends without the relay's report is a sandbox that failed, and says why.
 //!
 //! Inside: new user, pid, net, ipc, uts and cgroup namespaces; uid and gid 65534; no
 //! capabilities; no new privileges; only `SANDBOX_ENV`; a read-only root (the given rootfs, or
 //! the host's /usr and friends with an almost empty /etc); /proc and a read-only /dev; a
 //! size-limited tmpfs at /tmp (and one at /dev/shm), the only writable places.
 
+mod args;
 mod cgroup;
+mod probe;
 mod spawn;
 
 use std::ffi::OsString;
@@ -29,17 +35,18 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdout, Command};
 
+use self::args::bwrap_args;
 use self::cgroup::{BWRAP_TASKS, Cgroups, Controller, RunCgroup};
 use self::spawn::{ChildSetup, Resource};
 use super::output::OutputCollector;
-use super::{
-    Limits, LiveOutput, RunOutcome, SANDBOX_ENV, Sandbox, SandboxError, SandboxErrorKind,
-    StreamKind,
-};
+use super::relay::InstalledRelay;
+use super::supervise::{Ending, supervise};
+use super::{Limits, LiveOutput, RunOutcome, Sandbox, SandboxError, SandboxErrorKind};
 use crate::hooks::Hooks;
 
 /// The host uid and gid a sandbox gets when the daemon is root. Without capabilities, host root
@@ -48,6 +55,14 @@ const NOBODY: u32 = 65534;
 
 /// The startup probe runs the command on empty input; it should end long before this.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How much of bwrap's own stderr (its and the relay's complaints, never the program's output) is
+/// kept for the error message of a sandbox that could not be set up.
+const COMPLAINTS_CAP: usize = 4096;
+/// How the error of a sandbox that never came up begins.
+const SETUP_FAILED: &str = "bwrap could not set up the sandbox";
+/// How long a run that ended without its exit status waits for those complaints.
+const COMPLAINTS_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct BwrapOptions {
@@ -70,6 +85,8 @@ pub struct BwrapSandbox {
     enforcement: String,
     fingerprint: String,
     running: AtomicUsize,
+    /// Mounted into every sandbox; removed with the sandbox.
+    _relay: InstalledRelay,
 }
 
 fn err(kind: SandboxErrorKind, message: impl Into<String>) -> SandboxError {
@@ -81,101 +98,6 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
-}
-
-/// The host directories a sandbox without a rootfs sees, read-only. Merged-/usr hosts have
-/// /bin -> usr/bin and so on, which become the same symlinks inside.
-fn host_root_args(args: &mut Vec<OsString>) {
-    for dir in ["usr", "bin", "sbin", "lib", "lib64", "lib32", "libx32"] {
-        let path = Path::new("/").join(dir);
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if meta.file_type().is_symlink() {
-            if let Ok(target) = std::fs::read_link(&path) {
-                args.extend(["--symlink".into(), target.into(), path.into()]);
-            }
-        } else if meta.is_dir() {
-            args.extend(["--ro-bind".into(), path.clone().into(), path.into()]);
-        }
-    }
-    // The loader's cache (libraries in multiarch directories) and the alternatives symlinks that
-    // many commands in /usr/bin point through; nothing that names or configures the host.
-    args.extend(["--dir".into(), "/etc".into()]);
-    for file in [
-        "/etc/ld.so.cache",
-        "/etc/ld.so.conf",
-        "/etc/ld.so.conf.d",
-        "/etc/alternatives",
-    ] {
-        args.extend(["--ro-bind-try".into(), file.into(), file.into()]);
-    }
-}
-
-fn bwrap_args(rootfs: Option<&Path>, command: &[String], limits: &Limits) -> Vec<OsString> {
-    let mut args: Vec<OsString> = Vec::new();
-    let mut add = |xs: &[&str]| args.extend(xs.iter().map(OsString::from));
-    // --unshare-all tries the cgroup namespace and takes the rest; --unshare-user makes the user
-    // namespace mandatory even where bwrap would otherwise run without one.
-    add(&[
-        "--unshare-all",
-        "--unshare-user",
-        "--as-pid-1",
-        "--die-with-parent",
-        "--new-session",
-        "--clearenv",
-    ]);
-    for (k, v) in SANDBOX_ENV {
-        add(&["--setenv", k, v]);
-    }
-    match rootfs {
-        Some(dir) => args.extend(["--ro-bind".into(), dir.into(), "/".into()]),
-        None => host_root_args(&mut args),
-    }
-    let tmpfs = limits.tmpfs_bytes.to_string();
-    let mut add = |xs: &[&str]| args.extend(xs.iter().map(OsString::from));
-    // bwrap's /dev is a tmpfs of its own, writable and unbounded: read-only, it still holds the
-    // device nodes, which are separate mounts. /dev/shm, as in the Docker backend, is a tmpfs no
-    // bigger than /tmp (some runtimes need shm_open); both are charged to the memory limit.
-    add(&["--proc", "/proc", "--dev", "/dev"]);
-    add(&["--perms", "1777", "--size", &tmpfs, "--tmpfs", "/dev/shm"]);
-    add(&["--remount-ro", "/dev"]);
-    add(&["--perms", "1777", "--size", &tmpfs, "--tmpfs", "/tmp"]);
-    if rootfs.is_none() {
-        // Without a rootfs, / is a tmpfs bwrap made to hold the binds; last, after every mount point.
-        add(&["--remount-ro", "/"]);
-    }
-    let id = NOBODY.to_string();
-    add(&[
-        "--chdir",
-        "/tmp",
-        "--uid",
-        &id,
-        "--gid",
-        &id,
-        "--hostname",
-        "sandbox",
-        "--cap-drop",
-        "ALL",
-        "--",
-    ]);
-    args.extend(command.iter().map(OsString::from));
-    args
-}
-
-/// bwrap reports a failure to build the sandbox as `bwrap: ...` on stderr and exit status 1,
-/// before the command could write anything.
-fn setup_failure(outcome: &RunOutcome) -> Option<String> {
-    match outcome {
-        RunOutcome::Exited { status: 1, output }
-            if output.len() == 1
-                && output[0].kind == StreamKind::Stderr
-                && output[0].data.starts_with(b"bwrap: ") =>
-        {
-            Some(String::from_utf8_lossy(&output[0].data).trim().to_string())
-        }
-        _ => None,
-    }
 }
 
 fn exit_status(status: std::process::ExitStatus) -> i64 {
@@ -209,12 +131,6 @@ impl Drop for Running<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-enum Ending {
-    Exited(std::process::ExitStatus),
-    OverCap,
-    Deadline,
 }
 
 impl BwrapSandbox {
@@ -360,7 +276,13 @@ impl BwrapSandbox {
             }
         }
 
-        let args = bwrap_args(opts.rootfs.as_deref(), &command, &limits);
+        let relay = InstalledRelay::install().map_err(|e| {
+            err(
+                SandboxErrorKind::Start,
+                format!("cannot write the output relay for the sandboxes: {e}"),
+            )
+        })?;
+        let args = bwrap_args(opts.rootfs.as_deref(), relay.path(), &command, &limits);
         let mode = match &cgroups {
             Some(_) if unenforced.is_empty() => "cgroup",
             Some(_) => "cgroup+rlimits",
@@ -382,69 +304,10 @@ impl BwrapSandbox {
             enforcement,
             fingerprint,
             running: AtomicUsize::new(0),
+            _relay: relay,
         };
         sandbox.probe(&version, &opts, host_uid).await?;
         Ok(sandbox)
-    }
-
-    /// Runs the command on empty input in a real sandbox: proves that bwrap can create every
-    /// namespace and mount, that the cgroups work and that the command exists inside.
-    async fn probe(
-        &self,
-        version: &str,
-        opts: &BwrapOptions,
-        host_uid: u32,
-    ) -> Result<(), SandboxError> {
-        let outcome = self
-            .execute(Bytes::new(), PROBE_TIMEOUT, &mut Vec::new(), None)
-            .await
-            .map_err(|e| {
-                err(
-                    SandboxErrorKind::Unavailable,
-                    format!("bwrap startup check: {}", e.message),
-                )
-            })?;
-        if let Some(msg) = setup_failure(&outcome) {
-            let place = match &opts.rootfs {
-                Some(dir) => format!("in the rootfs {}", dir.display()),
-                None => "on the host's /usr, /bin and /lib".into(),
-            };
-            return Err(if msg.contains("execvp") {
-                err(
-                    SandboxErrorKind::ImageMissing,
-                    format!(
-                        "the command `{}` cannot run inside the sandbox ({msg}): it must exist {place} and be readable by uid {host_uid}",
-                        opts.command
-                    ),
-                )
-            } else if msg.contains("Unknown option") || msg.contains("Unrecognized") {
-                err(
-                    SandboxErrorKind::Unavailable,
-                    format!(
-                        "{version} lacks an option compilerd needs ({msg}): install bubblewrap 0.8 or newer"
-                    ),
-                )
-            } else {
-                err(
-                    SandboxErrorKind::Unavailable,
-                    format!(
-                        "bwrap cannot create a sandbox as uid {host_uid} ({msg}): unprivileged user namespaces must be enabled: \
-                         `sysctl user.max_user_namespaces` must be > 0, on Debian kernels `sysctl -w kernel.unprivileged_userns_clone=1`, \
-                         on Ubuntu 24.04+ `sysctl -w kernel.apparmor_restrict_unprivileged_userns=0` (or an AppArmor profile for bwrap); \
-                         inside a container, its seccomp profile must allow unshare and mount"
-                    ),
-                )
-            });
-        }
-        match outcome {
-            RunOutcome::Exited { status: 0, .. } => {}
-            other => tracing::warn!(
-                outcome = ?other,
-                "bwrap: the command `{}` does not end cleanly on empty input",
-                opts.command
-            ),
-        }
-        Ok(())
     }
 
     /// How the limits are enforced on this host, e.g. "cgroup v1: memory in ...".
@@ -480,16 +343,7 @@ impl BwrapSandbox {
         dirs: &mut Vec<PathBuf>,
         live: Option<LiveOutput>,
     ) -> Result<RunOutcome, SandboxError> {
-        let outcome = self
-            .execute(program, self.limits.timeout, dirs, live)
-            .await?;
-        match setup_failure(&outcome) {
-            Some(msg) => Err(err(
-                SandboxErrorKind::Start,
-                format!("bwrap could not set up the sandbox: {msg}"),
-            )),
-            None => Ok(outcome),
-        }
+        self.execute(program, self.limits.timeout, dirs, live).await
     }
 
     fn rlimits_for_run(&self) -> Vec<(Resource, libc::rlim_t)> {
@@ -545,18 +399,35 @@ impl BwrapSandbox {
             )
         })?;
 
-        let ending = self
-            .supervise(&mut child, program, started + timeout, live)
-            .await;
-        let (ending, output) = match ending {
-            Ok(x) => x,
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            kill(&mut child, cg.as_ref()).await;
+            return Err(err(
+                SandboxErrorKind::Internal,
+                "bwrap's stdio is not piped",
+            ));
+        };
+        // bwrap's own stderr: only bwrap and the relay write there, the program's stderr goes
+        // through the relay. Read all along, so that neither can block on it.
+        let complaints = tokio::spawn(read_bounded(stderr, COMPLAINTS_CAP));
+        // A program need not read its input: a broken pipe just ends the feeding.
+        let feed = async move {
+            let mut stdin = stdin;
+            let _ = stdin.write_all(&program).await;
+        };
+        let mut output = OutputCollector::new(self.limits.max_output_bytes, live);
+        let deadline = tokio::time::Instant::from_std(started + timeout);
+        let ending = supervise(frames_of(stdout), &mut output, deadline, feed).await;
+        // After a normal exit too: the namespace is empty by then, and this proves it.
+        let status = kill(&mut child, cg.as_ref()).await;
+        let ending = match ending {
+            Ok(ending) => ending,
             Err(e) => {
-                kill(&mut child, cg.as_ref()).await;
+                complaints.abort();
                 return Err(e);
             }
         };
-        // After a normal exit too: the namespace is empty by then, and this proves it.
-        kill(&mut child, cg.as_ref()).await;
         let oom = cg.as_ref().is_some_and(RunCgroup::oom_killed);
         if let Some(mut c) = cg
             && let Err(e) = c.remove()
@@ -564,89 +435,77 @@ impl BwrapSandbox {
             // Dropping `c` kills what is left and retries on a background thread.
             tracing::warn!(error = %e, "a run's cgroup was not empty after the run");
         }
+        let output = output.into_chunks();
         Ok(match ending {
-            Ending::OverCap => RunOutcome::OutputTooLarge {
-                output: output.into_chunks(),
+            Ending::OverCap => RunOutcome::OutputTooLarge { output },
+            Ending::Deadline => RunOutcome::TimedOut { output },
+            Ending::Exited(exit) if oom || exit.oom_kills.is_some_and(|n| n > 0) => {
+                RunOutcome::OutOfMemory { output }
+            }
+            Ending::Exited(exit) => RunOutcome::Exited {
+                status: exit.status,
+                output,
             },
-            Ending::Deadline => RunOutcome::TimedOut {
-                output: output.into_chunks(),
-            },
-            Ending::Exited(_) if oom => RunOutcome::OutOfMemory {
-                output: output.into_chunks(),
-            },
-            Ending::Exited(status) => RunOutcome::Exited {
-                status: exit_status(status),
-                output: output.into_chunks(),
-            },
+            Ending::Vanished if oom => RunOutcome::OutOfMemory { output },
+            // The relay is the namespace's pid 1, which no process inside can kill: without
+            // its report, the sandbox never came up (bwrap says why on its own stderr, which
+            // the program cannot write to) or the relay failed.
+            Ending::Vanished => {
+                let said = tokio::time::timeout(COMPLAINTS_WAIT, complaints)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
+                let said = String::from_utf8_lossy(&said).trim().to_string();
+                let status =
+                    status.map_or_else(|| "unknown".to_owned(), |s| exit_status(s).to_string());
+                return Err(err(
+                    SandboxErrorKind::Start,
+                    format!("{SETUP_FAILED} (exit status {status}): {said}"),
+                ));
+            }
         })
-    }
-
-    /// Feeds stdin and collects output until the run has exited and both streams are closed, the
-    /// output passes the cap, or the deadline passes.
-    async fn supervise(
-        &self,
-        child: &mut Child,
-        program: Bytes,
-        deadline: Instant,
-        live: Option<LiveOutput>,
-    ) -> Result<(Ending, OutputCollector), SandboxError> {
-        let mut output = OutputCollector::new(self.limits.max_output_bytes, live);
-        let (Some(stdin), Some(mut stdout), Some(mut stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            return Err(err(
-                SandboxErrorKind::Internal,
-                "bwrap's stdio is not piped",
-            ));
-        };
-        // A program need not read its input: a broken pipe just ends the feeding.
-        let feed = async move {
-            let mut stdin = stdin;
-            let _ = stdin.write_all(&program).await;
-        };
-        tokio::pin!(feed);
-        let sleep = tokio::time::sleep_until(deadline.into());
-        tokio::pin!(sleep);
-        let mut out_buf = vec![0u8; 16 << 10];
-        let mut err_buf = vec![0u8; 16 << 10];
-        let (mut out_open, mut err_open, mut feeding) = (true, true, true);
-        let mut status = None;
-        loop {
-            if let (false, false, Some(s)) = (out_open, err_open, status) {
-                return Ok((Ending::Exited(s), output));
-            }
-            tokio::select! {
-                r = stdout.read(&mut out_buf), if out_open => match r {
-                    Ok(n) if n > 0 => {
-                        if output.push(StreamKind::Stdout, &out_buf[..n]).is_err() {
-                            return Ok((Ending::OverCap, output));
-                        }
-                    }
-                    _ => out_open = false,
-                },
-                r = stderr.read(&mut err_buf), if err_open => match r {
-                    Ok(n) if n > 0 => {
-                        if output.push(StreamKind::Stderr, &err_buf[..n]).is_err() {
-                            return Ok((Ending::OverCap, output));
-                        }
-                    }
-                    _ => err_open = false,
-                },
-                s = child.wait(), if status.is_none() => match s {
-                    Ok(s) => status = Some(s),
-                    Err(e) => {
-                        return Err(err(SandboxErrorKind::Io, format!("waiting for bwrap: {e}")));
-                    }
-                },
-                () = &mut feed, if feeding => feeding = false,
-                () = &mut sleep => return Ok((Ending::Deadline, output)),
-            }
-        }
     }
 }
 
-/// Kills every process of the run and returns once they are all gone.
-async fn kill(child: &mut Child, cg: Option<&RunCgroup>) {
+/// The relay's frames, as bwrap's stdout delivers them.
+fn frames_of(stdout: ChildStdout) -> impl Stream<Item = Result<Bytes, SandboxError>> + Unpin {
+    Box::pin(futures_util::stream::unfold(
+        Some(stdout),
+        |stdout| async move {
+            let mut stdout = stdout?;
+            let mut buf = BytesMut::with_capacity(64 << 10);
+            match stdout.read_buf(&mut buf).await {
+                Ok(0) => None,
+                Ok(_) => Some((Ok(buf.freeze()), Some(stdout))),
+                Err(e) => Some((
+                    Err(err(
+                        SandboxErrorKind::Io,
+                        format!("reading the sandbox's output: {e}"),
+                    )),
+                    None,
+                )),
+            }
+        },
+    ))
+}
+
+/// Reads `from` to its end, keeping the first `cap` bytes.
+async fn read_bounded(mut from: impl AsyncRead + Unpin, cap: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let room = cap.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+    }
+    kept
+}
+
+/// Kills every process of the run and returns once they are all gone, with bwrap's exit status.
+async fn kill(child: &mut Child, cg: Option<&RunCgroup>) -> Option<std::process::ExitStatus> {
     match cg {
         Some(cg) => {
             if !cg.kill_all().await {
@@ -659,7 +518,7 @@ async fn kill(child: &mut Child, cg: Option<&RunCgroup>) {
             let _ = child.start_kill();
         }
     }
-    let _ = child.wait().await;
+    child.wait().await.ok()
 }
 
 #[async_trait]

@@ -1,17 +1,17 @@
 //! One sandbox container's life: create, attach, start, optionally *arm*, and be removed whatever
 //! happened. How a program runs in it is `run`'s business.
 //!
-//! A started container's main process is the image's command, attached before the start (so that
-//! no byte is missed) and blocked reading its stdin. A program can go two ways:
+//! A started container's main process is the image's command under the output relay (see
+//! `relay`), attached before the start (so that no byte is missed) and blocked reading its stdin.
+//! A program can go two ways:
 //!
-//! - to the main process's stdin. The engine (dockerd 20.10) then ends the attach stream and
-//!   reports the exit only after tearing the container down, ~40 ms after the program's last
-//!   byte; but the container costs the engine nothing more than its create, start and exit.
+//! - to the main process's stdin. The container costs the engine nothing more than its create,
+//!   start and exit. The run ends when the relay reports the exit; the engine alone would end the
+//!   attach stream only after tearing the container down, ~40 ms after the program's last byte.
 //! - to an *exec* of the same command, started attached beforehand ("arming" the container), which
-//!   blocks reading its own stdin. Its stream ends and its exit code is readable ~1 ms after the
-//!   program exits, but starting it costs the engine a `runc exec` (~45 ms of CPU on the 2-core
-//!   test machine, a quarter of a container's whole cost). After the run the main process is let
-//!   go (its stdin closes), so the container then ends as it would have.
+//!   blocks reading its own stdin. Starting it costs the engine a `runc exec` (~45 ms of CPU on
+//!   the 2-core test machine, a quarter of a container's whole cost). After the run the main
+//!   process is let go (its stdin closes), so the container then ends as it would have.
 //!
 //! So the pool arms its containers only while the engine has nothing better to do (see `pool`):
 //! at light load every run gets the fast hand-over, under sustained load, which is bound by the
@@ -46,6 +46,7 @@ use tokio::time::Instant;
 use super::events::Events;
 use super::settings::{self, ImageCommand};
 use super::sweep::{LABEL_INSTANCE, LABEL_MANAGED, LABEL_OWNER, current_owner};
+use crate::sandbox::relay::InstalledRelay;
 use crate::sandbox::{Limits, SandboxError, SandboxErrorKind};
 
 pub(super) type OutputStream = Pin<Box<dyn Stream<Item = Result<LogOutput, DockerError>> + Send>>;
@@ -59,6 +60,8 @@ pub(super) struct Engine {
     pub image: String,
     /// The image's Entrypoint + Cmd and working directory, which an arming exec runs.
     pub command: ImageCommand,
+    /// The output relay on the host, mounted into every container.
+    relay: Arc<InstalledRelay>,
     pub limits: Limits,
     pub instance: String,
     labels: HashMap<String, String>,
@@ -186,6 +189,7 @@ impl Engine {
         host: String,
         image: String,
         command: ImageCommand,
+        relay: Arc<InstalledRelay>,
         limits: Limits,
     ) -> Arc<Engine> {
         // Random, so that names stay unique across restarts and across daemons on one engine.
@@ -200,6 +204,7 @@ impl Engine {
             host,
             image,
             command,
+            relay,
             limits,
             instance,
             labels,
@@ -231,7 +236,8 @@ impl Engine {
         self.events.watch(&guard.name);
         let body = settings::container_body(
             &self.image,
-            Some(&self.command),
+            &self.command,
+            self.relay.path(),
             &self.limits,
             self.labels.clone(),
         );

@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use self::engine::{Engine, engine_error};
 use self::pool::Pool;
 use self::settings::ImageCommand;
+use super::relay::InstalledRelay;
 use super::{Limits, LiveOutput, RunOutcome, Sandbox, SandboxError, SandboxErrorKind};
 use crate::hooks::Hooks;
 
@@ -168,7 +169,20 @@ impl DockerSandbox {
             command.argv,
             limits.fingerprint()
         );
-        let engine = Engine::new(docker, host.to_owned(), opts.image.clone(), command, limits);
+        let relay = InstalledRelay::install().map_err(|e| {
+            SandboxError::new(
+                SandboxErrorKind::Start,
+                format!("cannot write the output relay for the sandboxes: {e}"),
+            )
+        })?;
+        let engine = Engine::new(
+            docker,
+            host.to_owned(),
+            opts.image.clone(),
+            command,
+            Arc::new(relay),
+            limits,
+        );
         let follower = engine
             .events
             .follow(engine.docker.clone(), &engine.instance);

@@ -10,6 +10,7 @@ use bollard::models::{
     ImageConfig, ResourcesUlimits,
 };
 
+use crate::sandbox::relay::DOCKER_RELAY_PATH;
 use crate::sandbox::{Limits, SANDBOX_ENV};
 
 /// nobody:nogroup. Numeric, so it works even in an image without /etc/passwd.
@@ -26,9 +27,6 @@ pub struct ImageCommand {
     pub argv: Vec<String>,
     /// Empty: the engine's default, `/`, as for the main process.
     pub working_dir: String,
-    /// A Cmd that replaces the image's (e.g. a language's formatter in its run image); the
-    /// container's main process gets it too.
-    pub cmd: Option<Vec<String>>,
 }
 
 impl ImageCommand {
@@ -49,7 +47,6 @@ impl ImageCommand {
         (!argv.is_empty()).then(|| ImageCommand {
             argv,
             working_dir: config.working_dir.clone().unwrap_or_default(),
-            cmd,
         })
     }
 }
@@ -68,10 +65,17 @@ pub fn exec_config(command: &ImageCommand) -> ExecConfig {
         privileged: Some(false),
         user: None,
         env: Some(sandbox_env()),
-        cmd: Some(command.argv.clone()),
+        cmd: Some(relayed(command)),
         working_dir: (!command.working_dir.is_empty()).then(|| command.working_dir.clone()),
         ..Default::default()
     }
+}
+
+/// The image's command under the output relay, which is what every sandbox runs.
+fn relayed(command: &ImageCommand) -> Vec<String> {
+    std::iter::once(DOCKER_RELAY_PATH.to_owned())
+        .chain(command.argv.iter().cloned())
+        .collect()
 }
 
 fn sandbox_env() -> Vec<String> {
@@ -81,10 +85,12 @@ fn sandbox_env() -> Vec<String> {
         .collect()
 }
 
-/// Everything the engine needs to create one sandbox container from `image`.
+/// Everything the engine needs to create one sandbox container from `image`, whose main process
+/// runs `command` under the relay at `relay` on the host, mounted read-only.
 pub fn container_body(
     image: &str,
-    command: Option<&ImageCommand>,
+    command: &ImageCommand,
+    relay: &std::path::Path,
     limits: &Limits,
     labels: HashMap<String, String>,
 ) -> ContainerCreateBody {
@@ -97,11 +103,12 @@ pub fn container_body(
     };
     ContainerCreateBody {
         image: Some(image.to_owned()),
-        cmd: command.and_then(|c| c.cmd.clone()),
         hostname: Some(SANDBOX_HOSTNAME.to_owned()),
         user: Some(SANDBOX_USER.to_owned()),
         // The engine adds the image's own ENV and HOSTNAME, never the daemon's environment.
         env: Some(sandbox_env()),
+        entrypoint: Some(vec![DOCKER_RELAY_PATH.to_owned()]),
+        cmd: Some(command.argv.clone()),
         // The main process (the image's command) is attached before the start, so none of its
         // output is missed, and blocks reading its stdin: that is how the container waits for a
         // program. With stdin_once, our half-close after the program becomes EOF on its stdin.
@@ -118,6 +125,8 @@ pub fn container_body(
             // Equal memory and memory+swap: no swap, so a hog is OOM-killed instead of thrashing.
             memory: Some(memory),
             memory_swap: Some(memory),
+            binds: Some(vec![format!("{}:{DOCKER_RELAY_PATH}:ro", relay.display())]),
+            // The init and the relay count, as in any container.
             pids_limit: Some(i64::from(limits.pids)),
             nano_cpus: Some((limits.cpus * 1e9).round() as i64),
             readonly_rootfs: Some(true),
@@ -166,12 +175,23 @@ mod tests {
     #[test]
     fn hardening_follows_limits() {
         let limits = Limits::default();
-        let body = container_body("img", None, &limits, HashMap::new());
+        let command = ImageCommand {
+            argv: vec!["sh".into()],
+            working_dir: String::new(),
+        };
+        let relay = std::path::Path::new("/run/compilerd/relay");
+        let body = container_body("img", &command, relay, &limits, HashMap::new());
         let host = body.host_config.unwrap();
         assert_eq!(host.network_mode.as_deref(), Some("none"));
         assert_eq!(host.memory, Some(128 << 20));
         assert_eq!(host.memory_swap, host.memory);
         assert_eq!(host.pids_limit, Some(64));
+        assert_eq!(
+            host.binds,
+            Some(vec![format!("/run/compilerd/relay:{DOCKER_RELAY_PATH}:ro")])
+        );
+        assert_eq!(body.entrypoint, Some(vec![DOCKER_RELAY_PATH.to_owned()]));
+        assert_eq!(body.cmd, Some(vec!["sh".to_owned()]));
         assert_eq!(host.nano_cpus, Some(1_000_000_000));
         assert_eq!(host.readonly_rootfs, Some(true));
         assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
@@ -197,6 +217,14 @@ mod tests {
         assert_eq!(exec.user, None);
         assert_eq!(exec.tty, Some(false));
         assert_eq!(exec.working_dir.as_deref(), Some("/src"));
+        assert_eq!(
+            exec.cmd,
+            Some(vec![
+                DOCKER_RELAY_PATH.into(),
+                "/bin/tini".into(),
+                "sh".into()
+            ])
+        );
         assert_eq!(exec.env.unwrap().len(), SANDBOX_ENV.len());
         assert_eq!(ImageCommand::of(&ImageConfig::default()), None);
     }

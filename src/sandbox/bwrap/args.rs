@@ -1,0 +1,97 @@
+//! The bwrap command line: which namespaces, what the sandbox sees of the file system, as whom
+//! the command runs, and that it runs under the output relay.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use super::NOBODY;
+use crate::sandbox::relay::BWRAP_RELAY_PATH;
+use crate::sandbox::{Limits, SANDBOX_ENV};
+
+/// The host directories a sandbox without a rootfs sees, read-only. Merged-/usr hosts have
+/// /bin -> usr/bin and so on, which become the same symlinks inside.
+fn host_root_args(args: &mut Vec<OsString>) {
+    for dir in ["usr", "bin", "sbin", "lib", "lib64", "lib32", "libx32"] {
+        let path = Path::new("/").join(dir);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            if let Ok(target) = std::fs::read_link(&path) {
+                args.extend(["--symlink".into(), target.into(), path.into()]);
+            }
+        } else if meta.is_dir() {
+            args.extend(["--ro-bind".into(), path.clone().into(), path.into()]);
+        }
+    }
+    // The loader's cache (libraries in multiarch directories) and the alternatives symlinks that
+    // many commands in /usr/bin point through; nothing that names or configures the host.
+    args.extend(["--dir".into(), "/etc".into()]);
+    for file in [
+        "/etc/ld.so.cache",
+        "/etc/ld.so.conf",
+        "/etc/ld.so.conf.d",
+        "/etc/alternatives",
+    ] {
+        args.extend(["--ro-bind-try".into(), file.into(), file.into()]);
+    }
+}
+
+pub(super) fn bwrap_args(
+    rootfs: Option<&Path>,
+    relay: &Path,
+    command: &[String],
+    limits: &Limits,
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    let mut add = |xs: &[&str]| args.extend(xs.iter().map(OsString::from));
+    // --unshare-all tries the cgroup namespace and takes the rest; --unshare-user makes the user
+    // namespace mandatory even where bwrap would otherwise run without one.
+    add(&[
+        "--unshare-all",
+        "--unshare-user",
+        "--as-pid-1",
+        "--die-with-parent",
+        "--new-session",
+        "--clearenv",
+    ]);
+    for (k, v) in SANDBOX_ENV {
+        add(&["--setenv", k, v]);
+    }
+    match rootfs {
+        Some(dir) => args.extend(["--ro-bind".into(), dir.into(), "/".into()]),
+        None => host_root_args(&mut args),
+    }
+    let tmpfs = limits.tmpfs_bytes.to_string();
+    let mut add = |xs: &[&str]| args.extend(xs.iter().map(OsString::from));
+    // bwrap's /dev is a tmpfs of its own, writable and unbounded: read-only, it still holds the
+    // device nodes, which are separate mounts. /dev/shm, as in the Docker backend, is a tmpfs no
+    // bigger than /tmp (some runtimes need shm_open); both are charged to the memory limit.
+    add(&["--proc", "/proc", "--dev", "/dev"]);
+    args.extend(["--ro-bind".into(), relay.into(), BWRAP_RELAY_PATH.into()]);
+    let mut add = |xs: &[&str]| args.extend(xs.iter().map(OsString::from));
+    add(&["--perms", "1777", "--size", &tmpfs, "--tmpfs", "/dev/shm"]);
+    add(&["--remount-ro", "/dev"]);
+    add(&["--perms", "1777", "--size", &tmpfs, "--tmpfs", "/tmp"]);
+    if rootfs.is_none() {
+        // Without a rootfs, / is a tmpfs bwrap made to hold the binds; last, after every mount point.
+        add(&["--remount-ro", "/"]);
+    }
+    let id = NOBODY.to_string();
+    add(&[
+        "--chdir",
+        "/tmp",
+        "--uid",
+        &id,
+        "--gid",
+        &id,
+        "--hostname",
+        "sandbox",
+        "--cap-drop",
+        "ALL",
+        "--",
+        BWRAP_RELAY_PATH,
+    ]);
+    args.extend(command.iter().map(OsString::from));
+    args
+}
