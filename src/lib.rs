@@ -6,6 +6,7 @@ pub mod admission;
 pub mod cache;
 pub mod compile;
 pub mod config;
+pub mod fdlimit;
 pub mod hooks;
 pub mod http;
 pub mod lifecycle;
