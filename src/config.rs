@@ -187,6 +187,10 @@ pub struct Settings {
     /// How long a client may take to send a request's head, and again its body [default: 10s].
     #[arg(long)]
     pub read_timeout: Option<HumanDuration>,
+    /// Client connections open at once; more are answered 503 and closed [default: from the fd
+    /// limit].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
     /// Log format [default: auto].
     #[arg(long)]
     pub log_format: Option<LogFormat>,
@@ -286,6 +290,7 @@ impl Settings {
             cpus,
             tmpfs_size,
             read_timeout,
+            max_connections,
             log_format,
             default_language,
             languages
@@ -322,6 +327,8 @@ pub struct Config {
     pub max_queued: usize,
     pub pool_size: usize,
     pub read_timeout: Duration,
+    /// None: sized from the fd limit when the daemon starts (`fdlimit::default_max_connections`).
+    pub max_connections: Option<usize>,
     pub log_format: LogFormat,
     /// As written; `languages()` resolves them against the flat settings.
     pub language_tables: BTreeMap<String, LanguageSettings>,
@@ -389,6 +396,7 @@ impl Config {
             max_queued: s.max_queued.unwrap_or(64),
             pool_size: s.pool_size.unwrap_or(max_concurrent_runs),
             read_timeout: s.read_timeout.map_or(Duration::from_secs(10), |d| d.0),
+            max_connections: s.max_connections,
             log_format: s.log_format.unwrap_or(LogFormat::Auto),
             language_tables: s.languages.unwrap_or_default(),
             default_language: s.default_language,
@@ -516,6 +524,10 @@ impl Config {
         need(
             !self.read_timeout.is_zero(),
             "read-timeout must be more than 0",
+        );
+        need(
+            self.max_connections != Some(0),
+            "max-connections must be at least 1",
         );
         need(!self.image.is_empty(), "image must not be empty");
         need(!self.command.trim().is_empty(), "command must not be empty");

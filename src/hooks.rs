@@ -61,6 +61,12 @@ pub trait Hooks: Send + Sync + 'static {
     fn pool_empty(&self) {}
     /// How long it took to create and start one pool container.
     fn pool_refill(&self, _latency: Duration) {}
+    /// A client connection was accepted (and counts against `--max-connections`) ...
+    fn connection_opened(&self) {}
+    /// ... and closed.
+    fn connection_closed(&self) {}
+    /// A connection refused because `--max-connections` were open.
+    fn connection_refused(&self) {}
 }
 
 /// Hooks that record nothing.

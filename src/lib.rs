@@ -7,6 +7,7 @@ pub mod answer;
 pub mod cache;
 pub mod compile;
 pub mod config;
+pub mod fdlimit;
 pub mod format;
 pub mod hooks;
 pub mod http;

@@ -61,6 +61,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     compilerd::logging::init(config.log_format);
+    match compilerd::fdlimit::raise_nofile() {
+        Ok((before, after)) => tracing::info!(before, after, "open file limit (RLIMIT_NOFILE)"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -37,6 +37,8 @@ pub struct Metrics {
     pool_armed: IntGauge,
     pool_empty: IntCounter,
     pool_refill: Histogram,
+    connections_open: IntGauge,
+    connections_refused: IntCounter,
 }
 
 /// The handlers `requests_total` and `request_duration_seconds` are labelled with.
@@ -192,6 +194,14 @@ impl Metrics {
                 )
                 .expect("valid metric")
             ),
+            connections_open: reg!(gauge(
+                "compilerd_connections_open",
+                "Client connections open now."
+            )),
+            connections_refused: reg!(counter(
+                "compilerd_connections_refused_total",
+                "Connections answered 503 and closed because --max-connections were open."
+            )),
             registry,
         };
         let build_info = IntGaugeVec::new(
@@ -332,6 +342,15 @@ impl Hooks for Metrics {
     }
     fn pool_refill(&self, latency: Duration) {
         self.pool_refill.observe(latency.as_secs_f64());
+    }
+    fn connection_opened(&self) {
+        self.connections_open.inc();
+    }
+    fn connection_closed(&self) {
+        self.connections_open.dec();
+    }
+    fn connection_refused(&self) {
+        self.connections_refused.inc();
     }
 }
 

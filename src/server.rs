@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::compile::{Options, SharedState};
 use crate::config::Config;
+use crate::fdlimit;
 use crate::hooks::Hooks;
 use crate::http::{self, App, Cors};
 use crate::languages::{Languages, OpenLanguage};
@@ -107,8 +108,13 @@ impl Daemon {
             config.read_timeout,
         );
 
+        let max_connections = config.max_connections.unwrap_or_else(|| {
+            let nofile = fdlimit::nofile().map_or(1024, |(soft, _)| soft);
+            fdlimit::default_max_connections(nofile, config.max_concurrent_runs + config.pool_size)
+        });
+        tracing::info!(max_connections, "connection limit");
         let (stop_accepting_tx, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(http::serve(listener, app, async {
+        let server = tokio::spawn(http::serve(listener, app, max_connections, async {
             let _ = stop_accepting_rx.await;
         }));
 

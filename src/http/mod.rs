@@ -2,9 +2,11 @@
 //! let every accepted request finish, plus the routes.
 
 mod body;
+mod connections;
 pub mod cors;
 mod form;
 mod langs;
+mod preface;
 pub mod request;
 mod routes;
 
@@ -24,7 +26,15 @@ use crate::hooks::Hooks;
 use crate::languages::Languages;
 use crate::lifecycle::Health;
 use crate::metrics::Metrics;
+use connections::ConnectionLimit;
 pub use cors::Cors;
+use preface::PrefaceDeadline;
+
+/// Largest request head (request line and headers) an HTTP/1 client may send; hyper answers 431
+/// past it. Browsers send a few KiB; hyper's own default (~400 KiB) let one header line take it.
+pub const MAX_HEAD_BYTES: usize = 32 << 10;
+/// Most header fields in one request (hyper answers 431 past it).
+pub const MAX_HEADERS: usize = 100;
 
 /// Everything a request handler needs; shared by all connections.
 pub struct App {
@@ -63,18 +73,29 @@ impl App {
 }
 
 /// Serves until `stop_accepting` resolves, then closes the listener and waits for the accepted
-/// connections' requests to be answered (idle keep-alive connections are closed at once).
-pub async fn serve(listener: TcpListener, app: Arc<App>, stop_accepting: impl Future<Output = ()>) {
+/// connections' requests to be answered (idle keep-alive connections are closed at once). At most
+/// `max_connections` are open at once; more are answered 503 and closed.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    max_connections: usize,
+    stop_accepting: impl Future<Output = ()>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(app.read_timeout);
+        .header_read_timeout(app.read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS);
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
         .max_concurrent_streams(128);
+    let limit = ConnectionLimit::new(max_connections, app.hooks.clone());
     let graceful = GracefulShutdown::new();
     tokio::pin!(stop_accepting);
     loop {
@@ -90,15 +111,21 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, stop_accepting: impl Fu
                         continue;
                     }
                 };
+                let Some(slot) = limit.admit() else {
+                    limit.refuse(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
+                let io = TokioIo::new(PrefaceDeadline::new(stream, app.read_timeout));
                 let app = app.clone();
                 let service = service_fn(move |req| {
                     let app = app.clone();
                     async move { Ok::<_, std::convert::Infallible>(routes::handle(&app, req).await) }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = builder.serve_connection(io, service).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
+                    let _slot = slot;
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }

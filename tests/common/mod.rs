@@ -134,7 +134,8 @@ impl TestDaemon {
         while !cond(self.metric(series)) {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{series} never met the condition"
+                "{series} never met the condition (now {})",
+                self.metric(series)
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
