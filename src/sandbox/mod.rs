@@ -129,6 +129,18 @@ impl SandboxErrorKind {
         SandboxErrorKind::Internal,
     ];
 
+    /// What failed, as a client may read it: no host names, paths or remedies (those are the
+    /// operator's, in `SandboxError::message` and the log).
+    pub fn public_text(self) -> &'static str {
+        match self {
+            SandboxErrorKind::Unavailable => "the sandbox engine is not available",
+            SandboxErrorKind::ImageMissing => "the sandbox image is missing",
+            SandboxErrorKind::Start => "the sandbox could not be started",
+            SandboxErrorKind::Io => "the connection to the sandbox broke",
+            SandboxErrorKind::Internal => "an internal error of the sandbox",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             SandboxErrorKind::Unavailable => "unavailable",
@@ -144,7 +156,8 @@ impl SandboxErrorKind {
 #[error("{message}")]
 pub struct SandboxError {
     pub kind: SandboxErrorKind,
-    /// Says what failed and, where it can, how to fix it; shown to clients and operators.
+    /// Says what failed and, where it can, how to fix it: for operators (logs, startup errors);
+    /// clients get `kind.public_text()`.
     pub message: String,
 }
 
