@@ -38,16 +38,10 @@ pub struct Limits {
     pub tmpfs_bytes: u64,
 }
 
+/// The defaults live in `config::DEFAULTS`, with every other setting's.
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            timeout: Duration::from_millis(3500),
-            max_output_bytes: 65536,
-            memory_bytes: 128 << 20,
-            pids: 64,
-            cpus: 1.0,
-            tmpfs_bytes: 16 << 20,
-        }
+        crate::config::Config::default().limits
     }
 }
 
