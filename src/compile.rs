@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::admission::Admission;
-use crate::cache::{self, Cache, Key, Stored};
+use crate::cache::{self, Cache, Key, SharedCache, Stored};
 use crate::hooks::{Hooks, RunResult};
 use crate::sandbox::{Chunk, Limits, RunOutcome, Sandbox, SandboxError, StreamKind};
 
@@ -25,6 +25,8 @@ pub const OUTPUT_TOO_LARGE: &str = "Program output too large.";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheStatus {
     Hit,
+    /// Found in the shared tier (another daemon ran it).
+    SharedHit,
     Miss,
 }
 
@@ -32,6 +34,7 @@ impl CacheStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             CacheStatus::Hit => "HIT",
+            CacheStatus::SharedHit => "SHARED-HIT",
             CacheStatus::Miss => "MISS",
         }
     }
@@ -199,13 +202,19 @@ pub struct Options {
     pub cache_bytes: usize,
     pub max_concurrent_runs: usize,
     pub max_queued: usize,
+    pub shared_cache: Option<SharedCache>,
 }
 
 impl CompileService {
     pub fn new(sandbox: Arc<dyn Sandbox>, opts: Options, hooks: Arc<dyn Hooks>) -> Arc<Self> {
         let fingerprint = format!("{}|{}", sandbox.name(), sandbox.fingerprint());
         Arc::new(CompileService {
-            cache: Cache::new(opts.cache_entries, opts.cache_bytes, hooks.clone()),
+            cache: Cache::new(
+                opts.cache_entries,
+                opts.cache_bytes,
+                opts.shared_cache,
+                hooks.clone(),
+            ),
             admission: Admission::new(opts.max_concurrent_runs, opts.max_queued, hooks.clone()),
             sandbox,
             hooks,
@@ -313,7 +322,18 @@ impl CompileService {
         }
     }
 
+    /// The shared tier first: one lookup for all the requests that wait on this flight.
     async fn run_uncached(&self, key: Key, program: Bytes) -> Answer {
+        if let Some(Stored { status, body }) = self.cache.get_shared(&key).await {
+            return Answer {
+                status,
+                body,
+                cache: Some(CacheStatus::SharedHit),
+                retry_after: None,
+                result: None,
+                key: None,
+            };
+        }
         let _slot = match self.admission.acquire().await {
             Ok(slot) => slot,
             Err(_) => {

@@ -11,6 +11,8 @@ use std::time::Duration;
 use clap::{ArgAction, Args};
 use serde::Deserialize;
 
+use crate::cache::SharedSettings;
+use crate::cache::shared::target::{self, read_auth_file};
 use crate::sandbox::Limits;
 
 /// A duration written like `3500ms`, `30s` or `60m`.
@@ -184,6 +186,22 @@ pub struct Settings {
     /// Log format [default: auto].
     #[arg(long)]
     pub log_format: Option<LogFormat>,
+    /// A shared answer cache on Redis for a fleet: `redis://HOST:PORT[/DB]`, `rediss://...` (TLS),
+    /// or `redis-cluster://HOST:PORT[,HOST:PORT...]` (a Redis Cluster by its seed nodes;
+    /// `rediss-cluster://` for TLS) [default: none].
+    #[arg(long, value_name = "URL")]
+    pub shared_cache: Option<String>,
+    /// How long an answer stays in the shared cache [default: 7d].
+    #[arg(long)]
+    pub shared_cache_ttl: Option<HumanDuration>,
+    /// How long a lookup waits for the shared cache before the request goes on without it
+    /// [default: 20ms].
+    #[arg(long)]
+    pub shared_cache_timeout: Option<HumanDuration>,
+    /// A file with the shared cache's password (one line), or a user name and its password (two
+    /// lines); credentials never go in the URL.
+    #[arg(long, value_name = "FILE")]
+    pub shared_cache_auth_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -223,7 +241,11 @@ impl Settings {
             cpus,
             tmpfs_size,
             read_timeout,
-            log_format
+            log_format,
+            shared_cache,
+            shared_cache_ttl,
+            shared_cache_timeout,
+            shared_cache_auth_file
         )
     }
 }
@@ -257,6 +279,7 @@ pub struct Config {
     pub pool_size: usize,
     pub read_timeout: Duration,
     pub log_format: LogFormat,
+    pub shared_cache: Option<SharedSettings>,
 }
 
 impl Default for Config {
@@ -278,9 +301,54 @@ pub fn parse_address(s: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("address {s:?} resolves to nothing"))
 }
 
+/// The `shared-cache*` settings; the auth file is read here so that `check-config` checks it.
+fn shared_settings(s: &Settings, errors: &mut Vec<String>) -> Option<SharedSettings> {
+    let Some(url) = s.shared_cache.as_deref().filter(|u| !u.trim().is_empty()) else {
+        if s.shared_cache_auth_file.is_some() {
+            errors.push("shared-cache-auth-file is set but shared-cache is not".into());
+        }
+        return None;
+    };
+    let auth = match s.shared_cache_auth_file.as_deref().map(read_auth_file) {
+        Some(Err(e)) => {
+            errors.push(e);
+            return None;
+        }
+        Some(Ok(a)) => Some(a),
+        None => None,
+    };
+    let settings = SharedSettings {
+        target: match target::parse(url.trim(), auth.as_ref()) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(e);
+                return None;
+            }
+        },
+        url: url.trim().to_string(),
+        ttl: s
+            .shared_cache_ttl
+            .map_or(Duration::from_secs(7 * 24 * 3600), |d| d.0),
+        budget: s
+            .shared_cache_timeout
+            .map_or(Duration::from_millis(20), |d| d.0),
+    };
+    if settings.ttl < Duration::from_secs(1) {
+        errors.push("shared-cache-ttl must be at least 1s".into());
+    }
+    if settings.budget.is_zero() {
+        errors.push("shared-cache-timeout must be more than 0".into());
+    }
+    if let Err(e) = settings.check() {
+        errors.push(e);
+    }
+    Some(settings)
+}
+
 impl Config {
     pub fn from_settings(s: Settings) -> Result<Config, String> {
         let mut errors = Vec::new();
+        let shared_cache = shared_settings(&s, &mut errors);
         let address = parse_address(s.address.as_deref().unwrap_or(":8181")).unwrap_or_else(|e| {
             errors.push(e);
             SocketAddr::from(([0, 0, 0, 0], 0))
@@ -320,6 +388,7 @@ impl Config {
             pool_size: s.pool_size.unwrap_or(max_concurrent_runs),
             read_timeout: s.read_timeout.map_or(Duration::from_secs(10), |d| d.0),
             log_format: s.log_format.unwrap_or(LogFormat::Auto),
+            shared_cache,
         };
         c.check(&mut errors);
         if errors.is_empty() {
@@ -431,6 +500,38 @@ mod tests {
             "127.0.0.1:0"
         );
         assert!(parse_address("nonsense").is_err());
+    }
+
+    #[test]
+    fn shared_cache_settings() {
+        assert!(Config::default().shared_cache.is_none());
+        let file: Settings = toml::from_str(
+            "shared-cache = \"redis-cluster://127.0.0.1:7000,127.0.0.1:7001\"\nshared-cache-ttl = \"1d\"",
+        )
+        .unwrap();
+        let c = Config::from_settings(file).unwrap();
+        let shared = c.shared_cache.unwrap();
+        assert_eq!(shared.ttl, Duration::from_secs(86400));
+        assert_eq!(shared.budget, Duration::from_millis(20));
+        let bad = Settings {
+            shared_cache: Some("redis://:pw@127.0.0.1:6379".into()),
+            ..Settings::default()
+        };
+        assert!(
+            Config::from_settings(bad)
+                .unwrap_err()
+                .contains("auth-file")
+        );
+        let missing = Settings {
+            shared_cache: Some("redis://127.0.0.1:6379".into()),
+            shared_cache_auth_file: Some("/nonexistent/auth".into()),
+            ..Settings::default()
+        };
+        assert!(
+            Config::from_settings(missing)
+                .unwrap_err()
+                .contains("/nonexistent/auth")
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::cache::SharedCache;
 use crate::compile::{CompileService, Options};
 use crate::config::{Backend, Config};
 use crate::hooks::Hooks;
@@ -106,6 +107,10 @@ impl Daemon {
                 cache_bytes: config.cache_bytes,
                 max_concurrent_runs: config.max_concurrent_runs,
                 max_queued: config.max_queued,
+                shared_cache: config
+                    .shared_cache
+                    .clone()
+                    .map(|s| SharedCache::start(s, hooks.clone())),
             },
             hooks.clone(),
         );
