@@ -98,10 +98,20 @@ impl Conn {
         })
     }
 
-    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> RedisResult<T> {
+    async fn query_once<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> RedisResult<T> {
         match self {
             Conn::One(c) => cmd.query_async(c).await,
             Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+
+    /// Once more after a dropped connection: the first command after Redis came back finds the
+    /// old connection closed, and the client has reconnected by the second (callers bound both
+    /// together in time).
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> RedisResult<T> {
+        match self.query_once(cmd).await {
+            Err(e) if e.is_io_error() || e.is_connection_dropped() => self.query_once(cmd).await,
+            other => other,
         }
     }
 }
