@@ -65,7 +65,7 @@ start_redis() {
     redis-server --port "$port" --bind 127.0.0.1 --dir "$work/$name" --save "" --appendonly no \
         "$@" >>"$work/$name.log" 2>&1 &
     eval "pid_$name=$!"; pids+=($!)
-    wait_until 10 redis-cli -p "$port" ping || die "redis $name did not start"
+    wait_until 10 redis-cli -p "$port" ping || { tail -5 "$work/$name.log"; die "redis $name did not start"; }
 }
 stop_redis() { redis-cli -p "$1" shutdown nosave >/dev/null 2>&1; }
 
@@ -241,7 +241,12 @@ shared_hits=$((shared_hits_a + $(metric "$port_b" compilerd_shared_cache_hits_to
 # --- 3. a 3-node Redis Cluster ----------------------------------------------------------------
 kill "$pid_b"; wait "$pid_b" 2>/dev/null
 stop_redis "$port_r"
-cports=($(free_port) $(free_port) $(free_port))
+# Three distinct ports, each with its cluster bus port (+10000) in range.
+cports=()
+while [ ${#cports[@]} -lt 3 ]; do
+    p=$(free_port)
+    [ "$p" -le 55535 ] && [[ " ${cports[*]} $port_a $port_b $port_lb $port_stats " != *" $p "* ]] && cports+=("$p")
+done
 i=0
 for p in "${cports[@]}"; do
     start_redis "c$i" "$p" --cluster-enabled yes --cluster-config-file nodes.conf \
