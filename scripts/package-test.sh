@@ -16,12 +16,13 @@
 # kept (/var/cache/compilerd-ci/ and the image compilerd-ci-bookworm); the Debian mirror is the
 # one this machine's apt uses.
 #
-# Environment: KEEP=1 leaves the container running for a look inside.
+# Environment: KEEP=1 leaves the container running for a look inside; PKGTEST_CONTAINER names it
+# (default compilerd-pkgtest).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 
-ctr=compilerd-pkgtest
+ctr=${PKGTEST_CONTAINER:-compilerd-pkgtest}
 cache=/var/cache/compilerd-ci
 # Bump the tag when the recipe of the root changes.
 base_image=compilerd-ci-bookworm:1
