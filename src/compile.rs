@@ -1,6 +1,6 @@
-//! The /compile service: cache → single flight → admission → sandbox → rendered answer. It knows
-//! nothing of HTTP beyond status codes; answers leave here already serialized, so the cache can
-//! hand out the same bytes again.
+//! The /compile service: local cache → single flight → shared cache → admission → sandbox →
+//! rendered answer. It knows nothing of HTTP beyond status codes; answers leave here already
+//! serialized, so the cache can hand out the same bytes again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

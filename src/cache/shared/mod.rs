@@ -225,10 +225,11 @@ impl SharedCache {
 
 impl Inner {
     fn redis_key(&self, key: &Key) -> String {
-        let mut k = String::with_capacity(self.prefix.len() + 40);
+        use std::fmt::Write;
+        let mut k = String::with_capacity(self.prefix.len() + 2 * key.len());
         k.push_str(&self.prefix);
         for b in key {
-            k.push_str(&format!("{b:02x}"));
+            let _ = write!(k, "{b:02x}");
         }
         k
     }
