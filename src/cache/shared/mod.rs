@@ -181,10 +181,14 @@ impl SharedCache {
                 .shared_cache_op(false, SharedOutcome::Skipped, None);
             return None;
         };
-        let cmd = redis::Cmd::get(inner.redis_key(key));
+        // GETRANGE rather than GET: a value past the limit is cut at one byte over it (and then
+        // refused) instead of read whole into memory. A missing key reads as empty.
+        let mut cmd = redis::cmd("GETRANGE");
+        cmd.arg(inner.redis_key(key))
+            .arg(0)
+            .arg(value::MAX_ENCODED_BYTES);
         let started = Instant::now();
-        let result =
-            tokio::time::timeout(inner.settings.budget, conn.query::<Option<Bytes>>(&cmd)).await;
+        let result = tokio::time::timeout(inner.settings.budget, conn.query::<Bytes>(&cmd)).await;
         let latency = started.elapsed();
         let (outcome, found) = match result {
             Err(_) => (SharedOutcome::Timeout, None),
@@ -192,8 +196,8 @@ impl SharedCache {
                 tracing::debug!(error = %e, "shared cache lookup failed");
                 (SharedOutcome::Error, None)
             }
-            Ok(Ok(None)) => (SharedOutcome::Miss, None),
-            Ok(Ok(Some(raw))) => match value::decode(raw) {
+            Ok(Ok(raw)) if raw.is_empty() => (SharedOutcome::Miss, None),
+            Ok(Ok(raw)) => match value::decode(raw) {
                 Ok(v) => (SharedOutcome::Hit, Some(v)),
                 Err(why) => {
                     tracing::debug!(?why, "shared cache value refused");
