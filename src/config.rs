@@ -202,6 +202,10 @@ pub struct Settings {
     /// lines); credentials never go in the URL.
     #[arg(long, value_name = "FILE")]
     pub shared_cache_auth_file: Option<PathBuf>,
+    /// TLS (`rediss://`): PEM certificates of the CA that signed the servers' certificates,
+    /// instead of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub shared_cache_ca_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -245,7 +249,8 @@ impl Settings {
             shared_cache,
             shared_cache_ttl,
             shared_cache_timeout,
-            shared_cache_auth_file
+            shared_cache_auth_file,
+            shared_cache_ca_file
         )
     }
 }
@@ -304,8 +309,8 @@ pub fn parse_address(s: &str) -> Result<SocketAddr, String> {
 /// The `shared-cache*` settings; the auth file is read here so that `check-config` checks it.
 fn shared_settings(s: &Settings, errors: &mut Vec<String>) -> Option<SharedSettings> {
     let Some(url) = s.shared_cache.as_deref().filter(|u| !u.trim().is_empty()) else {
-        if s.shared_cache_auth_file.is_some() {
-            errors.push("shared-cache-auth-file is set but shared-cache is not".into());
+        if s.shared_cache_auth_file.is_some() || s.shared_cache_ca_file.is_some() {
+            errors.push("shared-cache-auth-file or -ca-file is set but shared-cache is not".into());
         }
         return None;
     };
@@ -317,7 +322,21 @@ fn shared_settings(s: &Settings, errors: &mut Vec<String>) -> Option<SharedSetti
         Some(Ok(a)) => Some(a),
         None => None,
     };
+    let ca = match &s.shared_cache_ca_file {
+        Some(path) => match std::fs::read(path) {
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                errors.push(format!(
+                    "cannot read shared-cache-ca-file {}: {e}",
+                    path.display()
+                ));
+                return None;
+            }
+        },
+        None => None,
+    };
     let settings = SharedSettings {
+        ca,
         target: match target::parse(url.trim(), auth.as_ref()) {
             Ok(t) => t,
             Err(e) => {

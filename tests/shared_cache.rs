@@ -239,3 +239,66 @@ async fn redis_down_at_start_and_restarted_later() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Two daemons share through `settings`; the second gets the first's answer.
+async fn shares_through(settings: compilerd::cache::SharedSettings) {
+    let start = || {
+        let mut c = config(Backend::Bwrap);
+        c.shared_cache = Some(settings.clone());
+        TestDaemon::start(c)
+    };
+    let a = start().await;
+    let b = start().await;
+    shared_up(&a).await;
+    shared_up(&b).await;
+    let program = unique("through");
+    assert_eq!(
+        a.compile(program.clone()).await.header("x-cache"),
+        Some("MISS")
+    );
+    a.wait_metric("compilerd_shared_cache_writes_total", |v| v == 1.0)
+        .await;
+    assert_eq!(
+        b.compile(program).await.header("x-cache"),
+        Some("SHARED-HIT")
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn tls_with_a_private_ca() {
+    let (redis, ca) = Redis::start_tls();
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let mut settings = redis_server::settings(&url);
+    settings.ca = Some(std::fs::read(&ca).unwrap());
+    shares_through(settings).await;
+    // Without the CA the server's certificate is refused: the tier never comes up, and requests
+    // are answered all the same.
+    let mut c = config(Backend::Bwrap);
+    c.shared_cache = Some(redis_server::settings(&url));
+    let d = TestDaemon::start(c).await;
+    assert_eq!(d.compile(unique("untrusted")).await.status, 200);
+    d.wait_metric("compilerd_shared_cache_skipped_total{op=\"get\"}", |v| {
+        v == 1.0
+    })
+    .await;
+    assert_eq!(d.metric("compilerd_shared_cache_up"), 0.0);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_password_from_the_auth_file() {
+    let redis = Redis::start_with_password("s3cret-pw");
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth");
+    std::fs::write(&auth, "s3cret-pw\n").unwrap();
+    let file = format!(
+        "shared-cache = \"redis://127.0.0.1:{}\"\nshared-cache-auth-file = \"{}\"",
+        redis.port,
+        auth.display()
+    );
+    let settings: compilerd::config::Settings = toml::from_str(&file).unwrap();
+    let config = compilerd::config::Config::from_settings(settings).unwrap();
+    shares_through(config.shared_cache.unwrap()).await;
+}

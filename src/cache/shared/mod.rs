@@ -15,7 +15,7 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Client, RedisResult};
+use redis::{Client, RedisResult, TlsCertificates};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::AbortHandle;
 
@@ -43,6 +43,9 @@ pub struct SharedSettings {
     pub ttl: Duration,
     /// How long a lookup may wait for Redis before the request goes on without it.
     pub budget: Duration,
+    /// PEM certificates that a TLS server's certificate must chain to, instead of the system's
+    /// roots (a private CA).
+    pub ca: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for SharedSettings {
@@ -58,11 +61,9 @@ impl fmt::Debug for SharedSettings {
 impl SharedSettings {
     /// Builds the clients once, so that a setting the client library refuses is a config error.
     pub fn check(&self) -> Result<(), String> {
-        match &self.target {
-            Target::Standalone(info) => Client::open((**info).clone()).map(drop),
-            Target::Cluster(nodes) => ClusterClient::new(nodes.clone()).map(drop),
-        }
-        .map_err(|e| format!("shared-cache {}: {e}", self.url))
+        Conn::client(self)
+            .map(drop)
+            .map_err(|e| format!("shared-cache {}: {e}", self.url))
     }
 }
 
@@ -72,24 +73,46 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
+enum AnyClient {
+    One(Client),
+    Cluster(ClusterClient),
+}
+
 impl Conn {
+    fn client(settings: &SharedSettings) -> RedisResult<AnyClient> {
+        let certs = || TlsCertificates {
+            client_tls: None,
+            root_cert: settings.ca.clone(),
+        };
+        Ok(match &settings.target {
+            Target::Standalone(info) => AnyClient::One(match settings.ca {
+                Some(_) => Client::build_with_tls((**info).clone(), certs())?,
+                None => Client::open((**info).clone())?,
+            }),
+            Target::Cluster(nodes) => {
+                let mut builder = ClusterClient::builder(nodes.clone())
+                    .connection_timeout(SLOW_OP)
+                    .response_timeout(SLOW_OP)
+                    .retries(1);
+                if settings.ca.is_some() {
+                    builder = builder.certs(certs());
+                }
+                AnyClient::Cluster(builder.build()?)
+            }
+        })
+    }
+
     /// A connection that connects on its first command (and again after a failure).
-    fn open(target: &Target) -> RedisResult<Conn> {
-        Ok(match target {
-            Target::Standalone(info) => {
+    fn open(settings: &SharedSettings) -> RedisResult<Conn> {
+        Ok(match Conn::client(settings)? {
+            AnyClient::One(client) => {
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(SLOW_OP))
                     .set_response_timeout(Some(SLOW_OP))
                     .set_number_of_retries(1);
-                let client = Client::open((**info).clone())?;
                 Conn::One(ConnectionManager::new_lazy_with_config(client, config)?)
             }
-            Target::Cluster(nodes) => {
-                let client = ClusterClient::builder(nodes.clone())
-                    .connection_timeout(SLOW_OP)
-                    .response_timeout(SLOW_OP)
-                    .retries(1)
-                    .build()?;
+            AnyClient::Cluster(client) => {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(SLOW_OP)
                     .set_response_timeout(SLOW_OP);
@@ -331,7 +354,7 @@ impl Inner {
     }
 
     async fn probe(&self) -> Result<Conn, String> {
-        let mut conn = Conn::open(&self.settings.target).map_err(|e| e.to_string())?;
+        let mut conn = Conn::open(&self.settings).map_err(|e| e.to_string())?;
         let cmd = redis::Cmd::exists(format!("{}probe", self.prefix));
         // The first command also connects (and authenticates); the second must fit the budget
         // that lookups get, or the tier would only be marked down again.
