@@ -74,8 +74,8 @@ enum Conn {
 }
 
 enum AnyClient {
-    One(Client),
-    Cluster(ClusterClient),
+    One(Box<Client>),
+    Cluster(Box<ClusterClient>),
 }
 
 impl Conn {
@@ -85,10 +85,10 @@ impl Conn {
             root_cert: settings.ca.clone(),
         };
         Ok(match &settings.target {
-            Target::Standalone(info) => AnyClient::One(match settings.ca {
+            Target::Standalone(info) => AnyClient::One(Box::new(match settings.ca {
                 Some(_) => Client::build_with_tls((**info).clone(), certs())?,
                 None => Client::open((**info).clone())?,
-            }),
+            })),
             Target::Cluster(nodes) => {
                 let mut builder = ClusterClient::builder(nodes.clone())
                     .connection_timeout(SLOW_OP)
@@ -97,7 +97,7 @@ impl Conn {
                 if settings.ca.is_some() {
                     builder = builder.certs(certs());
                 }
-                AnyClient::Cluster(builder.build()?)
+                AnyClient::Cluster(Box::new(builder.build()?))
             }
         })
     }
@@ -110,7 +110,7 @@ impl Conn {
                     .set_connection_timeout(Some(SLOW_OP))
                     .set_response_timeout(Some(SLOW_OP))
                     .set_number_of_retries(1);
-                Conn::One(ConnectionManager::new_lazy_with_config(client, config)?)
+                Conn::One(ConnectionManager::new_lazy_with_config(*client, config)?)
             }
             AnyClient::Cluster(client) => {
                 let config = ClusterConfig::new()
