@@ -324,6 +324,20 @@ fn shared_settings(s: &Settings, errors: &mut Vec<String>) -> Option<SharedSetti
     };
     let ca = match &s.shared_cache_ca_file {
         Some(path) => match std::fs::read(path) {
+            Ok(pem) if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => {
+                errors.push(format!(
+                    "shared-cache-ca-file {} holds no PEM certificate",
+                    path.display()
+                ));
+                return None;
+            }
+            Ok(_) if !url.trim().starts_with("rediss") => {
+                errors.push(
+                    "shared-cache-ca-file is for TLS: use a rediss:// or rediss-cluster:// URL"
+                        .into(),
+                );
+                return None;
+            }
             Ok(pem) => Some(pem),
             Err(e) => {
                 errors.push(format!(
