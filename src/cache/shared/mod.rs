@@ -341,10 +341,13 @@ impl Inner {
                         break;
                     }
                     Err(e) => {
-                        if e != last_error {
+                        // Why it is down (refused, TLS, auth...): once per episode, at start too.
+                        if last_error.is_empty() {
+                            tracing::warn!(url = %self.settings.url, error = %e, "shared cache does not answer; probing in the background");
+                        } else if e != last_error {
                             tracing::debug!(url = %self.settings.url, error = %e, "shared cache probe failed");
-                            last_error = e;
                         }
+                        last_error = e;
                     }
                 }
                 tokio::time::sleep(pause).await;
