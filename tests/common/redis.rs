@@ -48,7 +48,8 @@ impl Redis {
     /// and the CA's PEM file.
     pub fn start_tls() -> (Redis, std::path::PathBuf) {
         let port = free_port();
-        let certs = tempfile::tempdir().unwrap().keep();
+        let certs_dir = tempfile::tempdir().unwrap();
+        let certs = certs_dir.path().to_path_buf();
         let sh = |script: &str| {
             let ok = Command::new("sh")
                 .arg("-c")
@@ -92,7 +93,7 @@ impl Redis {
             ca: Some(ca.clone()),
             args,
             child: None,
-            dir: tempfile::tempdir().unwrap(),
+            dir: certs_dir,
         };
         r.restart();
         (r, ca)
