@@ -12,6 +12,8 @@ use std::time::Duration;
 use clap::{ArgAction, Args};
 use serde::Deserialize;
 
+use crate::cache::SharedSettings;
+use crate::cache::shared::target::{self, read_auth_file};
 use crate::sandbox::Limits;
 
 /// A duration written like `3500ms`, `30s` or `60m`.
@@ -130,6 +132,8 @@ cpus = 1.0
 tmpfs-size = "16MiB"
 read-timeout = "10s"
 log-format = "auto"
+shared-cache-ttl = "7d"
+shared-cache-timeout = "20ms"
 "#;
 
 /// Every setting, each both a flag and a key of the TOML file.
@@ -228,6 +232,26 @@ pub struct Settings {
     /// `[languages.NAME]` tables, file only; without any, the flat settings are one language.
     #[arg(skip)]
     pub languages: Option<BTreeMap<String, LanguageSettings>>,
+    /// A shared answer cache on Redis for a fleet: `redis://HOST:PORT[/DB]`, `rediss://...` (TLS),
+    /// or `redis-cluster://HOST:PORT[,HOST:PORT...]` (a Redis Cluster by its seed nodes;
+    /// `rediss-cluster://` for TLS) [default: none].
+    #[arg(long, value_name = "URL")]
+    pub shared_cache: Option<String>,
+    /// How long an answer stays in the shared cache [default: 7d].
+    #[arg(long)]
+    pub shared_cache_ttl: Option<HumanDuration>,
+    /// How long a lookup waits for the shared cache before the request goes on without it
+    /// [default: 20ms].
+    #[arg(long)]
+    pub shared_cache_timeout: Option<HumanDuration>,
+    /// A file with the shared cache's password (one line), or a user name and its password (two
+    /// lines); credentials never go in the URL.
+    #[arg(long, value_name = "FILE")]
+    pub shared_cache_auth_file: Option<PathBuf>,
+    /// TLS (`rediss://`): PEM certificates of the CA that signed the servers' certificates,
+    /// instead of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub shared_cache_ca_file: Option<PathBuf>,
 }
 
 /// One `[languages.NAME]` table: its sandbox and, optionally, its own limits; what it leaves out
@@ -325,7 +349,12 @@ impl Settings {
             max_connections,
             log_format,
             default_language,
-            languages
+            languages,
+            shared_cache,
+            shared_cache_ttl,
+            shared_cache_timeout,
+            shared_cache_auth_file,
+            shared_cache_ca_file
         )
     }
 }
@@ -365,6 +394,7 @@ pub struct Config {
     /// As written; `languages()` resolves them against the flat settings.
     pub language_tables: BTreeMap<String, LanguageSettings>,
     pub default_language: Option<String>,
+    pub shared_cache: Option<SharedSettings>,
 }
 
 impl Default for Config {
@@ -386,6 +416,80 @@ pub fn parse_address(s: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("address {s:?} resolves to nothing"))
 }
 
+/// The `shared-cache*` settings; the auth file is read here so that `check-config` checks it.
+fn shared_settings(s: &Settings, errors: &mut Vec<String>) -> Option<SharedSettings> {
+    let Some(url) = s.shared_cache.as_deref().filter(|u| !u.trim().is_empty()) else {
+        if s.shared_cache_auth_file.is_some() || s.shared_cache_ca_file.is_some() {
+            errors.push("shared-cache-auth-file or -ca-file is set but shared-cache is not".into());
+        }
+        return None;
+    };
+    let auth = match s.shared_cache_auth_file.as_deref().map(read_auth_file) {
+        Some(Err(e)) => {
+            errors.push(e);
+            return None;
+        }
+        Some(Ok(a)) => Some(a),
+        None => None,
+    };
+    let ca = match &s.shared_cache_ca_file {
+        Some(path) => match std::fs::read(path) {
+            Ok(pem) if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => {
+                errors.push(format!(
+                    "shared-cache-ca-file {} holds no PEM certificate",
+                    path.display()
+                ));
+                return None;
+            }
+            Ok(_) if !url.trim().starts_with("rediss") => {
+                errors.push(
+                    "shared-cache-ca-file is for TLS: use a rediss:// or rediss-cluster:// URL"
+                        .into(),
+                );
+                return None;
+            }
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                errors.push(format!(
+                    "cannot read shared-cache-ca-file {}: {e}",
+                    path.display()
+                ));
+                return None;
+            }
+        },
+        None => None,
+    };
+    let settings = SharedSettings {
+        ca,
+        target: match target::parse(url.trim(), auth.as_ref()) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(e);
+                return None;
+            }
+        },
+        url: url.trim().to_string(),
+        ttl: s
+            .shared_cache_ttl
+            .expect("shared-cache-ttl has its default in DEFAULTS")
+            .0,
+        budget: s
+            .shared_cache_timeout
+            .expect("shared-cache-timeout has its default in DEFAULTS")
+            .0,
+    };
+    if settings.ttl < Duration::from_secs(1) {
+        errors.push("shared-cache-ttl must be at least 1s".into());
+    }
+    if settings.budget.is_zero() {
+        errors.push("shared-cache-timeout must be more than 0".into());
+    }
+    if let Err(e) = settings.check() {
+        errors.push(e);
+    }
+    Some(settings)
+}
+
 impl Config {
     pub fn from_settings(s: Settings) -> Result<Config, String> {
         let s = s.over(Settings::defaults());
@@ -397,6 +501,7 @@ impl Config {
             };
         }
         let mut errors = Vec::new();
+        let shared_cache = shared_settings(&s, &mut errors);
         let address = parse_address(&fixed!(address)).unwrap_or_else(|e| {
             errors.push(e);
             SocketAddr::from(([0, 0, 0, 0], 0))
@@ -439,6 +544,7 @@ impl Config {
             log_format: fixed!(log_format),
             language_tables: s.languages.unwrap_or_default(),
             default_language: s.default_language,
+            shared_cache,
         };
         c.check(&mut errors);
         if errors.is_empty() {
@@ -634,11 +740,7 @@ mod tests {
         let d = Settings::defaults();
         let filled = Config::from_settings(Settings::default()).unwrap();
         assert_eq!(filled.limits.timeout, d.timeout.unwrap().0);
-        assert_eq!(
-            defaults_as_written().len(),
-            20,
-            "a key was added: extend these tests"
-        );
+        assert_eq!(filled.read_timeout, d.read_timeout.unwrap().0);
     }
 
     #[test]
@@ -787,6 +889,38 @@ mod tests {
         let e = bad("[languages.\"Go Lang\"]\n");
         assert!(e.contains("language names"), "{e}");
         assert!(toml::from_str::<Settings>("[languages.go]\nimgae = \"x\"\n").is_err());
+    }
+
+    #[test]
+    fn shared_cache_settings() {
+        assert!(Config::default().shared_cache.is_none());
+        let file: Settings = toml::from_str(
+            "shared-cache = \"redis-cluster://127.0.0.1:7000,127.0.0.1:7001\"\nshared-cache-ttl = \"1d\"",
+        )
+        .unwrap();
+        let c = Config::from_settings(file).unwrap();
+        let shared = c.shared_cache.unwrap();
+        assert_eq!(shared.ttl, Duration::from_secs(86400));
+        assert_eq!(shared.budget, Duration::from_millis(20));
+        let bad = Settings {
+            shared_cache: Some("redis://:pw@127.0.0.1:6379".into()),
+            ..Settings::default()
+        };
+        assert!(
+            Config::from_settings(bad)
+                .unwrap_err()
+                .contains("auth-file")
+        );
+        let missing = Settings {
+            shared_cache: Some("redis://127.0.0.1:6379".into()),
+            shared_cache_auth_file: Some("/nonexistent/auth".into()),
+            ..Settings::default()
+        };
+        assert!(
+            Config::from_settings(missing)
+                .unwrap_err()
+                .contains("/nonexistent/auth")
+        );
     }
 
     #[test]
