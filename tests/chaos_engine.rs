@@ -155,7 +155,7 @@ async fn engine_stopped_under_load_then_back() {
             failed
         }));
     }
-    d.wait_metric("compilerd_runs_total{outcome=\"ok\"}", |n| n >= 8.0)
+    d.wait_metric("compilerd_runs_total{language=\"default\",outcome=\"ok\"}", |n| n >= 8.0)
         .await;
     stop_engine(systemd).await;
     // Requests keep coming while the engine is down.

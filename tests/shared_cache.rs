@@ -40,7 +40,8 @@ fn unique(tag: &str) -> String {
 }
 
 fn shared_keys(r: &Redis) -> Vec<String> {
-    r.cmd(redis::cmd("KEYS").arg("compilerd:v1:*"))
+    let pattern = format!("compilerd:v{}:*", compilerd::cache::value::FORMAT);
+    r.cmd(redis::cmd("KEYS").arg(pattern))
 }
 
 #[tokio::test]
@@ -65,7 +66,10 @@ async fn an_answer_run_on_one_daemon_is_a_shared_hit_on_another() {
         "the shared hit filled B's local cache"
     );
     assert_eq!(b.metric("compilerd_shared_cache_hits_total"), 1.0);
-    assert_eq!(b.metric("compilerd_runs_total{outcome=\"ok\"}"), 0.0);
+    assert_eq!(
+        b.metric("compilerd_runs_total{language=\"default\",outcome=\"ok\"}"),
+        0.0
+    );
     let keys = shared_keys(&redis);
     assert_eq!(keys.len(), 1, "{keys:?}");
     let ttl: i64 = redis.cmd(redis::cmd("TTL").arg(&keys[0]));
