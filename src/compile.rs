@@ -15,12 +15,17 @@ use tokio::sync::Notify;
 use crate::admission::Admission;
 use crate::cache::{self, Cache, Key, Stored};
 use crate::hooks::{Hooks, RunResult};
-use crate::sandbox::{Chunk, Limits, RunOutcome, Sandbox, SandboxError, StreamKind};
+use crate::sandbox::{Chunk, Limits, LiveOutput, RunOutcome, Sandbox, SandboxError, StreamKind};
 
 /// The Go server's notice after a killed run; existing frontends show it.
 pub const TIMEOUT_NOTICE: &str = "\nTime exceeded, killing...\n";
 pub const PROGRAM_TOO_LARGE: &str = "Program too large.";
 pub const OUTPUT_TOO_LARGE: &str = "Program output too large.";
+/// The Go server's `Errors` for a run past its deadline; its clients recognise it.
+pub const PROCESS_TOOK_TOO_LONG: &str = "process took too long";
+/// Said to live clients when every run slot is busy and the queue is full (/compile says the
+/// same with a 503).
+pub const SERVER_BUSY: &str = "Server busy: too many programs are running. Retry shortly.";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheStatus {
@@ -354,6 +359,103 @@ impl CompileService {
             result: Some(run_result),
             key: None,
         }
+    }
+}
+
+/// The end of a live run, as the socket transport reports it: empty when the program exited 0,
+/// else what went wrong in the words the Go playground's clients show after "Program exited: ".
+fn end_message(result: &Result<RunOutcome, SandboxError>, limits: &Limits) -> String {
+    match result {
+        Ok(RunOutcome::Exited { status: 0, .. }) => String::new(),
+        Ok(RunOutcome::Exited { status, .. }) => format!("exit status {status}"),
+        Ok(RunOutcome::TimedOut { .. }) => PROCESS_TOOK_TOO_LONG.into(),
+        Ok(RunOutcome::OutputTooLarge { .. }) => OUTPUT_TOO_LARGE.into(),
+        Ok(RunOutcome::OutOfMemory { .. }) => format!(
+            "out of memory: the program used more than its {} MiB",
+            limits.memory_bytes >> 20
+        ),
+        Err(e) => format!("Sandbox failed: {}", e.message),
+    }
+}
+
+/// What a live run needs of a cached answer, whatever form it was rendered in: its events and
+/// how it ended.
+#[derive(serde::Deserialize)]
+struct CachedAnswer {
+    #[serde(rename = "Errors", default)]
+    errors: String,
+    #[serde(rename = "Events", default)]
+    events: Option<Vec<CachedEvent>>,
+    #[serde(rename = "Status", default)]
+    status: i64,
+}
+
+#[derive(serde::Deserialize)]
+struct CachedEvent {
+    #[serde(rename = "Message")]
+    message: String,
+    #[serde(rename = "Kind")]
+    kind: String,
+}
+
+/// Sends a cached answer's output to `live` at once; returns its end message.
+fn replay(body: &[u8], live: &LiveOutput) -> String {
+    let Ok(cached) = serde_json::from_slice::<CachedAnswer>(body) else {
+        return "Internal error: a cached answer could not be read.".into();
+    };
+    for e in cached.events.unwrap_or_default() {
+        let kind = match e.kind.as_str() {
+            "stderr" => StreamKind::Stderr,
+            _ => StreamKind::Stdout,
+        };
+        let _ = live.send(Chunk {
+            kind,
+            data: e.message.into_bytes(),
+            at: Duration::ZERO,
+        });
+    }
+    if !cached.errors.is_empty() {
+        cached.errors
+    } else if cached.status != 0 {
+        format!("exit status {}", cached.status)
+    } else {
+        String::new()
+    }
+}
+
+impl CompileService {
+    /// Runs a program for a live transport: its output goes to `live` as it is written and the
+    /// end message is returned. Same size limit, admission, deadline, cap and metrics as
+    /// `compile`; a cached answer is replayed at once, and a completed run's answer is cached.
+    /// Not shared with identical runs in flight: each live client sees its own run's output.
+    /// Dropping the future (a killed run, a client gone) drops the sandbox run, which removes its
+    /// sandbox on the spot.
+    pub async fn run_live(&self, program: Bytes, live: LiveOutput) -> String {
+        if program.len() > self.max_program_bytes {
+            self.hooks.program_too_large();
+            return PROGRAM_TOO_LARGE.into();
+        }
+        let key = self.key(&program);
+        if let Some(Stored { body, .. }) = self.cache.get(&key) {
+            return replay(&body, &live);
+        }
+        let Ok(_slot) = self.admission.acquire().await else {
+            self.hooks.overload_rejected();
+            return SERVER_BUSY.into();
+        };
+        let started = Instant::now();
+        let result = self.sandbox.run(program, Some(live)).await;
+        let elapsed = started.elapsed();
+        if let Err(e) = &result {
+            self.hooks.sandbox_error(e.kind.as_str());
+            tracing::error!(kind = e.kind.as_str(), error = %e.message, "sandbox failed");
+        }
+        let (status, body, run_result, cacheable) = render(&result, &self.limits);
+        self.hooks.run_finished(run_result, elapsed);
+        if cacheable {
+            self.cache.insert(key, Stored { status, body });
+        }
+        end_message(&result, &self.limits)
     }
 }
 

@@ -184,6 +184,9 @@ pub struct Settings {
     /// Log format [default: auto].
     #[arg(long)]
     pub log_format: Option<LogFormat>,
+    /// Serve a playground page at / [default: true].
+    #[arg(long, action = ArgAction::Set, value_name = "BOOL")]
+    pub ui: Option<bool>,
 }
 
 impl Settings {
@@ -223,7 +226,8 @@ impl Settings {
             cpus,
             tmpfs_size,
             read_timeout,
-            log_format
+            log_format,
+            ui
         )
     }
 }
@@ -257,6 +261,7 @@ pub struct Config {
     pub pool_size: usize,
     pub read_timeout: Duration,
     pub log_format: LogFormat,
+    pub ui: bool,
 }
 
 impl Default for Config {
@@ -320,6 +325,7 @@ impl Config {
             pool_size: s.pool_size.unwrap_or(max_concurrent_runs),
             read_timeout: s.read_timeout.map_or(Duration::from_secs(10), |d| d.0),
             log_format: s.log_format.unwrap_or(LogFormat::Auto),
+            ui: s.ui.unwrap_or(true),
         };
         c.check(&mut errors);
         if errors.is_empty() {

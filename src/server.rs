@@ -117,6 +117,7 @@ impl Daemon {
             metrics,
             hooks,
             config.read_timeout,
+            config.ui,
         );
 
         let (stop_accepting_tx, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();

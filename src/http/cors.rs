@@ -21,6 +21,18 @@ impl Cors {
         Cors { allow }
     }
 
+    /// Whether a request may be served at all: with an allow-origin list, one whose `Origin` is
+    /// present and not on the list may not (a browser page of another site). Requests without
+    /// `Origin` (curl, server to server) may.
+    pub fn allows(&self, request_headers: &HeaderMap) -> bool {
+        match (&self.allow, request_headers.get(ORIGIN)) {
+            (AllowOrigin::List(list), Some(origin)) => {
+                list.iter().any(|o| o.as_bytes() == origin.as_bytes())
+            }
+            _ => true,
+        }
+    }
+
     /// Adds the allow-origin header (and Vary when the answer depends on Origin).
     pub fn apply(&self, request: &HeaderMap, response: &mut HeaderMap) {
         match &self.allow {
@@ -71,6 +83,15 @@ mod tests {
         let mut out = HeaderMap::new();
         cors.apply(&with_origin("https://evil.example"), &mut out);
         assert!(out.get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+    }
+
+    #[test]
+    fn allows_listed_or_absent_origins_only() {
+        let cors = Cors::new(AllowOrigin::List(vec!["https://a.example".into()]));
+        assert!(cors.allows(&with_origin("https://a.example")));
+        assert!(!cors.allows(&with_origin("https://evil.example")));
+        assert!(cors.allows(&HeaderMap::new()));
+        assert!(Cors::new(AllowOrigin::Any).allows(&with_origin("https://evil.example")));
     }
 
     #[test]

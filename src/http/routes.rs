@@ -9,18 +9,21 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use std::sync::Arc;
+
 use super::App;
 use super::body::{BodyError, read_bounded};
 use super::cors::ALLOW_METHODS;
+use super::{socket, ui};
 use crate::compile::{Answer, CacheStatus, error_body};
 
-type Resp = Response<Full<Bytes>>;
+pub(super) type Resp = Response<Full<Bytes>>;
 
 /// A `HeaderName` built once: inserting by `&str` copies a non-standard name into a fresh
 /// allocation on every response (one of the few allocations of a cache hit, per tests/hot_path.rs).
 static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
-fn response(status: u16, content_type: &'static str, body: Bytes) -> Resp {
+pub(super) fn response(status: u16, content_type: &'static str, body: Bytes) -> Resp {
     let mut r = Response::new(Full::new(body));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut()
@@ -28,16 +31,20 @@ fn response(status: u16, content_type: &'static str, body: Bytes) -> Resp {
     r
 }
 
-fn json_error(status: u16, message: &str) -> Resp {
+pub(super) fn json_error(status: u16, message: &str) -> Resp {
     response(status, "application/json", error_body(message))
 }
 
-pub async fn handle(app: &App, req: Request<Incoming>) -> Resp {
+pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
     let started = Instant::now();
     let (handler, resp) = match req.uri().path() {
         "/compile" => ("compile", compile(app, req, started).await),
         "/healthz" => ("healthz", healthz(app, &req)),
         "/metrics" => ("metrics", metrics(app, &req)),
+        "/socket" => ("socket", socket::upgrade(app, req)),
+        path if app.ui && ui::serves(path) => {
+            ("ui", only_get(&req).unwrap_or_else(|| ui::page(path)))
+        }
         _ => (
             "other",
             response(
