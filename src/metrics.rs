@@ -39,7 +39,7 @@ pub struct Metrics {
 }
 
 /// The handlers `requests_total` and `request_duration_seconds` are labelled with.
-const HANDLERS: [&str; 4] = ["compile", "healthz", "metrics", "other"];
+const HANDLERS: [&str; 6] = ["compile", "socket", "ui", "healthz", "metrics", "other"];
 
 fn buckets() -> Vec<f64> {
     // 1 ms to 10 s, roughly ×2.5 a step: a cache hit, a pooled run and a timeout each land in

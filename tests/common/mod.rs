@@ -1,6 +1,8 @@
 //! A compilerd daemon in the test process, on 127.0.0.1:0, against a real sandbox backend.
 #![allow(dead_code)]
 
+pub mod ws;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +10,7 @@ use std::time::Duration;
 use compilerd::config::{Backend, Config};
 use compilerd::hooks::Hooks;
 use compilerd::metrics::Metrics;
+use compilerd::sandbox::Sandbox;
 use compilerd::server::{self, Daemon, StopRequests, Stopped};
 
 pub fn test_image() -> String {
@@ -48,13 +51,27 @@ pub struct TestDaemon {
 
 impl TestDaemon {
     pub async fn start(config: Config) -> TestDaemon {
-        let listener = tokio::net::TcpListener::bind(config.address).await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let metrics = Arc::new(Metrics::new());
         let hooks: Arc<dyn Hooks> = metrics.clone();
         let sandbox = server::open_sandbox(&config, hooks.clone())
             .await
             .expect("sandbox opens");
+        TestDaemon::start_on(config, sandbox, metrics).await
+    }
+
+    /// A daemon on a sandbox the test made (e.g. `ScriptedSandbox`).
+    pub async fn start_with(config: Config, sandbox: Arc<dyn Sandbox>) -> TestDaemon {
+        TestDaemon::start_on(config, sandbox, Arc::new(Metrics::new())).await
+    }
+
+    async fn start_on(
+        config: Config,
+        sandbox: Arc<dyn Sandbox>,
+        metrics: Arc<Metrics>,
+    ) -> TestDaemon {
+        let hooks: Arc<dyn Hooks> = metrics.clone();
+        let listener = tokio::net::TcpListener::bind(config.address).await.unwrap();
+        let addr = listener.local_addr().unwrap();
         let stops = StopRequests::default();
         let daemon = Daemon {
             config,
