@@ -397,6 +397,7 @@ mod tests {
         assert_eq!(c.max_program_bytes, 65536);
         assert_eq!(c.cache_entries, 10_000);
         assert_eq!(c.allow_origin, AllowOrigin::Any);
+        assert!(c.ui);
     }
 
     #[test]
@@ -418,7 +419,8 @@ mod tests {
     fn file_rejects_unknown_keys_and_flags_win() {
         assert!(toml::from_str::<Settings>("tiemout = \"1s\"").is_err());
         let file: Settings =
-            toml::from_str("timeout = \"1s\"\nmax-queued = 3\nmemory = \"64MiB\"").unwrap();
+            toml::from_str("timeout = \"1s\"\nmax-queued = 3\nmemory = \"64MiB\"\nui = false")
+                .unwrap();
         let flags = Settings {
             timeout: Some("2s".parse().unwrap()),
             ..Settings::default()
@@ -427,6 +429,7 @@ mod tests {
         assert_eq!(c.limits.timeout, Duration::from_secs(2));
         assert_eq!(c.max_queued, 3);
         assert_eq!(c.limits.memory_bytes, 64 << 20);
+        assert!(!c.ui);
     }
 
     #[test]
