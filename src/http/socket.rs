@@ -48,6 +48,10 @@ pub const MAX_MESSAGES: usize = 1000;
 pub const MAX_RUNS_PER_CONNECTION: usize = 16;
 /// The `end` of a run that a `kill`, or a second run with its `Id`, stopped (Go's words for it).
 pub const KILLED: &str = "signal: killed";
+/// Messages waiting for a client that does not read; past them the connection is dropped (its
+/// runs killed). Runs never wait for the client: a run that did would stop reading its program's
+/// output, and its deadline would wait with it.
+const OUTBOX: usize = 4096;
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -178,7 +182,11 @@ enum Ended {
 
 async fn session(app: Arc<App>, ws: Socket) {
     let (mut sink, mut stream) = ws.split();
-    let (out, mut outbox) = mpsc::channel::<Message>(64);
+    let (out, mut outbox) = mpsc::channel::<Message>(OUTBOX);
+    let out = Outbox {
+        tx: out,
+        stuck: CancellationToken::new(),
+    };
     let writer = tokio::spawn(async move {
         while let Some(m) = outbox.recv().await {
             if sink.send(m).await.is_err() {
@@ -222,7 +230,7 @@ async fn session(app: Arc<App>, ws: Socket) {
                             None
                         };
                         if let Some(why) = refusal {
-                            let _ = out.send(message(&m.id, "end", why)).await;
+                            out.send(message(&m.id, "end", why));
                             continue;
                         }
                         seq += 1;
@@ -252,6 +260,7 @@ async fn session(app: Arc<App>, ws: Socket) {
                 }
             }
             _ = app.closing.cancelled(), if !closing => closing = true,
+            _ = out.stuck.cancelled() => break Ended::ClientGone,
         }
     };
     for r in runs.into_values() {
@@ -269,13 +278,11 @@ async fn session(app: Arc<App>, ws: Socket) {
         Ended::ClientGone => writer.abort(),
         Ended::Invalid(why) => {
             tracing::debug!(reason = %why, "closing a websocket");
-            let _ = out.send(close(CloseCode::Invalid, &why)).await;
+            out.send(close(CloseCode::Invalid, &why));
             finish(writer, out).await;
         }
         Ended::Closing => {
-            let _ = out
-                .send(close(CloseCode::Away, "server shutting down"))
-                .await;
+            out.send(close(CloseCode::Away, "server shutting down"));
             finish(writer, out).await;
         }
     }
@@ -283,7 +290,7 @@ async fn session(app: Arc<App>, ws: Socket) {
 
 /// Lets the writer send what is queued and close, for a bounded time: a client that stopped
 /// reading does not hold the drain up.
-async fn finish(writer: JoinHandle<()>, out: mpsc::Sender<Message>) {
+async fn finish(writer: JoinHandle<()>, out: Outbox) {
     drop(out);
     let abort = writer.abort_handle();
     if tokio::time::timeout(Duration::from_secs(1), writer)
@@ -294,12 +301,28 @@ async fn finish(writer: JoinHandle<()>, out: mpsc::Sender<Message>) {
     }
 }
 
+/// The queue to the connection's writer, shared by the session and its runs.
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::Sender<Message>,
+    /// Cancelled when the queue overflowed: the client is not reading.
+    stuck: CancellationToken,
+}
+
+impl Outbox {
+    fn send(&self, m: Message) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(m) {
+            self.stuck.cancel();
+        }
+    }
+}
+
 /// One run: forwards its output as it comes, coalesced, then sends its one `end`.
 async fn run(
     compile: Arc<CompileService>,
     id: String,
     program: Bytes,
-    out: mpsc::Sender<Message>,
+    out: Outbox,
     cancel: CancellationToken,
     (done, seq): (mpsc::UnboundedSender<(String, u64)>, u64),
 ) {
@@ -308,12 +331,12 @@ async fn run(
     let mut sandbox_run = Box::pin(async move { compile.run_live(program, live).await });
     let mut batch = Batch::default();
     let mut sent = 0usize;
-    let mut send = async |kind: StreamKind, text: String| -> bool {
+    let mut send = |kind: StreamKind, text: String| -> bool {
         if sent == MAX_MESSAGES {
             return false;
         }
         sent += 1;
-        let _ = out.send(message(&id, kind.as_str(), &text)).await;
+        out.send(message(&id, kind.as_str(), &text));
         true
     };
     let end = 'run: loop {
@@ -323,13 +346,13 @@ async fn run(
             end = &mut sandbox_run => {
                 while let Ok(chunk) = output.try_recv() {
                     if let Some((kind, text)) = batch.push(chunk)
-                        && !send(kind, text).await
+                        && !send(kind, text)
                     {
                         break 'run OUTPUT_TOO_LARGE.to_string();
                     }
                 }
                 if let Some((kind, text)) = batch.take()
-                    && !send(kind, text).await
+                    && !send(kind, text)
                 {
                     break OUTPUT_TOO_LARGE.to_string();
                 }
@@ -337,7 +360,7 @@ async fn run(
             }
             Some(chunk) = output.recv() => {
                 if let Some((kind, text)) = batch.push(chunk)
-                    && !send(kind, text).await
+                    && !send(kind, text)
                 {
                     break OUTPUT_TOO_LARGE.to_string();
                 }
@@ -345,7 +368,7 @@ async fn run(
             _ = tokio::time::sleep_until(batch.due()), if batch.deadline.is_some() => {
                 batch.deadline = None;
                 if let Some((kind, text)) = batch.take()
-                    && !send(kind, text).await
+                    && !send(kind, text)
                 {
                     break OUTPUT_TOO_LARGE.to_string();
                 }
@@ -354,7 +377,7 @@ async fn run(
     };
     // Dropping the run kills and removes its sandbox if it is still going, before the `end`.
     drop(sandbox_run);
-    let _ = out.send(message(&id, "end", &end)).await;
+    out.send(message(&id, "end", &end));
     tracing::debug!(
         id = %id,
         end = %end,
