@@ -278,33 +278,52 @@ fn parse_captured(raw: &[u8]) -> (Vec<(String, String)>, String) {
     (headers, String::from_utf8_lossy(&raw[i + 4..]).into_owned())
 }
 
-#[tokio::test]
-async fn go_playground_frontend_from_another_origin() {
+/// The daemon, allowing only the origin of one foreign page; a second page serves from an origin
+/// it does not allow (and captures requests sent to it).
+struct Origins {
+    d: TestDaemon,
+    daemon: String,
+    allowed: String,
+    denied: String,
+    captured: mpsc::UnboundedReceiver<Vec<u8>>,
+}
+
+async fn origins() -> Origins {
     let (allowed, _) = serve_foreign().await;
-    // Also the capture server for the allowed page: another origin to it, as the daemon is.
-    let (denied, mut captured) = serve_foreign().await;
-    let allowed_origin = format!("http://{allowed}");
-    let denied_origin = format!("http://{denied}");
+    let (denied, captured) = serve_foreign().await;
+    let allowed = format!("http://{allowed}");
     let mut c = daemon_config();
-    c.allow_origin = AllowOrigin::List(vec![allowed_origin.clone()]);
+    c.allow_origin = AllowOrigin::List(vec![allowed.clone()]);
     let d = TestDaemon::start(c).await;
-    let daemon = format!("http://{}", d.addr);
-    let program = "echo \"hi & bye\" 50%; echo err >&2; exit 3";
+    Origins {
+        daemon: format!("http://{}", d.addr),
+        d,
+        allowed,
+        denied: format!("http://{denied}"),
+        captured,
+    }
+}
 
+const FRONTEND_PROGRAM: &str = "echo \"hi & bye\" 50%; echo err >&2; exit 3";
+
+/// What the frontend sends, captured from a real browser; and its socket transport, from an
+/// allowed origin and a refused one.
+#[tokio::test]
+async fn go_frontend_request_and_socket_across_origins() {
+    let mut o = origins().await;
     let mut b = Browser::start().await;
-    b.open(&format!("{allowed_origin}/")).await;
+    b.open(&format!("{}/", o.allowed)).await;
 
-    // First, capture what the page sends (to the test's own server, cross-origin as well).
-    let capture_server = format!("http://{denied}");
+    // What the page sends, to the test's own server (of another origin, as the daemon is).
     let r = b
         .eval(&format!(
             "compile({}, {})",
-            json!(capture_server),
-            json!(program)
+            json!(o.denied),
+            json!(FRONTEND_PROGRAM)
         ))
         .await;
     assert_eq!(r["status"], json!(200));
-    let raw = captured.recv().await.unwrap();
+    let raw = o.captured.recv().await.unwrap();
     let (headers, body) = parse_captured(&raw);
     let header = |k: &str| {
         headers
@@ -320,18 +339,56 @@ async fn go_playground_frontend_from_another_origin() {
         header("accept"),
         Some("application/json, text/javascript, */*; q=0.01")
     );
-    assert_eq!(header("origin"), Some(allowed_origin.as_str()));
+    assert_eq!(header("origin"), Some(o.allowed.as_str()));
     assert_eq!(header("x-requested-with"), None);
     let expected_body = format!(
         "version=2&body={}&withVet=",
-        encode_uri_component(program).replace("%20", "+")
+        encode_uri_component(FRONTEND_PROGRAM).replace("%20", "+")
     );
     assert_eq!(body, expected_body);
 
-    // The same request to the daemon, from an allowed origin: a 200 the client can render.
-    let r = b
-        .eval(&format!("compile({}, {})", json!(daemon), json!(program)))
+    let socket = b
+        .eval(&format!("socketRun({}, 'echo live')", json!(o.daemon)))
         .await;
+    assert_eq!(socket["opened"], json!(true), "{socket}");
+    assert_eq!(
+        socket["messages"],
+        json!([{"Id": "0", "Kind": "stdout", "Body": "live\n"}, {"Id": "0", "Kind": "end", "Body": ""}])
+    );
+    b.screenshot("foreign-allowed-socket").await;
+
+    let mut other = Browser::start().await;
+    other.open(&format!("{}/", o.denied)).await;
+    let socket = other
+        .eval(&format!(
+            "socketRun({}, 'echo must not run')",
+            json!(o.daemon)
+        ))
+        .await;
+    assert_eq!(socket["opened"], json!(false), "{socket}");
+    other.screenshot("foreign-denied-socket").await;
+    assert_eq!(
+        o.d.metric(r#"compilerd_requests_total{code="403",handler="socket"}"#),
+        1.0
+    );
+    o.d.stop().await;
+}
+
+/// The frontend's POST /compile (form-encoded; decoded by /compile, branch `forms`): answered so
+/// that the Go client renders it from an allowed origin, refused before it runs from another.
+#[tokio::test]
+async fn go_frontend_post_compile_across_origins() {
+    let o = origins().await;
+    let mut b = Browser::start().await;
+    b.open(&format!("{}/", o.allowed)).await;
+    let r = b
+        .eval(&format!(
+            "compile({}, {})",
+            json!(o.daemon),
+            json!(FRONTEND_PROGRAM)
+        ))
+        .await;
+    b.screenshot("foreign-allowed-compile").await;
     assert_eq!(r["status"], json!(200), "{r}");
     let answer: Value = serde_json::from_str(r["text"].as_str().unwrap()).unwrap();
     let events = answer["Events"].as_array().expect("Events");
@@ -342,56 +399,36 @@ async fn go_playground_frontend_from_another_origin() {
             .map(|e| e["Message"].as_str().unwrap())
             .collect()
     };
-    assert_eq!(text("stdout"), "hi & bye 50%\n");
+    assert_eq!(text("stdout"), "hi & bye 50%\n", "{answer}");
     assert_eq!(text("stderr"), "err\n");
     assert_eq!(answer["Status"], json!(3));
     assert!(events.iter().all(|e| e["Delay"].is_u64()));
-    let socket = b
-        .eval(&format!("socketRun({}, 'echo live')", json!(daemon)))
-        .await;
-    assert_eq!(socket["opened"], json!(true), "{socket}");
-    assert_eq!(
-        socket["messages"],
-        json!([{"Id": "0", "Kind": "stdout", "Body": "live\n"}, {"Id": "0", "Kind": "end", "Body": ""}])
-    );
-    b.screenshot("foreign-allowed").await;
 
-    // From an origin that is not allowed: the browser shows a failure, and nothing ran.
-    let runs_before = d.metric(r#"compilerd_runs_total{outcome="ok"}"#)
-        + d.metric(r#"compilerd_runs_total{outcome="exit_nonzero"}"#);
+    let runs = |d: &TestDaemon| {
+        d.metric(r#"compilerd_runs_total{outcome="ok"}"#)
+            + d.metric(r#"compilerd_runs_total{outcome="exit_nonzero"}"#)
+    };
+    let runs_before = runs(&o.d);
     let mut other = Browser::start().await;
-    other.open(&format!("{denied_origin}/")).await;
+    other.open(&format!("{}/", o.denied)).await;
     let r = other
         .eval(&format!(
             "compile({}, {})",
-            json!(daemon),
+            json!(o.daemon),
             json!("echo must not run; exit 5")
         ))
         .await;
+    other.screenshot("foreign-denied-compile").await;
     assert_eq!(
         r["status"],
         json!(0),
         "the browser hides a refused answer: {r}"
     );
-    let socket = other
-        .eval(&format!(
-            "socketRun({}, 'echo must not run either')",
-            json!(daemon)
-        ))
-        .await;
-    assert_eq!(socket["opened"], json!(false), "{socket}");
-    other.screenshot("foreign-denied").await;
     assert_eq!(
-        d.metric(r#"compilerd_requests_total{code="403",handler="socket"}"#),
-        1.0
-    );
-    assert_eq!(
-        d.metric(r#"compilerd_requests_total{code="403",handler="compile"}"#),
+        o.d.metric(r#"compilerd_requests_total{code="403",handler="compile"}"#),
         1.0,
         "POST /compile from a foreign origin is refused before it runs"
     );
-    let runs_after = d.metric(r#"compilerd_runs_total{outcome="ok"}"#)
-        + d.metric(r#"compilerd_runs_total{outcome="exit_nonzero"}"#);
-    assert_eq!(runs_before, runs_after, "a refused origin ran a program");
-    d.stop().await;
+    assert_eq!(runs_before, runs(&o.d), "a refused origin ran a program");
+    o.d.stop().await;
 }
