@@ -582,7 +582,8 @@ fn main() {
 
 /// (s): `n` distinct programs over one /socket connection, each stamping its first write with
 /// the wall clock (busybox `ts`, microseconds; the sandbox shares the host's clock); the lag is
-/// the client's clock on receipt minus that stamp. The pool is refilled before each run.
+/// the client's clock on receipt minus that stamp. Runs go back to back: the lag starts at the
+/// program's first write, after any wait for a container.
 fn socket_lags(d: &Daemon, n: usize, tag: &str) -> Vec<Duration> {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
@@ -597,9 +598,6 @@ fn socket_lags(d: &Daemon, n: usize, tag: &str) -> Vec<Duration> {
             .await
             .expect("websocket");
         for i in 0..n {
-            if tag == "docker" {
-                d.wait_pool(2);
-            }
             let id = i.to_string();
             let program = format!("echo {tag} {i} {} | ts %.s", std::process::id());
             let run = serde_json::json!({"Id": id, "Kind": "run", "Body": program});
