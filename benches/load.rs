@@ -5,10 +5,12 @@
 //!       that reads the body and returns a fixed JSON answer;
 //!   (b) 20 sequential cold runs, p50/p90, vs `docker run` of the same image per program;
 //!   (c) 40 distinct programs 8 at a time: wall time and errors, vs `docker run`;
-//!   (d) RSS after caching 2 000 answers of ~32 KiB, and again after replaying them all.
+//!   (d) RSS after caching 2 000 answers of ~32 KiB, and again after replaying them all;
+//!   (s) live output: the time from a program's first write to a WebSocket client of /socket
+//!       receiving it, on Docker and on bubblewrap.
 //! Run: `cargo bench --bench load` (root, Docker engine, wrk, bubblewrap, the test image).
-//! `BENCH_QUICK=1` shortens every phase for a smoke test; `BENCH_PHASES=c` (any of `abcwdg`, w for
-//! bubblewrap, g for Go) runs only the phases named.
+//! `BENCH_QUICK=1` shortens every phase for a smoke test; `BENCH_PHASES=c` (any of `abcwdgs`, w
+//! for bubblewrap, g for Go, s for /socket) runs only the phases named.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -628,6 +630,27 @@ fn main() {
         }
     }
 
+    if phase('s') {
+        let n = if quick() { 10 } else { 50 };
+        println!("\n(s) live output over /socket, {n} sequential runs: first write -> client");
+        for backend in ["docker", "bwrap"] {
+            let root = rootfs();
+            let image = image();
+            let args: Vec<&str> = if backend == "docker" {
+                vec!["--backend", "docker", "--image", &image, "--pool-size", "2"]
+            } else {
+                vec!["--backend", "bwrap", "--rootfs", &root]
+            };
+            let d = Daemon::start(&args);
+            let lags = socket_lags(&d, n, backend);
+            println!(
+                "    {backend:<7} p50 {:.2} ms  p99 {:.2} ms",
+                ms(percentile(&lags, 0.5)),
+                ms(percentile(&lags, 0.99))
+            );
+        }
+    }
+
     if phase('d') {
         // (d) RSS with the cache full of ~32 KiB answers, then replayed.
         let d = Daemon::start(&[
@@ -666,4 +689,64 @@ fn main() {
             verdict(growth.abs() <= 0.05)
         );
     }
+}
+
+/// (s): `n` distinct programs over one /socket connection, each stamping its first write with
+/// the wall clock (busybox `ts`, microseconds; the sandbox shares the host's clock); the lag is
+/// the client's clock on receipt minus that stamp. Runs go back to back: the lag starts at the
+/// program's first write, after any wait for a container.
+fn socket_lags(d: &Daemon, n: usize, tag: &str) -> Vec<Duration> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = format!("ws://{}/socket", d.addr);
+    let mut lags = Vec::new();
+    rt.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .expect("websocket");
+        for i in 0..n {
+            let id = i.to_string();
+            let program = format!("echo {tag} {i} {} | ts %.s", std::process::id());
+            let run = serde_json::json!({"Id": id, "Kind": "run", "Body": program});
+            ws.send(Message::text(run.to_string())).await.unwrap();
+            let mut first = None;
+            loop {
+                let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
+                    .await
+                    .expect("a message in time")
+                    .expect("connection open")
+                    .unwrap();
+                let Message::Text(t) = m else { continue };
+                let received = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap();
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                match v["Kind"].as_str().unwrap() {
+                    "stdout" if first.is_none() => {
+                        let stamp: f64 = v["Body"]
+                            .as_str()
+                            .unwrap()
+                            .split_whitespace()
+                            .next()
+                            .unwrap()
+                            .parse()
+                            .expect("a ts stamp");
+                        first = Some(received.saturating_sub(Duration::from_secs_f64(stamp)));
+                    }
+                    "end" => {
+                        assert_eq!(v["Body"], "", "{t}");
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            lags.push(first.expect("the program's output"));
+        }
+    });
+    lags.sort();
+    lags
 }

@@ -14,7 +14,7 @@ say "packages"
 # on loopback ports of their own (never the system's services); openssl makes the TLS test's
 # certificates; chromium drives the page in the browser tests.
 packages=(gcc libc6-dev docker.io busybox-static bubblewrap prometheus debootstrap systemd curl rpm
-  wrk jq redis-server haproxy openssl chromium)
+  wrk jq redis-server haproxy openssl chromium fonts-dejavu-core)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

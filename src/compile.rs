@@ -17,9 +17,12 @@ use crate::admission::Admission;
 use crate::answer::{self, Outcome, Row};
 use crate::cache::{self, Cache, Key, SharedCache, Stored};
 use crate::hooks::{Hooks, RunResult};
-use crate::sandbox::{Limits, Sandbox};
+use crate::sandbox::{Chunk, Limits, LiveOutput, RunOutcome, Sandbox, SandboxError, StreamKind};
 
-pub use crate::answer::{Dialect, OUTPUT_TOO_LARGE, PROGRAM_TOO_LARGE, TIMEOUT_NOTICE, error_body};
+pub use crate::answer::{
+    Dialect, OUTPUT_TOO_LARGE, OVERLOADED, PROCESS_TOOK_TOO_LONG, PROGRAM_TOO_LARGE,
+    TIMEOUT_NOTICE, error_body,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheStatus {
@@ -358,8 +361,18 @@ impl CompileService {
         };
         let started = Instant::now();
         let result = self.sandbox.run(program, None).await;
-        let elapsed: Duration = started.elapsed();
-        let outcome = match &result {
+        self.finish_run(key, &result, started.elapsed())
+    }
+
+    /// After a run: its answers in both dialects, the metrics, and the cache when the outcome is
+    /// deterministic.
+    fn finish_run(
+        &self,
+        key: Key,
+        result: &Result<RunOutcome, SandboxError>,
+        elapsed: Duration,
+    ) -> Answers {
+        let outcome = match result {
             Ok(ran) => Outcome::Ran(ran),
             Err(e) => {
                 self.hooks.sandbox_error(e.kind.as_str());
@@ -386,6 +399,102 @@ impl CompileService {
             raw: self.answer_of(raw, Some(CacheStatus::Miss)),
             playground: self.answer_of(playground, Some(CacheStatus::Miss)),
         }
+    }
+}
+
+/// The end of a live run, as the socket transport reports it: empty when the program exited 0,
+/// else what went wrong in the words the Go playground's clients show after "Program exited: ".
+fn end_message(result: &Result<RunOutcome, SandboxError>, limits: &Limits) -> String {
+    match result {
+        Ok(RunOutcome::Exited { status: 0, .. }) => String::new(),
+        Ok(RunOutcome::Exited { status, .. }) => format!("exit status {status}"),
+        Ok(RunOutcome::TimedOut { .. }) => PROCESS_TOOK_TOO_LONG.into(),
+        Ok(RunOutcome::OutputTooLarge { .. }) => OUTPUT_TOO_LARGE.into(),
+        Ok(RunOutcome::OutOfMemory { .. }) => format!(
+            "out of memory: the program used more than its {} MiB",
+            limits.memory_bytes >> 20
+        ),
+        Err(e) => format!("Sandbox failed: {}.", e.kind.public_text()),
+    }
+}
+
+/// What a live run needs of a cached answer, whatever form it was rendered in: its events and
+/// how it ended.
+#[derive(serde::Deserialize)]
+struct CachedAnswer {
+    #[serde(rename = "Errors", default)]
+    errors: String,
+    #[serde(rename = "Events", default)]
+    events: Option<Vec<CachedEvent>>,
+    #[serde(rename = "Status", default)]
+    status: i64,
+}
+
+#[derive(serde::Deserialize)]
+struct CachedEvent {
+    #[serde(rename = "Message")]
+    message: String,
+    #[serde(rename = "Kind")]
+    kind: String,
+}
+
+/// Sends a cached answer (the playground dialect's) to `live` at once; returns its end message.
+/// The daemon's own notices (`system` events, e.g. an output flood's) are how the run ended.
+fn replay(body: &[u8], live: &LiveOutput) -> String {
+    let Ok(cached) = serde_json::from_slice::<CachedAnswer>(body) else {
+        return "Internal error: a cached answer could not be read.".into();
+    };
+    let mut notice = None;
+    for e in cached.events.unwrap_or_default() {
+        let kind = match e.kind.as_str() {
+            "stdout" => StreamKind::Stdout,
+            "stderr" => StreamKind::Stderr,
+            _ => {
+                notice = Some(e.message);
+                continue;
+            }
+        };
+        let _ = live.send(Chunk {
+            kind,
+            data: e.message.into_bytes(),
+            at: Duration::ZERO,
+        });
+    }
+    if !cached.errors.is_empty() {
+        cached.errors
+    } else if let Some(notice) = notice {
+        notice
+    } else if cached.status != 0 {
+        format!("exit status {}", cached.status)
+    } else {
+        String::new()
+    }
+}
+
+impl CompileService {
+    /// Runs a program for a live transport: its output goes to `live` as it is written and the
+    /// end message is returned. Same size limit, admission, deadline, cap and metrics as
+    /// `compile`; a cached answer is replayed at once, and a completed run's answer is cached.
+    /// Not shared with identical runs in flight: each live client sees its own run's output.
+    /// Dropping the future (a killed run, a client gone) drops the sandbox run, which removes its
+    /// sandbox on the spot.
+    pub async fn run_live(&self, program: Bytes, live: LiveOutput) -> String {
+        if program.len() > self.max_program_bytes {
+            self.hooks.program_too_large();
+            return PROGRAM_TOO_LARGE.into();
+        }
+        let key = self.key(&program);
+        if let Some(Stored { playground, .. }) = self.cache.get(&key) {
+            return replay(&playground, &live);
+        }
+        let Ok(_slot) = self.admission.acquire().await else {
+            self.hooks.overload_rejected();
+            return OVERLOADED.into();
+        };
+        let started = Instant::now();
+        let result = self.sandbox.run(program, Some(live)).await;
+        self.finish_run(key, &result, started.elapsed());
+        end_message(&result, &self.limits)
     }
 }
 

@@ -134,6 +134,7 @@ read-timeout = "10s"
 log-format = "auto"
 shared-cache-ttl = "7d"
 shared-cache-timeout = "20ms"
+ui = true
 "#;
 
 /// Every setting, each both a flag and a key of the TOML file.
@@ -252,6 +253,9 @@ pub struct Settings {
     /// instead of the system's roots.
     #[arg(long, value_name = "FILE")]
     pub shared_cache_ca_file: Option<PathBuf>,
+    /// Serve a playground page at / [default: true].
+    #[arg(long, action = ArgAction::Set, value_name = "BOOL")]
+    pub ui: Option<bool>,
 }
 
 /// One `[languages.NAME]` table: its sandbox and, optionally, its own limits; what it leaves out
@@ -354,7 +358,8 @@ impl Settings {
             shared_cache_ttl,
             shared_cache_timeout,
             shared_cache_auth_file,
-            shared_cache_ca_file
+            shared_cache_ca_file,
+            ui
         )
     }
 }
@@ -395,6 +400,7 @@ pub struct Config {
     pub language_tables: BTreeMap<String, LanguageSettings>,
     pub default_language: Option<String>,
     pub shared_cache: Option<SharedSettings>,
+    pub ui: bool,
 }
 
 impl Default for Config {
@@ -545,6 +551,7 @@ impl Config {
             language_tables: s.languages.unwrap_or_default(),
             default_language: s.default_language,
             shared_cache,
+            ui: fixed!(ui),
         };
         c.check(&mut errors);
         if errors.is_empty() {
@@ -767,7 +774,7 @@ mod tests {
         let shipped = repo_file("packaging/config.toml");
         // What comes after the first language table's example is about tables, not the flat keys.
         let flat = shipped.split("[languages").next().unwrap();
-        let deliberate = ["shutdown"];
+        let deliberate = ["shutdown", "ui"];
         for (key, value) in defaults_as_written() {
             let line = flat
                 .lines()
@@ -808,6 +815,7 @@ mod tests {
         assert_eq!(c.max_program_bytes, 65536);
         assert_eq!(c.cache_entries, 10_000);
         assert_eq!(c.allow_origin, AllowOrigin::Any);
+        assert!(c.ui);
     }
 
     #[test]
@@ -829,7 +837,8 @@ mod tests {
     fn file_rejects_unknown_keys_and_flags_win() {
         assert!(toml::from_str::<Settings>("tiemout = \"1s\"").is_err());
         let file: Settings =
-            toml::from_str("timeout = \"1s\"\nmax-queued = 3\nmemory = \"64MiB\"").unwrap();
+            toml::from_str("timeout = \"1s\"\nmax-queued = 3\nmemory = \"64MiB\"\nui = false")
+                .unwrap();
         let flags = Settings {
             timeout: Some("2s".parse().unwrap()),
             ..Settings::default()
@@ -838,6 +847,7 @@ mod tests {
         assert_eq!(c.limits.timeout, Duration::from_secs(2));
         assert_eq!(c.max_queued, 3);
         assert_eq!(c.limits.memory_bytes, 64 << 20);
+        assert!(!c.ui);
     }
 
     #[test]

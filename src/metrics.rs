@@ -50,7 +50,16 @@ pub struct Metrics {
 }
 
 /// The handlers `requests_total` and `request_duration_seconds` are labelled with.
-const HANDLERS: [&str; 6] = ["compile", "fmt", "languages", "healthz", "metrics", "other"];
+const HANDLERS: [&str; 8] = [
+    "compile",
+    "fmt",
+    "languages",
+    "socket",
+    "ui",
+    "healthz",
+    "metrics",
+    "other",
+];
 
 /// Sub-millisecond to a second: a healthy Redis answers in the first buckets, the lookup budget
 /// (20 ms by default) sits in the middle, a write's limit at the end.

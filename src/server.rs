@@ -111,6 +111,7 @@ impl Daemon {
             metrics,
             hooks,
             config.read_timeout,
+            config.ui,
         );
 
         let max_connections = config.max_connections.unwrap_or_else(|| {

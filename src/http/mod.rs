@@ -9,6 +9,8 @@ mod langs;
 mod preface;
 pub mod request;
 mod routes;
+mod socket;
+mod ui;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,6 +22,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::compile::CompileService;
 use crate::hooks::Hooks;
@@ -47,7 +51,14 @@ pub struct App {
     pub hooks: Arc<dyn Hooks>,
     /// How long a client may take to send the request head, and again the whole body.
     pub read_timeout: Duration,
+    /// Whether `GET /` serves the playground page.
+    pub ui: bool,
     next_request_id: AtomicU64,
+    /// Open /socket sessions; the server waits for them after it stops accepting.
+    sessions: TaskTracker,
+    /// Cancelled when the server stops accepting: sessions take no new runs and close once
+    /// their last run has ended.
+    closing: CancellationToken,
 }
 
 impl App {
@@ -58,6 +69,7 @@ impl App {
         metrics: Option<Arc<Metrics>>,
         hooks: Arc<dyn Hooks>,
         read_timeout: Duration,
+        ui: bool,
     ) -> Arc<App> {
         Arc::new(App {
             compile: languages.default_language().compile.clone(),
@@ -67,14 +79,18 @@ impl App {
             metrics,
             hooks,
             read_timeout,
+            ui,
             next_request_id: AtomicU64::new(1),
+            sessions: TaskTracker::new(),
+            closing: CancellationToken::new(),
         })
     }
 }
 
 /// Serves until `stop_accepting` resolves, then closes the listener and waits for the accepted
 /// connections' requests to be answered (idle keep-alive connections are closed at once). At most
-/// `max_connections` are open at once; more are answered 503 and closed.
+/// `max_connections` are open at once; more are answered 503 and closed. It also waits for the
+/// /socket sessions' runs to end.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
@@ -122,7 +138,9 @@ pub async fn serve(
                     let app = app.clone();
                     async move { Ok::<_, std::convert::Infallible>(routes::handle(&app, req).await) }
                 });
-                let conn = builder.serve_connection(io, service).into_owned();
+                let conn = builder
+                    .serve_connection_with_upgrades(io, service)
+                    .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _slot = slot;
@@ -139,5 +157,8 @@ pub async fn serve(
         connections = graceful.count(),
         "listener closed; finishing accepted requests"
     );
+    app.closing.cancel();
     graceful.shutdown().await;
+    app.sessions.close();
+    app.sessions.wait().await;
 }

@@ -9,11 +9,14 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use std::sync::Arc;
+
 use super::App;
 use super::body::{BodyError, read_bounded};
 use super::cors::ALLOW_METHODS;
 use super::langs;
 use super::request::{self, Decoded, Malformed, RequestForm};
+use super::{socket, ui};
 use crate::answer::{Dialect, Outcome};
 use crate::compile::{Answer, CacheStatus, error_body};
 
@@ -35,7 +38,7 @@ pub(super) fn json_error(status: u16, message: &str) -> Resp {
     response(status, "application/json", error_body(message))
 }
 
-pub async fn handle(app: &App, req: Request<Incoming>) -> Resp {
+pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
     let started = Instant::now();
     let (handler, resp) = match req.uri().path() {
         "/compile" => ("compile", compile(app, req, started).await),
@@ -43,6 +46,10 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Resp {
         "/languages" => ("languages", langs::languages(app, &req)),
         "/healthz" => ("healthz", healthz(app, &req)),
         "/metrics" => ("metrics", metrics(app, &req)),
+        "/socket" => ("socket", socket::upgrade(app, req)),
+        path if app.ui && ui::serves(path) => {
+            ("ui", only_get(&req).unwrap_or_else(|| ui::page(path)))
+        }
         _ => (
             "other",
             response(

@@ -1,6 +1,9 @@
 //! A compilerd daemon in the test process, on 127.0.0.1:0, against a real sandbox backend.
 #![allow(dead_code)]
 
+pub mod cdp;
+pub mod ws;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,177 @@
+// The compilerd playground page. Two transports, both the Go playground's:
+// - "socket": a WebSocket to /socket; {"Id","Kind":"run","Body"} out, then "stdout"/"stderr"
+//   messages while the program runs and one "end" (empty Body on success);
+// - "http": POST /compile, form-encoded as the Go playground's page sends it
+//   (version=2&body=...), answered with Events replayed at the pace of their Delays.
+// <body data-state> is "running" during a run and "done" after it, for people and tests alike.
+'use strict';
+
+(function () {
+  var code = document.getElementById('code');
+  var runButton = document.getElementById('run');
+  var killButton = document.getElementById('kill');
+  var transportSelect = document.getElementById('transport');
+  var output = document.getElementById('output');
+  var status = document.getElementById('status');
+
+  var OUTPUT_TOO_LARGE = 'Program output too large.';
+  var TOOK_TOO_LONG = 'process took too long';
+
+  // The run being shown; a newer run replaces it and its late messages are ignored.
+  var current = null;
+
+  function write(kind, text) {
+    var span = document.createElement('span');
+    span.className = kind === 'stdout' || kind === 'stderr' ? kind : 'system';
+    span.textContent = text;
+    output.appendChild(span);
+    var section = output.parentNode;
+    section.scrollTop = section.scrollHeight;
+  }
+
+  function start() {
+    output.textContent = '';
+    status.textContent = 'Running…';
+    status.className = '';
+    document.body.dataset.state = 'running';
+    runButton.disabled = true;
+    killButton.disabled = false;
+  }
+
+  function finish(text, bad) {
+    status.textContent = text;
+    status.className = bad ? 'bad' : '';
+    document.body.dataset.state = 'done';
+    runButton.disabled = false;
+    killButton.disabled = true;
+    current = null;
+  }
+
+  // The words for how a run ended, the same for both transports.
+  function ended(reason, exitStatus) {
+    // The socket's "exit status 3" reads like the HTTP transport's Status 3.
+    var m = /^exit status (\d+)$/.exec(reason || '');
+    if (m) { reason = ''; exitStatus = Number(m[1]); }
+    if (reason === OUTPUT_TOO_LARGE) return finish(OUTPUT_TOO_LARGE, true);
+    if (reason === TOOK_TOO_LONG) return finish('Program exited: ' + TOOK_TOO_LONG + '.', true);
+    if (reason) return finish('Program exited: ' + reason.replace(/\.$/, '') + '.', true);
+    if (exitStatus > 0) return finish('Program exited: status ' + exitStatus + '.', true);
+    finish('Program exited.', false);
+  }
+
+  // --- WebSocket transport ---------------------------------------------------------------
+  var socket = null;
+  var socketReady = null;
+  var nextId = 1;
+  var handlers = {};
+
+  function openSocket() {
+    if (socketReady) return socketReady;
+    var url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/socket';
+    socketReady = new Promise(function (resolve, reject) {
+      var ws = new WebSocket(url);
+      ws.onopen = function () { socket = ws; resolve(ws); };
+      ws.onmessage = function (e) {
+        var m = JSON.parse(e.data);
+        var h = handlers[m.Id];
+        if (h) h(m);
+      };
+      ws.onclose = function () {
+        socket = null;
+        socketReady = null;
+        Object.keys(handlers).forEach(function (id) {
+          handlers[id]({ Id: id, Kind: 'end', Body: 'connection to the server lost' });
+        });
+        reject(new Error('closed'));
+      };
+    });
+    return socketReady;
+  }
+
+  function runSocket(body) {
+    var id = String(nextId++);
+    var run = {
+      kill: function () {
+        if (socket) socket.send(JSON.stringify({ Id: id, Kind: 'kill' }));
+      },
+    };
+    handlers[id] = function (m) {
+      if (current !== run) return;
+      if (m.Kind === 'end') {
+        delete handlers[id];
+        ended(m.Body, 0);
+        return;
+      }
+      write(m.Kind, m.Body);
+    };
+    openSocket().then(function (ws) {
+      ws.send(JSON.stringify({ Id: id, Kind: 'run', Body: body }));
+    }, function () {
+      if (current === run) finish('Error communicating with remote server.', true);
+    });
+    return run;
+  }
+
+  // --- HTTP transport ----------------------------------------------------------------------
+  function formEncode(fields) {
+    return Object.keys(fields).map(function (k) {
+      return encodeURIComponent(k) + '=' + encodeURIComponent(fields[k]);
+    }).join('&').replace(/%20/g, '+');
+  }
+
+  function runHttp(body) {
+    var timer = null;
+    var run = {
+      kill: function () {
+        clearTimeout(timer);
+        if (current === run) finish('Program exited: killed.', true);
+      },
+    };
+    var xhr = new XMLHttpRequest();
+    xhr.open('POST', '/compile');
+    xhr.setRequestHeader('Content-Type', 'application/x-www-form-urlencoded; charset=UTF-8');
+    xhr.setRequestHeader('Accept', 'application/json, text/javascript, */*; q=0.01');
+    xhr.setRequestHeader('X-Requested-With', 'XMLHttpRequest');
+    xhr.onload = function () {
+      if (current !== run) return;
+      var data = null;
+      try { data = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
+      if (xhr.status < 200 || xhr.status > 299 || !data) {
+        var why = data && data.Errors ? data.Errors : 'Error communicating with remote server.';
+        return finish(why, true);
+      }
+      var events = (data.Events || []).slice();
+      var errors = data.Errors || '';
+      (function next() {
+        if (current !== run) return;
+        if (events.length === 0) return ended(errors, data.Status || 0);
+        var e = events.shift();
+        var show = function () { write(e.Kind, e.Message); next(); };
+        if (!e.Delay) show(); else timer = setTimeout(show, e.Delay / 1e6);
+      })();
+    };
+    xhr.onerror = function () {
+      if (current === run) finish('Error communicating with remote server.', true);
+    };
+    xhr.send(formEncode({ version: 2, body: body }));
+    return run;
+  }
+
+  function run() {
+    if (current) current.kill();
+    start();
+    var body = code.value;
+    current = transportSelect.value === 'http' ? runHttp(body) : runSocket(body);
+  }
+
+  runButton.addEventListener('click', run);
+  killButton.addEventListener('click', function () { if (current) current.kill(); });
+  code.addEventListener('keydown', function (e) {
+    if (e.key === 'Enter' && e.shiftKey) { e.preventDefault(); run(); }
+    if (e.key === 'Tab' && !e.ctrlKey) {
+      e.preventDefault();
+      var s = code.selectionStart;
+      code.setRangeText('\t', s, code.selectionEnd, 'end');
+    }
+  });
+})();
