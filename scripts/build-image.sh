@@ -124,16 +124,17 @@ write_commands() {
       cat >"$dir/run" <<'EOF'
 #!/bin/sh
 # A single-file program needs no go command: the compiler and linker are called directly, on the
-# precompiled standard library (importcfg). GOGC=400: both are short-lived, and collect less.
+# precompiled standard library (importcfg). GOGC=400: both are short-lived and collect less, but
+# no less once near the run's memory limit (GOMEMLIMIT, soft; the limit is 128 MiB by default).
 # The build's threads count against the run's process limit, whatever the host's core count.
 export GOROOT=/usr/lib/go-1.19
 tool=/usr/lib/go-1.19/pkg/tool/linux_amd64
 cfg=/usr/lib/compilerd/importcfg
 cd /tmp || exit 2
 cat >prog.go
-GOGC=400 GOMAXPROCS=2 $tool/compile -o prog.a -p main -complete -nolocalimports -pack -importcfg $cfg prog.go || exit 2
+GOGC=400 GOMEMLIMIT=64MiB GOMAXPROCS=2 $tool/compile -o prog.a -p main -complete -nolocalimports -pack -importcfg $cfg prog.go || exit 2
 # -s -w: no symbol table, no DWARF, which nothing in the sandbox reads.
-GOGC=400 GOMAXPROCS=2 $tool/link -o prog -s -w -buildmode=exe -importcfg $cfg prog.a || exit 2
+GOGC=400 GOMEMLIMIT=64MiB GOMAXPROCS=2 $tool/link -o prog -s -w -buildmode=exe -importcfg $cfg prog.a || exit 2
 rm -f prog.a
 exec ./prog
 EOF
