@@ -132,9 +132,10 @@ tool=/usr/lib/go-1.19/pkg/tool/linux_amd64
 cfg=/usr/lib/compilerd/importcfg
 cd /tmp || exit 2
 cat >prog.go
-GOGC=400 GOMEMLIMIT=64MiB GOMAXPROCS=2 $tool/compile -o prog.a -p main -complete -nolocalimports -pack -importcfg $cfg prog.go || exit 2
+# The tools print their diagnostics on stdout (the go command moves them to stderr): so does this.
+GOGC=400 GOMEMLIMIT=64MiB GOMAXPROCS=2 $tool/compile -o prog.a -p main -complete -nolocalimports -pack -importcfg $cfg prog.go >&2 || exit 2
 # -s -w: no symbol table, no DWARF, which nothing in the sandbox reads.
-GOGC=400 GOMEMLIMIT=64MiB GOMAXPROCS=2 $tool/link -o prog -s -w -buildmode=exe -importcfg $cfg prog.a || exit 2
+GOGC=400 GOMEMLIMIT=64MiB GOMAXPROCS=2 $tool/link -o prog -s -w -buildmode=exe -importcfg $cfg prog.a >&2 || exit 2
 rm -f prog.a
 exec ./prog
 EOF
