@@ -613,6 +613,13 @@ fn main() {
             || (),
             |p| post(&client, &burl, p).0 == 200,
         );
+        // The floor: a bare bwrap spawn of `sh -c true` in the same root, as many, just after.
+        let (bare, bare_err) = sequential(
+            cold_n.max(100),
+            "bare",
+            || (),
+            |_| bwrap_direct(&root, &["/bin/sh", "-c", "true"], "").0,
+        );
         let (bwall, berrs) = concurrent(wide_n, 8, |i| {
             post(&client, &burl, wide("bwrap", i)).0 == 200
         });
@@ -623,6 +630,12 @@ fn main() {
             ms(percentile(&bw_cold, 0.5)),
             ms(percentile(&bw_cold, 0.9)),
             verdict(percentile(&bw_cold, 0.5) < Duration::from_millis(10))
+        );
+        println!(
+            "    {} bare `bwrap ... /bin/sh -c true` spawns: p50 {:.1} ms  p90 {:.1} ms  errors {bare_err}",
+            bare.len(),
+            ms(percentile(&bare, 0.5)),
+            ms(percentile(&bare, 0.9)),
         );
         println!(
             "    {wide_n} programs 8 at a time: {:.0} ms  errors {berrs}",
