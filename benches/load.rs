@@ -9,8 +9,8 @@
 //!   (s) live output: the time from a program's first write to a WebSocket client of /socket
 //!       receiving it, on Docker and on bubblewrap.
 //! Run: `cargo bench --bench load` (root, Docker engine, wrk, bubblewrap, the test image).
-//! `BENCH_QUICK=1` shortens every phase for a smoke test; `BENCH_PHASES=c` (any of `abcwdgs`, w
-//! for bubblewrap, g for Go, s for /socket) runs only the phases named.
+//! `BENCH_QUICK=1` shortens every phase for a smoke test; `BENCH_PHASES=c` (any of `abcwdghs`, w
+//! for bubblewrap, g for Go, h for Go without Docker, s for /socket) runs only the phases named.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -186,6 +186,65 @@ fn docker_run_image(image: &str, program: &str) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
+
+/// A bare `bwrap` spawn, without compilerd, of `command` in `root` with the program on stdin: the
+/// namespaces, the read-only root, /proc, /dev, a /tmp tmpfs, as nobody without capabilities — the
+/// floor a sandboxed run is compared with. (success, stdout).
+fn bwrap_direct(root: &str, command: &[&str], program: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new("bwrap")
+        .args([
+            "--unshare-all",
+            "--unshare-user",
+            "--as-pid-1",
+            "--die-with-parent",
+            "--new-session",
+            "--clearenv",
+            "--setenv",
+            "PATH",
+            "/usr/local/bin:/usr/bin:/bin",
+            "--ro-bind",
+            root,
+            "/",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--size",
+            "268435456",
+            "--perms",
+            "1777",
+            "--tmpfs",
+            "/tmp",
+            "--chdir",
+            "/tmp",
+            "--uid",
+            "65534",
+            "--gid",
+            "65534",
+            "--cap-drop",
+            "ALL",
+            "--",
+        ])
+        .args(command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("bwrap");
+    let _ = child.stdin.take().unwrap().write_all(program.as_bytes());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// (g): what the Go image's run command did before it called the compiler and linker itself:
+/// `go build` of the program, then the program.
+const GO_BUILD_RUN: &str = "export GOROOT=/usr/lib/go-1.19 GOCACHE=/tmp/.cache GOPATH=/tmp/.go \
+CGO_ENABLED=0 GO111MODULE=off GOFLAGS=; mkdir -p /tmp/prog && cd /tmp/prog && cat >prog.go && \
+GOMAXPROCS=2 /usr/lib/go-1.19/bin/go build -o prog prog.go && exec ./prog";
 
 /// (g): Go hello world, a distinct program each time (a comment differs) so that every one is
 /// compiled and run, never answered from the cache.
@@ -556,6 +615,13 @@ fn main() {
             || (),
             |p| post(&client, &burl, p).0 == 200,
         );
+        // The floor: a bare bwrap spawn of `sh -c true` in the same root, as many, just after.
+        let (bare, bare_err) = sequential(
+            cold_n.max(100),
+            "bare",
+            || (),
+            |_| bwrap_direct(&root, &["/bin/sh", "-c", "true"], "").0,
+        );
         let (bwall, berrs) = concurrent(wide_n, 8, |i| {
             post(&client, &burl, wide("bwrap", i)).0 == 200
         });
@@ -568,60 +634,97 @@ fn main() {
             verdict(percentile(&bw_cold, 0.5) < Duration::from_millis(10))
         );
         println!(
+            "    {} bare `bwrap ... /bin/sh -c true` spawns: p50 {:.1} ms  p90 {:.1} ms  errors {bare_err}",
+            bare.len(),
+            ms(percentile(&bare, 0.5)),
+            ms(percentile(&bare, 0.9)),
+        );
+        println!(
             "    {wide_n} programs 8 at a time: {:.0} ms  errors {berrs}",
             ms(bwall)
         );
         drop(b);
     }
 
-    if phase('g') {
+    if phase('g') || phase('h') {
         // Go hello world, cold (compiled and run every time), with Debian's Go 1.19 from
-        // scripts/build-image.sh go: compilerd on both backends next to `docker run -i`.
+        // scripts/build-image.sh go: compilerd on both backends next to `docker run -i`, and
+        // compilerd on bwrap next to bare bwrap spawns of the image's run command and of the
+        // `go build` it replaced. `h` is this phase without Docker.
         let n = if quick() { 5 } else { 20 };
-        let go_image = "compilerd-go";
+        let go_image = std::env::var("BENCH_GO_IMAGE").unwrap_or_else(|_| "compilerd-go".into());
+        let go_image = go_image.as_str();
+        let go_root = std::env::var("BENCH_GO_ROOTFS")
+            .unwrap_or_else(|_| "/var/lib/compilerd/rootfs/go".into());
         let ok = |(status, body): (u16, String)| status == 200 && body.contains("Hello, 世界");
-        let g = Daemon::start(&[
-            "--image",
-            go_image,
-            "--pool-size",
-            "2",
-            "--max-concurrent-runs",
-            "2",
-        ]);
-        let gurl = g.url();
-        let (docker, derr) = go_sequential(
-            n,
-            "docker",
-            || g.wait_pool(2),
-            |p| ok(post(&client, &gurl, p)),
-        );
-        drop(g);
+        let greeted = |(success, out): (bool, String)| success && out.contains("Hello, 世界");
+        let mut rows: Vec<(&str, Vec<Duration>, usize)> = Vec::new();
+        if phase('g') {
+            let g = Daemon::start(&[
+                "--image",
+                go_image,
+                "--pool-size",
+                "2",
+                "--max-concurrent-runs",
+                "2",
+            ]);
+            let gurl = g.url();
+            let (docker, derr) = go_sequential(
+                n,
+                "docker",
+                || g.wait_pool(2),
+                |p| ok(post(&client, &gurl, p)),
+            );
+            drop(g);
+            rows.push(("compilerd docker", docker, derr));
+        }
         let b = Daemon::start(&[
             "--backend",
             "bwrap",
             "--rootfs",
-            "/var/lib/compilerd/rootfs/go",
+            &go_root,
             "--command",
             "/usr/lib/compilerd/run",
         ]);
         let burl = b.url();
-        let (bw, berr) = go_sequential(n, "bwrap", || (), |p| ok(post(&client, &burl, p)));
+        // Interleaved, one of each per round, so that the machine's load drifts over all three.
+        let mut bw = (Vec::new(), 0);
+        let mut gobuild = (Vec::new(), 0);
+        let mut direct = (Vec::new(), 0);
+        for i in 0..n {
+            let time =
+                |acc: &mut (Vec<Duration>, usize), tag: &str, run: &dyn Fn(String) -> bool| {
+                    let program = go_hello(tag, i);
+                    let t = Instant::now();
+                    if !run(program) {
+                        acc.1 += 1;
+                    }
+                    acc.0.push(t.elapsed());
+                };
+            time(&mut bw, "bwrap", &|p| ok(post(&client, &burl, p)));
+            time(&mut gobuild, "gobuild", &|p| {
+                greeted(bwrap_direct(&go_root, &["/bin/sh", "-c", GO_BUILD_RUN], &p))
+            });
+            time(&mut direct, "direct", &|p| {
+                greeted(bwrap_direct(&go_root, &["/usr/lib/compilerd/run"], &p))
+            });
+        }
         drop(b);
-        let (cli, cerr) = go_sequential(
-            n,
-            "cli",
-            || (),
-            |p| {
-                let (success, out) = docker_run_image(go_image, &p);
-                success && out.contains("Hello, 世界")
-            },
-        );
-        println!("\n(g) Go hello world, {n} sequential cold compile+run (distinct programs):");
-        for (name, t, e) in [
-            ("compilerd docker", &docker, derr),
-            ("compilerd bwrap ", &bw, berr),
-            ("docker run -i   ", &cli, cerr),
+        for (name, (mut t, e)) in [
+            ("compilerd bwrap ", bw),
+            ("bwrap + run cmd ", direct),
+            ("bwrap + go build", gobuild),
         ] {
+            t.sort();
+            rows.push((name, t, e));
+        }
+        if phase('g') {
+            let (cli, cerr) =
+                go_sequential(n, "cli", || (), |p| greeted(docker_run_image(go_image, &p)));
+            rows.push(("docker run -i   ", cli, cerr));
+        }
+        println!("\n(g) Go hello world, {n} sequential cold compile+run (distinct programs):");
+        for (name, t, e) in &rows {
             println!(
                 "    {name}  p50 {:>7.1} ms  p90 {:>7.1} ms  errors {e}",
                 ms(percentile(t, 0.5)),
