@@ -2,84 +2,26 @@
 //! file over the default. `Settings` is the raw, all-optional form shared by clap and serde so that
 //! a key and its flag can never drift apart; `Config` is the validated form the daemon runs on.
 
+mod languages;
+mod shared;
+mod units;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{ArgAction, Args};
 use serde::Deserialize;
 
 use crate::cache::SharedSettings;
-use crate::cache::shared::target::{self, read_auth_file};
 use crate::sandbox::Limits;
 
-/// A duration written like `3500ms`, `30s` or `60m`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl FromStr for HumanDuration {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        humantime::parse_duration(s.trim())
-            .map(HumanDuration)
-            .map_err(|e| format!("invalid duration {s:?} ({e}); write e.g. 3500ms, 30s or 60m"))
-    }
-}
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// A byte count written as a plain number or with a unit: `65536`, `64KiB`, `128MiB`, `1GiB`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
-
-impl FromStr for ByteSize {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (digits, unit) = s.split_at(split);
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("invalid size {s:?}; write e.g. 65536, 64KiB or 128MiB"))?;
-        let mult: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "K" | "KB" | "KiB" | "k" => 1 << 10,
-            "M" | "MB" | "MiB" | "m" => 1 << 20,
-            "G" | "GB" | "GiB" | "g" => 1 << 30,
-            other => {
-                return Err(format!(
-                    "unknown size unit {other:?} in {s:?}; use KiB, MiB or GiB"
-                ));
-            }
-        };
-        n.checked_mul(mult)
-            .map(ByteSize)
-            .ok_or_else(|| format!("size {s:?} is too large"))
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(ByteSize(n)),
-            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
-        }
-    }
-}
+use languages::valid_language_name;
+pub use languages::{FLAT_LANGUAGE, LanguageConfig, LanguageSettings, MAX_LANGUAGES};
+use shared::shared_settings;
+pub use units::{ByteSize, HumanDuration};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -258,55 +200,6 @@ pub struct Settings {
     pub ui: Option<bool>,
 }
 
-/// One `[languages.NAME]` table: its sandbox and, optionally, its own limits; what it leaves out
-/// comes from the flat settings.
-#[derive(Deserialize, Debug, Default, Clone)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct LanguageSettings {
-    /// Docker image [default: compilerd-NAME, as scripts/build-image.sh NAME builds it].
-    pub image: Option<String>,
-    /// bwrap root [default: /var/lib/compilerd/rootfs/NAME].
-    pub rootfs: Option<PathBuf>,
-    /// bwrap: the run command [default: /usr/lib/compilerd/run].
-    pub command: Option<String>,
-    /// The formatter (program on stdin, formatted program on stdout), run in the same image or
-    /// rootfs; without it the language cannot format.
-    pub format_command: Option<String>,
-    pub timeout: Option<HumanDuration>,
-    pub memory: Option<ByteSize>,
-    pub pids: Option<u32>,
-    pub cpus: Option<f64>,
-    pub tmpfs_size: Option<ByteSize>,
-    pub max_output_bytes: Option<ByteSize>,
-    pub pool_size: Option<usize>,
-}
-
-/// One language as the daemon runs it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LanguageConfig {
-    pub name: String,
-    pub image: String,
-    pub rootfs: Option<PathBuf>,
-    pub command: String,
-    pub format_command: Option<String>,
-    pub limits: Limits,
-    pub pool_size: usize,
-}
-
-/// The most languages one daemon serves: each is a label value of the run metrics.
-pub const MAX_LANGUAGES: usize = 32;
-
-/// The language name of a configuration without `[languages.NAME]` tables.
-pub const FLAT_LANGUAGE: &str = "default";
-
-fn valid_language_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 32
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-_.".contains(&b))
-}
-
 impl Settings {
     /// `DEFAULTS` as settings.
     pub fn defaults() -> Settings {
@@ -422,80 +315,6 @@ pub fn parse_address(s: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("address {s:?} resolves to nothing"))
 }
 
-/// The `shared-cache*` settings; the auth file is read here so that `check-config` checks it.
-fn shared_settings(s: &Settings, errors: &mut Vec<String>) -> Option<SharedSettings> {
-    let Some(url) = s.shared_cache.as_deref().filter(|u| !u.trim().is_empty()) else {
-        if s.shared_cache_auth_file.is_some() || s.shared_cache_ca_file.is_some() {
-            errors.push("shared-cache-auth-file or -ca-file is set but shared-cache is not".into());
-        }
-        return None;
-    };
-    let auth = match s.shared_cache_auth_file.as_deref().map(read_auth_file) {
-        Some(Err(e)) => {
-            errors.push(e);
-            return None;
-        }
-        Some(Ok(a)) => Some(a),
-        None => None,
-    };
-    let ca = match &s.shared_cache_ca_file {
-        Some(path) => match std::fs::read(path) {
-            Ok(pem) if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => {
-                errors.push(format!(
-                    "shared-cache-ca-file {} holds no PEM certificate",
-                    path.display()
-                ));
-                return None;
-            }
-            Ok(_) if !url.trim().starts_with("rediss") => {
-                errors.push(
-                    "shared-cache-ca-file is for TLS: use a rediss:// or rediss-cluster:// URL"
-                        .into(),
-                );
-                return None;
-            }
-            Ok(pem) => Some(pem),
-            Err(e) => {
-                errors.push(format!(
-                    "cannot read shared-cache-ca-file {}: {e}",
-                    path.display()
-                ));
-                return None;
-            }
-        },
-        None => None,
-    };
-    let settings = SharedSettings {
-        ca,
-        target: match target::parse(url.trim(), auth.as_ref()) {
-            Ok(t) => t,
-            Err(e) => {
-                errors.push(e);
-                return None;
-            }
-        },
-        url: url.trim().to_string(),
-        ttl: s
-            .shared_cache_ttl
-            .expect("shared-cache-ttl has its default in DEFAULTS")
-            .0,
-        budget: s
-            .shared_cache_timeout
-            .expect("shared-cache-timeout has its default in DEFAULTS")
-            .0,
-    };
-    if settings.ttl < Duration::from_secs(1) {
-        errors.push("shared-cache-ttl must be at least 1s".into());
-    }
-    if settings.budget.is_zero() {
-        errors.push("shared-cache-timeout must be more than 0".into());
-    }
-    if let Err(e) = settings.check() {
-        errors.push(e);
-    }
-    Some(settings)
-}
-
 impl Config {
     pub fn from_settings(s: Settings) -> Result<Config, String> {
         let s = s.over(Settings::defaults());
@@ -558,66 +377,6 @@ impl Config {
             Ok(c)
         } else {
             Err(errors.join("\n"))
-        }
-    }
-
-    /// Every language, in name order, with the flat settings filling what a table leaves out;
-    /// without tables, the flat settings are the one language `default`.
-    pub fn languages(&self) -> Vec<LanguageConfig> {
-        if self.language_tables.is_empty() {
-            return vec![LanguageConfig {
-                name: self
-                    .default_language
-                    .clone()
-                    .unwrap_or_else(|| FLAT_LANGUAGE.to_owned()),
-                image: self.image.clone(),
-                rootfs: self.rootfs.clone(),
-                command: self.command.clone(),
-                format_command: self.format_command.clone(),
-                limits: self.limits.clone(),
-                pool_size: self.pool_size,
-            }];
-        }
-        self.language_tables
-            .iter()
-            .map(|(name, t)| {
-                let g = &self.limits;
-                LanguageConfig {
-                    name: name.clone(),
-                    image: t
-                        .image
-                        .clone()
-                        .unwrap_or_else(|| format!("compilerd-{name}")),
-                    rootfs: Some(t.rootfs.clone().unwrap_or_else(|| {
-                        PathBuf::from(format!("/var/lib/compilerd/rootfs/{name}"))
-                    })),
-                    command: t
-                        .command
-                        .clone()
-                        .unwrap_or_else(|| "/usr/lib/compilerd/run".to_owned()),
-                    format_command: t.format_command.clone(),
-                    limits: Limits {
-                        timeout: t.timeout.map_or(g.timeout, |d| d.0),
-                        max_output_bytes: t
-                            .max_output_bytes
-                            .map_or(g.max_output_bytes, |b| b.0 as usize),
-                        memory_bytes: t.memory.map_or(g.memory_bytes, |b| b.0),
-                        pids: t.pids.unwrap_or(g.pids),
-                        cpus: t.cpus.unwrap_or(g.cpus),
-                        tmpfs_bytes: t.tmpfs_size.map_or(g.tmpfs_bytes, |b| b.0),
-                    },
-                    pool_size: t.pool_size.unwrap_or(self.pool_size),
-                }
-            })
-            .collect()
-    }
-
-    /// The name of the language of requests that name none.
-    pub fn default_language(&self) -> String {
-        match (&self.default_language, self.language_tables.keys().next()) {
-            (Some(name), _) => name.clone(),
-            (None, Some(first)) if self.language_tables.len() == 1 => first.clone(),
-            _ => FLAT_LANGUAGE.to_owned(),
         }
     }
 
@@ -697,7 +456,7 @@ impl Config {
 }
 
 /// The checks of one set of limits; `at` names the table they come from.
-fn check_limits(at: &str, l: &Limits, errors: &mut Vec<String>) {
+pub(super) fn check_limits(at: &str, l: &Limits, errors: &mut Vec<String>) {
     let mut need = |ok: bool, msg: &str| {
         if !ok {
             errors.push(format!("{at}{msg}"));
