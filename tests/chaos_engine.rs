@@ -102,8 +102,11 @@ async fn engine_stopped_under_load_then_back() {
             failed
         }));
     }
-    d.wait_metric("compilerd_runs_total{language=\"default\",outcome=\"ok\"}", |n| n >= 8.0)
-        .await;
+    d.wait_metric(
+        "compilerd_runs_total{language=\"default\",outcome=\"ok\"}",
+        |n| n >= 8.0,
+    )
+    .await;
     engine.stop().await;
     // Requests keep coming while the engine is down.
     let deadline = Instant::now() + Duration::from_secs(60);

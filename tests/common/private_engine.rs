@@ -32,7 +32,7 @@ impl PrivateEngine {
             dockerd: None,
         };
         engine.start_again().await;
-        let tar = Command::new("tar")
+        let mut tar = Command::new("tar")
             .arg("-C")
             .arg(rootfs)
             .args(["-c", "."])
@@ -49,10 +49,11 @@ impl PrivateEngine {
                 "-",
             ])
             .arg(image)
-            .stdin(tar.stdout.unwrap())
+            .stdin(tar.stdout.take().unwrap())
             .stdout(Stdio::null())
             .status()
             .expect("docker import");
+        assert!(tar.wait().unwrap().success(), "tar of {rootfs:?} failed");
         assert!(imported.success(), "importing {rootfs:?} as {image} failed");
         engine
     }
