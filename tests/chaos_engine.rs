@@ -176,3 +176,95 @@ async fn engine_stopped_under_load_then_back() {
         engine.docker(&["ps", "-a"]).unwrap_or_default()
     );
 }
+
+/// The image removed (`docker rmi -f`) while the pool holds containers of it: the pool's
+/// containers still serve, then runs get 503 `Sandbox failed` naming the missing image; once the
+/// image is back the pool refills and runs succeed, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_removed_while_pooled_then_back() {
+    let engine = PrivateEngine::start(&test_rootfs(), &test_image()).await;
+    let mut cfg = config(Backend::Docker);
+    cfg.pool_size = POOL;
+    let metrics = Arc::new(Metrics::new());
+    let hooks: Arc<dyn Hooks> = metrics.clone();
+    let sandbox = DockerSandbox::connect_to(
+        &engine.host,
+        DockerOptions::new(test_image(), POOL),
+        cfg.limits.clone(),
+        hooks,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{}", e.message));
+    let d = TestDaemon::start_with(cfg, Arc::new(sandbox), metrics).await;
+    d.wait_metric("compilerd_pool_ready", |n| n >= POOL as f64)
+        .await;
+
+    // -f: untagged although containers use it; new containers cannot be created from the name.
+    engine
+        .docker(&["rmi", "-f", &test_image()])
+        .expect("docker rmi -f");
+    let mut served = 0;
+    let refused = loop {
+        let r = d.compile(format!("echo pooled {served}")).await;
+        match r.status {
+            200 => {
+                assert_eq!(r.output(), format!("pooled {served}\n"));
+                served += 1;
+                assert!(served <= POOL, "ran more programs than the pool held");
+            }
+            503 => break r,
+            other => panic!("{other}: {}", r.text),
+        }
+    };
+    let errors = refused.errors();
+    assert!(
+        errors.starts_with("Sandbox failed") && errors.contains(&test_image()),
+        "{errors}"
+    );
+    assert!(errors.contains("not found"), "{errors}");
+    assert!(d.metric("compilerd_sandbox_errors_total{kind=\"image_missing\"}") >= 1.0);
+
+    let tar = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(test_rootfs())
+        .args(["-c", "."])
+        .output()
+        .unwrap();
+    assert!(tar.status.success());
+    let mut import = std::process::Command::new("docker")
+        .args([
+            "-H",
+            &engine.host,
+            "import",
+            "--change",
+            r#"CMD ["/bin/sh"]"#,
+            "-",
+        ])
+        .arg(test_image())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut import.stdin.take().unwrap(), &tar.stdout).unwrap();
+    assert!(import.wait().unwrap().success());
+
+    let back = Instant::now();
+    loop {
+        let r = d
+            .compile(format!("echo back {}", back.elapsed().as_nanos()))
+            .await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "runs never recovered: {}",
+            r.text
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    d.wait_metric("compilerd_pool_ready", |n| n >= POOL as f64)
+        .await;
+    d.stop().await;
+    assert_eq!(engine.containers(), Vec::<String>::new());
+}
