@@ -224,8 +224,8 @@ both_backends!(
     planted_links_and_fifos_are_never_followed,
 );
 
-/// `kill -9 -1` kills every process the program's user may signal except the caller (Linux
-/// semantics): the shell lives on and its answer is its own, not a timeout, not "out of memory".
+// `kill -9 -1` kills every process the program's user may signal except the caller (Linux
+// semantics): the shell lives on and its answer is its own, not a timeout, not "out of memory".
 both_backends!(kill_every_process);
 
 async fn assert_times_out(t: &Target, program: &str, before: &str) {
