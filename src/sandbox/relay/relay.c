@@ -202,9 +202,16 @@ static long long now_ms(void) {
     return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
+/* Written to by a child that refused to run the program; closed by its exec. */
+static int refused_fd = -1;
+
+/* In the child: says why on the relay's stderr, tells the relay, which then exits without an exit
+ * frame (the run failed; it is not the program's answer), and exits. */
 static void refuse(const char *what) {
     dprintf(2, "compilerd-relay: cannot run the program without privileges: %s: %s\n", what,
             strerror(errno));
+    if (write(refused_fd, "!", 1) < 0) {
+    }
     _exit(125);
 }
 
@@ -279,6 +286,12 @@ int main(int argc, char **argv) {
     pair(o);
     pair(e);
 
+    int refused[2] = {-1, -1};
+    if (drop) {
+        if (pipe2(refused, O_CLOEXEC) < 0)
+            die("pipe");
+        refused_fd = refused[1];
+    }
     pid_t child = fork();
     if (child < 0)
         die("fork");
@@ -297,6 +310,17 @@ int main(int argc, char **argv) {
     close(o[1]);
     close(e[1]);
     close(0);
+    if (drop) {
+        /* Ends at the child's exec (or its exit): a byte means it refused. */
+        close(refused[1]);
+        char byte;
+        ssize_t n;
+        while ((n = read(refused[0], &byte, 1)) < 0 && errno == EINTR) {
+        }
+        if (n == 1)
+            _exit(125);
+        close(refused[0]);
+    }
 
     struct stream st[2] = {{.fd = o[0], .kind = 'o'}, {.fd = e[0], .kind = 'e'}};
     size_t cap = 1 << 16;
