@@ -78,6 +78,7 @@ async fn engine_stopped_under_load_then_back() {
         clients.push(tokio::spawn(async move {
             let mut n = 0u32;
             let mut failed = 0u32;
+            let mut slowest_failure = Duration::ZERO;
             while !stop.load(Ordering::SeqCst) {
                 n += 1;
                 let started = Instant::now();
@@ -94,12 +95,13 @@ async fn engine_stopped_under_load_then_back() {
                             r.text
                         );
                         failed += 1;
+                        slowest_failure = slowest_failure.max(started.elapsed());
                     }
                     other => panic!("{other}: {}", r.text),
                 }
                 assert!(started.elapsed() < ANSWER_WITHIN);
             }
-            failed
+            (failed, slowest_failure)
         }));
     }
     d.wait_metric(
@@ -147,11 +149,14 @@ async fn engine_stopped_under_load_then_back() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     stop.store(true, Ordering::SeqCst);
-    let mut failed = 0;
+    let (mut failed, mut slowest) = (0, Duration::ZERO);
     for c in clients {
-        failed += c.await.expect("a client saw a wrong answer");
+        let (f, s) = c.await.expect("a client saw a wrong answer");
+        failed += f;
+        slowest = slowest.max(s);
     }
     assert!(failed > 0, "no request noticed the engine was gone");
+    eprintln!("{failed} requests failed during the outage, the slowest 503 took {slowest:?}");
 
     // The pool refills by itself.
     d.wait_metric("compilerd_pool_ready", |n| n >= POOL as f64)
