@@ -67,7 +67,13 @@ if out=$("$bin" check-config --config packaging/config.toml 2>&1); then
 else
     fail "packaging/config.toml: $out"
 fi
-sed -E 's/^#([a-z-]+ = )/\1/' packaging/config.toml >"$tmp/all-keys.toml"
+# Files the documented keys name are made here (the examples point into /etc/compilerd).
+printf 'password\n' >"$tmp/auth"
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=check-units -keyout "$tmp/ca.key" \
+    -out "$tmp/ca.pem" >/dev/null 2>&1 || fail "openssl req (apt-get install openssl)"
+sed -E -e 's/^#([a-z-]+ = )/\1/' \
+    -e "s|^(shared-cache-auth-file = ).*|\\1\"$tmp/auth\"|" \
+    -e "s|^(shared-cache-ca-file = ).*|\\1\"$tmp/ca.pem\"|" packaging/config.toml >"$tmp/all-keys.toml"
 keys=$(grep -cE '^[a-z-]+ = ' "$tmp/all-keys.toml")
 if out=$("$bin" check-config --config "$tmp/all-keys.toml" 2>&1); then
     pass "packaging/config.toml with all $keys documented keys enabled passes check-config"

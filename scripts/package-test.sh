@@ -16,12 +16,13 @@
 # kept (/var/cache/compilerd-ci/ and the image compilerd-ci-bookworm); the Debian mirror is the
 # one this machine's apt uses.
 #
-# Environment: KEEP=1 leaves the container running for a look inside.
+# Environment: KEEP=1 leaves the container running for a look inside; PKGTEST_CONTAINER names it
+# (default compilerd-pkgtest).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 
-ctr=compilerd-pkgtest
+ctr=${PKGTEST_CONTAINER:-compilerd-pkgtest}
 cache=/var/cache/compilerd-ci
 # Bump the tag when the recipe of the root changes.
 base_image=compilerd-ci-bookworm:1
@@ -131,7 +132,9 @@ if ! docker image inspect "$base_image" >/dev/null 2>&1; then
 fi
 
 docker rm -f "$ctr" >/dev/null 2>&1
-docker run -d --name "$ctr" --hostname "$ctr" \
+# No network: nothing in there needs one (the package's dependencies are already in the root),
+# and an engine without a bridge network runs it too.
+docker run -d --name "$ctr" --hostname "$ctr" --network none \
     --cap-add ALL --cap-drop SYS_RESOURCE --security-opt seccomp=unconfined \
     --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /run --tmpfs /run/lock \
     -v /var/run/docker.sock:/var/run/docker.sock "$base_image" /sbin/init >/dev/null ||
@@ -167,13 +170,16 @@ for f in /usr/bin/compilerd /usr/lib/systemd/system/compilerd.service \
     /usr/lib/systemd/system/compilerd.socket /usr/lib/compilerd/halt-if-requested /usr/lib/compilerd/build-image \
     /etc/compilerd/config.toml /usr/lib/sysusers.d/compilerd.conf \
     /usr/share/doc/compilerd/README.md /usr/share/doc/compilerd/LICENSE \
-    /usr/share/doc/compilerd/copyright; do
+    /usr/share/doc/compilerd/copyright /usr/share/doc/compilerd/fleet-drill.sh \
+    /usr/share/compilerd/haproxy/compilerd.cfg /usr/share/compilerd/prometheus/compilerd-alerts.yml \
+    /usr/share/compilerd/prometheus/compilerd-alerts.test.yml \
+    /usr/share/compilerd/grafana/compilerd-dashboard.json /usr/share/compilerd/systemd/shared-cache.conf; do
     cx test -e "$f" || {
         files_ok=no
         echo "    missing: $f"
     }
 done
-check "the .deb installed the binary, units, halt helper, config, sysusers entry and docs" [ $files_ok = yes ]
+check "the .deb installed the binary, units, halt helper, config, sysusers entry, docs and fleet files" [ $files_ok = yes ]
 check "/etc/compilerd/config.toml is a conffile" cxsh 'dpkg-query -W -f="\${Conffiles}" compilerd | grep -q /etc/compilerd/config.toml'
 check "the shipped config passes check-config" eval 'cx compilerd check-config --config /etc/compilerd/config.toml >/dev/null'
 check "user compilerd exists and is in the docker group" cxsh 'id -nG compilerd | tr " " "\n" | grep -qx docker'
@@ -291,7 +297,7 @@ out=$(cx env DEBIAN_FRONTEND=noninteractive apt-get purge -y compilerd 2>&1) ||
 check "after purge: /etc/compilerd is gone" eval '! cx test -e /etc/compilerd'
 leftovers=$(cxsh 'ls -d /usr/lib/systemd/system/compilerd.* /lib/systemd/system/compilerd.* \
     /etc/systemd/system/compilerd.* /etc/systemd/system/*/compilerd.* /usr/lib/compilerd \
-    /usr/lib/sysusers.d/compilerd.conf /usr/share/doc/compilerd /var/lib/systemd/deb-systemd-helper-enabled/*compilerd* 2>/dev/null')
+    /usr/lib/sysusers.d/compilerd.conf /usr/share/doc/compilerd /usr/share/compilerd /var/lib/systemd/deb-systemd-helper-enabled/*compilerd* 2>/dev/null')
 check "after purge: no unit file, enablement link, mask, helper or doc left${leftovers:+: $leftovers}" [ -z "$leftovers" ]
 check "after purge: systemd knows no compilerd unit" \
     [ "$(prop compilerd.socket LoadState)/$(prop compilerd.service LoadState)" = not-found/not-found ]
@@ -361,8 +367,36 @@ check "rpm erase: no compilerd unit known, no /etc/compilerd, no process" \
     eval '[ "$(prop compilerd.socket LoadState)/$(prop compilerd.service LoadState)" = not-found/not-found ] &&
           ! cx test -e /etc/compilerd && [ -z "$(compilerd_procs)" ]'
 
-# --- self-halt -------------------------------------------------------------------------------------
+# --- safe by default: the shipped config never powers the machine off ---------------------------
 cx dpkg -i /tmp/compilerd.deb >/dev/null 2>&1 || fail "reinstall after purge"
+check "the shipped /etc/compilerd/config.toml says shutdown = false" cx grep -qx 'shutdown = false' /etc/compilerd/config.toml
+# The shipped file with only the image and a lifetime far shorter than the wait below: its
+# `shutdown` line is the package's. Nothing may happen when the lifetime has passed.
+configure "image=\"$test_image\"" 'lifetime="2s"' 'drain="1s"' >/dev/null
+check "  ...and the shipped shutdown line is what the daemon reads" cx grep -qx 'shutdown = false' /etc/compilerd/config.toml
+answer=$(compile)
+pid=$(prop compilerd.service MainPID)
+check "with the shipped settings the daemon starts and answers 200" [ "$(printf '%s\n' "$answer" | head -1)" = 200 ]
+# Waiting is the point here: three lifetimes pass, and the daemon must still be there.
+sleep 6
+check "with the shipped settings the daemon is still up three lifetimes later (same process)" \
+    eval '[ "$(prop compilerd.service ActiveState)" = active ] && [ "$(prop compilerd.service MainPID)" = "$pid" ] &&
+          [ "$(cx curl -s --max-time 5 http://127.0.0.1:8181/healthz)" = ok ]'
+check "  ...it never planned a halt (no 'shutting down at', no 'self-halt' in the journal)" eval \
+    '! cxsh "journalctl -u compilerd.service -o cat | grep -Eq \"shutting down at|self-halt deadline\""'
+check "  ...and the machine is running" running
+# The shared-cache drop-in the package ships opens the network to Redis and nothing else.
+cxsh 'mkdir -p /etc/systemd/system/compilerd.service.d &&
+      cp /usr/share/compilerd/systemd/shared-cache.conf /etc/systemd/system/compilerd.service.d/ &&
+      systemctl daemon-reload'
+check "the shipped shared-cache drop-in: PrivateNetwork=no, AF_INET allowed, IPAddressAllow set" eval \
+    '[ "$(prop compilerd.service PrivateNetwork)" = no ] &&
+     [[ "$(prop compilerd.service RestrictAddressFamilies)" == *AF_INET* ]] &&
+     [ -n "$(prop compilerd.service IPAddressAllow)" ]'
+cxsh 'rm -rf /etc/systemd/system/compilerd.service.d && systemctl daemon-reload'
+cx systemctl stop compilerd.service 2>/dev/null
+
+# --- self-halt -------------------------------------------------------------------------------------
 # 1. An administrator's stop that lands during a self-halt drain must not power off, even though
 #    the daemon then exits with status 3.
 configure "image=\"$test_image\"" shutdown=true 'lifetime="4s"' 'drain="20s"' >/dev/null

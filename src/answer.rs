@@ -145,7 +145,7 @@ pub fn answer(outcome: &Outcome<'_>, dialect: Dialect, limits: &Limits) -> Row {
         }
         (Outcome::SandboxFailed(e), _) => Row {
             metric: Some(RunResult::SandboxError),
-            ..Row::refusal(503, &format!("Sandbox failed: {}", e.message))
+            ..Row::refusal(503, &format!("Sandbox failed: {}.", e.kind.public_text()))
         },
         (Outcome::Overloaded, _) => Row {
             retry_after: true,
@@ -418,7 +418,10 @@ mod tests {
     #[test]
     fn refusals() {
         let limits = Limits::default();
-        let failed = SandboxError::new(SandboxErrorKind::Unavailable, "engine down");
+        let failed = SandboxError::new(
+            SandboxErrorKind::Unavailable,
+            "the engine at unix:///run/docker.sock is not reachable; start it (systemctl start docker)",
+        );
         for d in [Dialect::Raw, Dialect::Playground] {
             let row = answer(&Outcome::SandboxFailed(&failed), d, &limits);
             assert_eq!(
@@ -427,7 +430,7 @@ mod tests {
             );
             assert_eq!(
                 text(&row),
-                r#"{"Errors":"Sandbox failed: engine down","Events":null}"#
+                r#"{"Errors":"Sandbox failed: the sandbox engine is not available.","Events":null}"#
             );
             let row = answer(&Outcome::Overloaded, d, &limits);
             assert_eq!((row.status, row.retry_after, row.metric), (503, true, None));

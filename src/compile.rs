@@ -1,7 +1,8 @@
-//! The /compile service: cache → single flight → admission → sandbox → rendered answer. It knows
-//! nothing of HTTP beyond status codes; answers leave here already serialized, so the cache can
-//! hand out the same bytes again. A run is rendered once per dialect (`answer`), so whichever
-//! request forms ask for a program, it runs once and each gets the answer its client reads.
+//! The /compile service: local cache → single flight → shared cache → admission → sandbox →
+//! rendered answer. It knows nothing of HTTP beyond status codes; answers leave here already
+//! serialized, so the cache can hand out the same bytes again. A run is rendered once per dialect
+//! (`answer`), so whichever request forms ask for a program, it runs once and each gets the
+//! answer its client reads.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,7 +15,7 @@ use tokio::sync::Notify;
 
 use crate::admission::Admission;
 use crate::answer::{self, Outcome, Row};
-use crate::cache::{self, Cache, Key, Stored};
+use crate::cache::{self, Cache, Key, SharedCache, Stored};
 use crate::hooks::{Hooks, RunResult};
 use crate::sandbox::{Limits, Sandbox};
 
@@ -23,6 +24,8 @@ pub use crate::answer::{Dialect, OUTPUT_TOO_LARGE, PROGRAM_TOO_LARGE, TIMEOUT_NO
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheStatus {
     Hit,
+    /// Found in the shared tier (another daemon ran it).
+    SharedHit,
     Miss,
 }
 
@@ -30,6 +33,7 @@ impl CacheStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             CacheStatus::Hit => "HIT",
+            CacheStatus::SharedHit => "SHARED-HIT",
             CacheStatus::Miss => "MISS",
         }
     }
@@ -136,11 +140,17 @@ pub struct SharedState {
 }
 
 impl SharedState {
-    pub fn new(opts: &Options, hooks: &Arc<dyn Hooks>) -> SharedState {
+    /// `shared_cache`: the fleet's tier behind the local one, if configured.
+    pub fn new(
+        opts: &Options,
+        shared_cache: Option<SharedCache>,
+        hooks: &Arc<dyn Hooks>,
+    ) -> SharedState {
         SharedState {
             cache: Arc::new(Cache::new(
                 opts.cache_entries,
                 opts.cache_bytes,
+                shared_cache,
                 hooks.clone(),
             )),
             admission: Admission::new(opts.max_concurrent_runs, opts.max_queued, hooks.clone()),
@@ -150,7 +160,7 @@ impl SharedState {
 
 impl CompileService {
     pub fn new(sandbox: Arc<dyn Sandbox>, opts: Options, hooks: Arc<dyn Hooks>) -> Arc<Self> {
-        let shared = SharedState::new(&opts, &hooks);
+        let shared = SharedState::new(&opts, None, &hooks);
         Self::with_shared(sandbox, opts, &shared, "default", answer::answer, hooks)
     }
 
@@ -320,7 +330,22 @@ impl CompileService {
         }
     }
 
+    /// The shared tier first: one lookup for all the requests that wait on this flight.
     async fn run_uncached(&self, key: Key, program: Bytes) -> Answers {
+        if let Some(stored) = self.cache.get_shared(&key).await {
+            let hit = |status, body| Answer {
+                status,
+                body,
+                cache: Some(CacheStatus::SharedHit),
+                retry_after: None,
+                result: None,
+                key: None,
+            };
+            return Answers {
+                raw: hit(stored.status, stored.body),
+                playground: hit(answer::CACHED_PLAYGROUND_STATUS, stored.playground),
+            };
+        }
         let _slot = match self.admission.acquire().await {
             Ok(slot) => slot,
             Err(_) => {

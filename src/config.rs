@@ -12,6 +12,8 @@ use std::time::Duration;
 use clap::{ArgAction, Args};
 use serde::Deserialize;
 
+use crate::cache::SharedSettings;
+use crate::cache::shared::target::{self, read_auth_file};
 use crate::sandbox::Limits;
 
 /// A duration written like `3500ms`, `30s` or `60m`.
@@ -105,6 +107,35 @@ pub enum LogFormat {
     Json,
 }
 
+/// Every fixed default, written as in the TOML file: the one place defaults live. `from_settings`
+/// takes what a setting leaves out from here; tests hold the flags' help, the shipped config and
+/// the README's settings table to it. Defaults worked out at startup (runs at once, pool size,
+/// connection limit, default language) are not fixed values: their flags' help says how.
+pub const DEFAULTS: &str = r#"
+address = ":8181"
+shutdown = true
+lifetime = "60m"
+drain = "30s"
+backend = "docker"
+image = "playground"
+command = "/bin/sh"
+timeout = "3500ms"
+max-program-bytes = 65536
+max-output-bytes = 65536
+cache-entries = 10000
+cache-bytes = "256MiB"
+allow-origin = ["*"]
+max-queued = 64
+memory = "128MiB"
+pids = 64
+cpus = 1.0
+tmpfs-size = "16MiB"
+read-timeout = "10s"
+log-format = "auto"
+shared-cache-ttl = "7d"
+shared-cache-timeout = "20ms"
+"#;
+
 /// Every setting, each both a flag and a key of the TOML file.
 #[derive(Args, Deserialize, Debug, Default, Clone)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -178,7 +209,7 @@ pub struct Settings {
     /// Processes per run [default: 64].
     #[arg(long)]
     pub pids: Option<u32>,
-    /// CPUs per run [default: 1].
+    /// CPUs per run [default: 1.0].
     #[arg(long)]
     pub cpus: Option<f64>,
     /// Size of the writable /tmp of a run [default: 16MiB].
@@ -201,6 +232,26 @@ pub struct Settings {
     /// `[languages.NAME]` tables, file only; without any, the flat settings are one language.
     #[arg(skip)]
     pub languages: Option<BTreeMap<String, LanguageSettings>>,
+    /// A shared answer cache on Redis for a fleet: `redis://HOST:PORT[/DB]`, `rediss://...` (TLS),
+    /// or `redis-cluster://HOST:PORT[,HOST:PORT...]` (a Redis Cluster by its seed nodes;
+    /// `rediss-cluster://` for TLS) [default: none].
+    #[arg(long, value_name = "URL")]
+    pub shared_cache: Option<String>,
+    /// How long an answer stays in the shared cache [default: 7d].
+    #[arg(long)]
+    pub shared_cache_ttl: Option<HumanDuration>,
+    /// How long a lookup waits for the shared cache before the request goes on without it
+    /// [default: 20ms].
+    #[arg(long)]
+    pub shared_cache_timeout: Option<HumanDuration>,
+    /// A file with the shared cache's password (one line), or a user name and its password (two
+    /// lines); credentials never go in the URL.
+    #[arg(long, value_name = "FILE")]
+    pub shared_cache_auth_file: Option<PathBuf>,
+    /// TLS (`rediss://`): PEM certificates of the CA that signed the servers' certificates,
+    /// instead of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub shared_cache_ca_file: Option<PathBuf>,
 }
 
 /// One `[languages.NAME]` table: its sandbox and, optionally, its own limits; what it leaves out
@@ -253,6 +304,11 @@ fn valid_language_name(name: &str) -> bool {
 }
 
 impl Settings {
+    /// `DEFAULTS` as settings.
+    pub fn defaults() -> Settings {
+        toml::from_str(DEFAULTS).expect("DEFAULTS is a valid settings file")
+    }
+
     /// Reads a TOML file; unknown keys are an error.
     pub fn from_file(path: &Path) -> Result<Settings, String> {
         let text = std::fs::read_to_string(path)
@@ -293,7 +349,12 @@ impl Settings {
             max_connections,
             log_format,
             default_language,
-            languages
+            languages,
+            shared_cache,
+            shared_cache_ttl,
+            shared_cache_timeout,
+            shared_cache_auth_file,
+            shared_cache_ca_file
         )
     }
 }
@@ -333,6 +394,7 @@ pub struct Config {
     /// As written; `languages()` resolves them against the flat settings.
     pub language_tables: BTreeMap<String, LanguageSettings>,
     pub default_language: Option<String>,
+    pub shared_cache: Option<SharedSettings>,
 }
 
 impl Default for Config {
@@ -354,52 +416,135 @@ pub fn parse_address(s: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("address {s:?} resolves to nothing"))
 }
 
+/// The `shared-cache*` settings; the auth file is read here so that `check-config` checks it.
+fn shared_settings(s: &Settings, errors: &mut Vec<String>) -> Option<SharedSettings> {
+    let Some(url) = s.shared_cache.as_deref().filter(|u| !u.trim().is_empty()) else {
+        if s.shared_cache_auth_file.is_some() || s.shared_cache_ca_file.is_some() {
+            errors.push("shared-cache-auth-file or -ca-file is set but shared-cache is not".into());
+        }
+        return None;
+    };
+    let auth = match s.shared_cache_auth_file.as_deref().map(read_auth_file) {
+        Some(Err(e)) => {
+            errors.push(e);
+            return None;
+        }
+        Some(Ok(a)) => Some(a),
+        None => None,
+    };
+    let ca = match &s.shared_cache_ca_file {
+        Some(path) => match std::fs::read(path) {
+            Ok(pem) if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => {
+                errors.push(format!(
+                    "shared-cache-ca-file {} holds no PEM certificate",
+                    path.display()
+                ));
+                return None;
+            }
+            Ok(_) if !url.trim().starts_with("rediss") => {
+                errors.push(
+                    "shared-cache-ca-file is for TLS: use a rediss:// or rediss-cluster:// URL"
+                        .into(),
+                );
+                return None;
+            }
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                errors.push(format!(
+                    "cannot read shared-cache-ca-file {}: {e}",
+                    path.display()
+                ));
+                return None;
+            }
+        },
+        None => None,
+    };
+    let settings = SharedSettings {
+        ca,
+        target: match target::parse(url.trim(), auth.as_ref()) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(e);
+                return None;
+            }
+        },
+        url: url.trim().to_string(),
+        ttl: s
+            .shared_cache_ttl
+            .expect("shared-cache-ttl has its default in DEFAULTS")
+            .0,
+        budget: s
+            .shared_cache_timeout
+            .expect("shared-cache-timeout has its default in DEFAULTS")
+            .0,
+    };
+    if settings.ttl < Duration::from_secs(1) {
+        errors.push("shared-cache-ttl must be at least 1s".into());
+    }
+    if settings.budget.is_zero() {
+        errors.push("shared-cache-timeout must be more than 0".into());
+    }
+    if let Err(e) = settings.check() {
+        errors.push(e);
+    }
+    Some(settings)
+}
+
 impl Config {
     pub fn from_settings(s: Settings) -> Result<Config, String> {
+        let s = s.over(Settings::defaults());
+        // Only for keys that DEFAULTS holds (a unit test proves it parses into all of them).
+        macro_rules! fixed {
+            ($f:ident) => {
+                s.$f.clone()
+                    .expect(concat!(stringify!($f), " has its default in DEFAULTS"))
+            };
+        }
         let mut errors = Vec::new();
-        let address = parse_address(s.address.as_deref().unwrap_or(":8181")).unwrap_or_else(|e| {
+        let shared_cache = shared_settings(&s, &mut errors);
+        let address = parse_address(&fixed!(address)).unwrap_or_else(|e| {
             errors.push(e);
             SocketAddr::from(([0, 0, 0, 0], 0))
         });
         let cpus_default = std::thread::available_parallelism().map_or(1, |n| n.get());
         let max_concurrent_runs = s.max_concurrent_runs.unwrap_or(cpus_default);
         let limits = Limits {
-            timeout: s.timeout.map_or(Duration::from_millis(3500), |d| d.0),
-            max_output_bytes: s.max_output_bytes.map_or(65536, |b| b.0 as usize),
-            memory_bytes: s.memory.map_or(128 << 20, |b| b.0),
-            pids: s.pids.unwrap_or(64),
-            cpus: s.cpus.unwrap_or(1.0),
-            tmpfs_bytes: s.tmpfs_size.map_or(16 << 20, |b| b.0),
+            timeout: fixed!(timeout).0,
+            max_output_bytes: fixed!(max_output_bytes).0 as usize,
+            memory_bytes: fixed!(memory).0,
+            pids: fixed!(pids),
+            cpus: fixed!(cpus),
+            tmpfs_bytes: fixed!(tmpfs_size).0,
         };
-        let allow_origin = match s.allow_origin {
-            None => AllowOrigin::Any,
-            Some(list) if list.iter().any(|o| o == "*") => AllowOrigin::Any,
-            Some(list) => AllowOrigin::List(list),
+        let allow_origin = match fixed!(allow_origin) {
+            list if list.iter().any(|o| o == "*") => AllowOrigin::Any,
+            list => AllowOrigin::List(list),
         };
         let c = Config {
             address,
-            shutdown: s.shutdown.unwrap_or(true),
-            lifetime: s.lifetime.map_or(Duration::from_secs(3600), |d| d.0),
+            shutdown: fixed!(shutdown),
+            lifetime: fixed!(lifetime).0,
             halt_command: s.halt_command.filter(|c| !c.trim().is_empty()),
-            drain: s.drain.map_or(Duration::from_secs(30), |d| d.0),
-            backend: s.backend.unwrap_or(Backend::Docker),
-            image: s.image.unwrap_or_else(|| "playground".into()),
-            command: s.command.unwrap_or_else(|| "/bin/sh".into()),
+            drain: fixed!(drain).0,
+            backend: fixed!(backend),
+            image: fixed!(image),
+            command: fixed!(command),
             rootfs: s.rootfs,
             format_command: s.format_command,
             limits,
-            max_program_bytes: s.max_program_bytes.map_or(65536, |b| b.0 as usize),
-            cache_entries: s.cache_entries.unwrap_or(10_000),
-            cache_bytes: s.cache_bytes.map_or(256 << 20, |b| b.0 as usize),
+            max_program_bytes: fixed!(max_program_bytes).0 as usize,
+            cache_entries: fixed!(cache_entries),
+            cache_bytes: fixed!(cache_bytes).0 as usize,
             allow_origin,
             max_concurrent_runs,
-            max_queued: s.max_queued.unwrap_or(64),
+            max_queued: fixed!(max_queued),
             pool_size: s.pool_size.unwrap_or(max_concurrent_runs),
-            read_timeout: s.read_timeout.map_or(Duration::from_secs(10), |d| d.0),
+            read_timeout: fixed!(read_timeout).0,
             max_connections: s.max_connections,
-            log_format: s.log_format.unwrap_or(LogFormat::Auto),
+            log_format: fixed!(log_format),
             language_tables: s.languages.unwrap_or_default(),
             default_language: s.default_language,
+            shared_cache,
         };
         c.check(&mut errors);
         if errors.is_empty() {
@@ -572,6 +717,88 @@ fn check_limits(at: &str, l: &Limits, errors: &mut Vec<String>) {
 mod tests {
     use super::*;
 
+    /// `DEFAULTS`, key by key, each value as people write it ("3500ms", 64, *).
+    fn defaults_as_written() -> Vec<(String, String)> {
+        let table: toml::Table = toml::from_str(DEFAULTS).unwrap();
+        table.into_iter().map(|(k, v)| (k, plain(&v))).collect()
+    }
+
+    fn plain(v: &toml::Value) -> String {
+        match v {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Array(a) => a.iter().map(plain).collect::<Vec<_>>().join(","),
+            other => other.to_string(),
+        }
+    }
+
+    fn repo_file(name: &str) -> String {
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(name)).unwrap()
+    }
+
+    #[test]
+    fn defaults_fill_every_fixed_setting() {
+        let d = Settings::defaults();
+        let filled = Config::from_settings(Settings::default()).unwrap();
+        assert_eq!(filled.limits.timeout, d.timeout.unwrap().0);
+        assert_eq!(filled.read_timeout, d.read_timeout.unwrap().0);
+    }
+
+    #[test]
+    fn flag_help_states_each_default() {
+        use clap::{Args as _, Command};
+        let cmd = Settings::augment_args(Command::new("compilerd"));
+        for (key, value) in defaults_as_written() {
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_long() == Some(key.as_str()))
+                .unwrap_or_else(|| panic!("no flag --{key}"));
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(
+                help.contains(&format!("[default: {value}]")),
+                "--{key}'s help does not say [default: {value}]: {help}"
+            );
+        }
+    }
+
+    /// The shipped file shows every default (commented out); a key it sets must be a default too,
+    /// unless it is one the package deliberately sets otherwise.
+    #[test]
+    fn shipped_config_shows_the_defaults() {
+        let shipped = repo_file("packaging/config.toml");
+        // What comes after the first language table's example is about tables, not the flat keys.
+        let flat = shipped.split("[languages").next().unwrap();
+        let deliberate = ["shutdown"];
+        for (key, value) in defaults_as_written() {
+            let line = flat
+                .lines()
+                .find(|l| {
+                    l.trim_start_matches('#')
+                        .strip_prefix(key.as_str())
+                        .is_some_and(|r| r.starts_with(" ="))
+                })
+                .unwrap_or_else(|| panic!("packaging/config.toml does not show {key}"));
+            let written = line.trim_start_matches('#');
+            let parsed: toml::Table = toml::from_str(written).unwrap();
+            let shown = plain(&parsed[key.as_str()]);
+            if line.starts_with('#') || !deliberate.contains(&key.as_str()) {
+                assert_eq!(shown, value, "packaging/config.toml: {line}");
+            }
+        }
+    }
+
+    #[test]
+    fn readme_settings_table_states_the_defaults() {
+        let readme = repo_file("README.md");
+        for (key, value) in defaults_as_written() {
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `--{key}` |")))
+                .unwrap_or_else(|| panic!("README's settings table has no row for --{key}"));
+            let cell = row.split('|').nth(2).unwrap().trim();
+            assert_eq!(cell, format!("`{value}`"), "README: {row}");
+        }
+    }
+
     #[test]
     fn defaults_match_the_go_server() {
         let c = Config::default();
@@ -662,6 +889,38 @@ mod tests {
         let e = bad("[languages.\"Go Lang\"]\n");
         assert!(e.contains("language names"), "{e}");
         assert!(toml::from_str::<Settings>("[languages.go]\nimgae = \"x\"\n").is_err());
+    }
+
+    #[test]
+    fn shared_cache_settings() {
+        assert!(Config::default().shared_cache.is_none());
+        let file: Settings = toml::from_str(
+            "shared-cache = \"redis-cluster://127.0.0.1:7000,127.0.0.1:7001\"\nshared-cache-ttl = \"1d\"",
+        )
+        .unwrap();
+        let c = Config::from_settings(file).unwrap();
+        let shared = c.shared_cache.unwrap();
+        assert_eq!(shared.ttl, Duration::from_secs(86400));
+        assert_eq!(shared.budget, Duration::from_millis(20));
+        let bad = Settings {
+            shared_cache: Some("redis://:pw@127.0.0.1:6379".into()),
+            ..Settings::default()
+        };
+        assert!(
+            Config::from_settings(bad)
+                .unwrap_err()
+                .contains("auth-file")
+        );
+        let missing = Settings {
+            shared_cache: Some("redis://127.0.0.1:6379".into()),
+            shared_cache_auth_file: Some("/nonexistent/auth".into()),
+            ..Settings::default()
+        };
+        assert!(
+            Config::from_settings(missing)
+                .unwrap_err()
+                .contains("/nonexistent/auth")
+        );
     }
 
     #[test]

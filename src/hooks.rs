@@ -36,6 +36,53 @@ impl RunResult {
     }
 }
 
+/// What one operation on the shared cache tier came to, as a bounded metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SharedOutcome {
+    /// A lookup found a valid value.
+    Hit,
+    /// A lookup found nothing.
+    Miss,
+    /// A write was stored.
+    Stored,
+    /// Not attempted: the tier is marked down (or, for writes, the answer is too large).
+    Skipped,
+    /// A write did not fit in the bounded queue of writes.
+    Dropped,
+    /// No answer within the time budget.
+    Timeout,
+    /// Redis answered with an error, or the connection failed.
+    Error,
+    /// A value was found but failed validation (size, format); it is ignored.
+    Invalid,
+}
+
+impl SharedOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SharedOutcome::Hit => "hit",
+            SharedOutcome::Miss => "miss",
+            SharedOutcome::Stored => "stored",
+            SharedOutcome::Skipped => "skipped",
+            SharedOutcome::Dropped => "dropped",
+            SharedOutcome::Timeout => "timeout",
+            SharedOutcome::Error => "error",
+            SharedOutcome::Invalid => "invalid",
+        }
+    }
+
+    /// Whether Redis did its part (a miss and a refused value are Redis answering).
+    pub fn answered(self) -> bool {
+        matches!(
+            self,
+            SharedOutcome::Hit
+                | SharedOutcome::Miss
+                | SharedOutcome::Stored
+                | SharedOutcome::Invalid
+        )
+    }
+}
+
 /// Every method has a no-op default so that an implementor only writes what it needs.
 pub trait Hooks: Send + Sync + 'static {
     fn cache_lookup(&self, _hit: bool) {}
@@ -67,6 +114,12 @@ pub trait Hooks: Send + Sync + 'static {
     fn connection_closed(&self) {}
     /// A connection refused because `--max-connections` were open.
     fn connection_refused(&self) {}
+    /// A shared cache tier is configured.
+    fn shared_cache_enabled(&self) {}
+    /// The shared tier was marked up or down.
+    fn shared_cache_up(&self, _up: bool) {}
+    /// One lookup (`write == false`) or write; `latency` is None when Redis was not asked.
+    fn shared_cache_op(&self, _write: bool, _outcome: SharedOutcome, _latency: Option<Duration>) {}
 }
 
 /// Hooks that record nothing.

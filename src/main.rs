@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use compilerd::config::{Config, Settings};
@@ -79,27 +80,33 @@ fn main() -> ExitCode {
         Ok(Stopped::Requested) | Ok(Stopped::Halt { halted: true }) => ExitCode::SUCCESS,
         Ok(Stopped::Halt { halted: false }) => ExitCode::from(EXIT_HALT),
         Err(e) => {
-            tracing::error!("{e}");
+            tracing::error!("{e:#}");
             ExitCode::from(EXIT_FAILURE)
         }
     }
 }
 
-async fn run(config: Config) -> Result<Stopped, String> {
+/// Startup failures carry what was being done (`context`); the log line shows the whole chain.
+async fn run(config: Config) -> anyhow::Result<Stopped> {
     let (std_listener, inherited) = compilerd::systemd::listener(config.address)
-        .map_err(|e| format!("cannot listen on {}: {e}", config.address))?;
-    std_listener
+        .with_context(|| format!("cannot listen on {}", config.address))?;
+    let listener = std_listener
         .set_nonblocking(true)
-        .map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::from_std(std_listener).map_err(|e| e.to_string())?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
+        .and_then(|()| tokio::net::TcpListener::from_std(std_listener))
+        .context("cannot serve on the listening socket")?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the listening socket's address")?;
     let metrics = Arc::new(Metrics::new());
     let hooks: Arc<dyn Hooks> = metrics.clone();
-    let languages = compilerd::languages::open(&config, hooks.clone()).await?;
+    let languages = compilerd::languages::open(&config, hooks.clone())
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("cannot open the sandboxes")?;
     tracing::info!(address = %local, inherited, backend = %config.backend, "serving");
 
     let stops = StopRequests::default();
-    spawn_signal_handler(stops.clone()).map_err(|e| format!("cannot handle signals: {e}"))?;
+    spawn_signal_handler(stops.clone()).context("cannot handle signals")?;
     let daemon = Daemon {
         config,
         listener,

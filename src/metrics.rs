@@ -9,7 +9,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::hooks::{Hooks, RunResult};
+use crate::hooks::{Hooks, RunResult, SharedOutcome};
 use crate::sandbox::SandboxErrorKind;
 
 pub struct Metrics {
@@ -39,10 +39,31 @@ pub struct Metrics {
     pool_refill: Histogram,
     connections_open: IntGauge,
     connections_refused: IntCounter,
+    shared_enabled: IntGauge,
+    shared_up: IntGauge,
+    shared_hits: IntCounter,
+    shared_misses: IntCounter,
+    shared_writes: IntCounter,
+    shared_skipped: IntCounterVec,
+    shared_errors: IntCounterVec,
+    shared_latency: HistogramVec,
 }
 
 /// The handlers `requests_total` and `request_duration_seconds` are labelled with.
 const HANDLERS: [&str; 6] = ["compile", "fmt", "languages", "healthz", "metrics", "other"];
+
+/// Sub-millisecond to a second: a healthy Redis answers in the first buckets, the lookup budget
+/// (20 ms by default) sits in the middle, a write's limit at the end.
+fn shared_buckets() -> Vec<f64> {
+    vec![
+        0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+    ]
+}
+
+/// The `op` label of the shared-cache series.
+fn shared_op(write: bool) -> &'static str {
+    if write { "set" } else { "get" }
+}
 
 fn buckets() -> Vec<f64> {
     // 1 ms to 10 s, roughly ×2.5 a step: a cache hit, a pooled run and a timeout each land in
@@ -202,6 +223,57 @@ impl Metrics {
                 "compilerd_connections_refused_total",
                 "Connections answered 503 and closed because --max-connections were open."
             )),
+            shared_enabled: reg!(gauge(
+                "compilerd_shared_cache_enabled",
+                "1 when a shared cache (Redis) is configured."
+            )),
+            shared_up: reg!(gauge(
+                "compilerd_shared_cache_up",
+                "1 while the shared cache answers; 0 while it is skipped (down, or not yet reached)."
+            )),
+            shared_hits: reg!(counter(
+                "compilerd_shared_cache_hits_total",
+                "Lookups the shared cache answered with a valid answer."
+            )),
+            shared_misses: reg!(counter(
+                "compilerd_shared_cache_misses_total",
+                "Lookups the shared cache answered with nothing."
+            )),
+            shared_writes: reg!(counter(
+                "compilerd_shared_cache_writes_total",
+                "Answers written to the shared cache."
+            )),
+            shared_skipped: reg!(
+                IntCounterVec::new(
+                    Opts::new(
+                        "compilerd_shared_cache_skipped_total",
+                        "Lookups (get) and writes (set) not sent because the shared cache was down, or the answer too large."
+                    ),
+                    &["op"]
+                )
+                .expect("valid metric")
+            ),
+            shared_errors: reg!(
+                IntCounterVec::new(
+                    Opts::new(
+                        "compilerd_shared_cache_errors_total",
+                        "Shared cache operations that failed: timeout, error, invalid (a value that failed validation, ignored), dropped (write queue full)."
+                    ),
+                    &["op", "kind"]
+                )
+                .expect("valid metric")
+            ),
+            shared_latency: reg!(
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "compilerd_shared_cache_latency_seconds",
+                        "Time of the shared cache operations sent to Redis, up to their time limit."
+                    )
+                    .buckets(shared_buckets()),
+                    &["op"]
+                )
+                .expect("valid metric")
+            ),
             registry,
         };
         let build_info = IntGaugeVec::new(
@@ -230,6 +302,17 @@ impl Metrics {
         for h in HANDLERS {
             m.request_duration.with_label_values(&[h]);
         }
+        for op in ["get", "set"] {
+            m.shared_skipped.with_label_values(&[op]);
+            m.shared_latency.with_label_values(&[op]);
+            for kind in [SharedOutcome::Timeout, SharedOutcome::Error] {
+                m.shared_errors.with_label_values(&[op, kind.as_str()]);
+            }
+        }
+        m.shared_errors
+            .with_label_values(&["get", SharedOutcome::Invalid.as_str()]);
+        m.shared_errors
+            .with_label_values(&["set", SharedOutcome::Dropped.as_str()]);
         m
     }
 
@@ -351,6 +434,33 @@ impl Hooks for Metrics {
     }
     fn connection_refused(&self) {
         self.connections_refused.inc();
+    }
+    fn shared_cache_enabled(&self) {
+        self.shared_enabled.set(1);
+    }
+    fn shared_cache_up(&self, up: bool) {
+        self.shared_up.set(up as i64);
+    }
+    fn shared_cache_op(&self, write: bool, outcome: SharedOutcome, latency: Option<Duration>) {
+        let op = shared_op(write);
+        if let Some(l) = latency {
+            self.shared_latency
+                .with_label_values(&[op])
+                .observe(l.as_secs_f64());
+        }
+        match outcome {
+            SharedOutcome::Hit => self.shared_hits.inc(),
+            SharedOutcome::Miss => self.shared_misses.inc(),
+            SharedOutcome::Stored => self.shared_writes.inc(),
+            SharedOutcome::Skipped => self.shared_skipped.with_label_values(&[op]).inc(),
+            SharedOutcome::Dropped
+            | SharedOutcome::Timeout
+            | SharedOutcome::Error
+            | SharedOutcome::Invalid => self
+                .shared_errors
+                .with_label_values(&[op, outcome.as_str()])
+                .inc(),
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::cache::SharedCache;
 use crate::compile::{Options, SharedState};
 use crate::config::Config;
 use crate::fdlimit;
@@ -84,7 +85,11 @@ impl Daemon {
             max_concurrent_runs: config.max_concurrent_runs,
             max_queued: config.max_queued,
         };
-        let shared = SharedState::new(&opts, &hooks);
+        let shared_cache = config
+            .shared_cache
+            .clone()
+            .map(|s| SharedCache::start(s, hooks.clone()));
+        let shared = SharedState::new(&opts, shared_cache, &hooks);
         if let Some(m) = &metrics {
             let names: Vec<&str> = languages.iter().map(|l| l.config.name.as_str()).collect();
             m.register_languages(&names);

@@ -216,7 +216,7 @@ proptest! {
         ops in prop::collection::vec(op(), 0..200),
     ) {
         let hooks = Arc::new(Reported::default());
-        let cache = Cache::new(max_entries, max_bytes, hooks.clone());
+        let cache = Cache::new(max_entries, max_bytes, None, hooks.clone());
         let mut model = Model { lru: VecDeque::new(), max_entries, max_bytes };
         let mut evicted = 0u64;
         for op in ops {

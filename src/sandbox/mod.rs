@@ -38,16 +38,10 @@ pub struct Limits {
     pub tmpfs_bytes: u64,
 }
 
+/// The defaults live in `config::DEFAULTS`, with every other setting's.
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            timeout: Duration::from_millis(3500),
-            max_output_bytes: 65536,
-            memory_bytes: 128 << 20,
-            pids: 64,
-            cpus: 1.0,
-            tmpfs_bytes: 16 << 20,
-        }
+        crate::config::Config::default().limits
     }
 }
 
@@ -129,6 +123,18 @@ impl SandboxErrorKind {
         SandboxErrorKind::Internal,
     ];
 
+    /// What failed, as a client may read it: no host names, paths or remedies (those are the
+    /// operator's, in `SandboxError::message` and the log).
+    pub fn public_text(self) -> &'static str {
+        match self {
+            SandboxErrorKind::Unavailable => "the sandbox engine is not available",
+            SandboxErrorKind::ImageMissing => "the sandbox image is missing",
+            SandboxErrorKind::Start => "the sandbox could not be started",
+            SandboxErrorKind::Io => "the connection to the sandbox broke",
+            SandboxErrorKind::Internal => "an internal error of the sandbox",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             SandboxErrorKind::Unavailable => "unavailable",
@@ -144,7 +150,8 @@ impl SandboxErrorKind {
 #[error("{message}")]
 pub struct SandboxError {
     pub kind: SandboxErrorKind,
-    /// Says what failed and, where it can, how to fix it; shown to clients and operators.
+    /// Says what failed and, where it can, how to fix it: for operators (logs, startup errors);
+    /// clients get `kind.public_text()`.
     pub message: String,
 }
 

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Makes this Debian 12 machine ready for the full test suite, idempotently (run as root): the
+# packages the tests use, a running Docker engine, socket buffers large enough for the output
+# relay, and the sandbox images and root directories, all built from local Debian packages (no
+# image registry). Each step does nothing when its work is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+[ "$(id -u)" = 0 ] || { echo "setup-test-host.sh: run as root (it installs packages and starts dockerd)" >&2; exit 1; }
+say() { echo "--- $*"; }
+
+say "packages"
+# gcc + libc6-dev build the static output relay; redis-server and haproxy are started by the tests
+# on loopback ports of their own (never the system's services); openssl makes the TLS test's
+# certificates; chromium drives the page in the browser tests.
+packages=(gcc libc6-dev docker.io busybox-static bubblewrap prometheus debootstrap systemd curl rpm
+  wrk jq redis-server haproxy openssl chromium)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+say "docker engine"
+if ! docker info >/dev/null 2>&1; then
+  setsid dockerd >/var/log/dockerd.log 2>&1 < /dev/null &
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || { tail -50 /var/log/dockerd.log; echo "dockerd did not start" >&2; exit 1; }
+fi
+docker version --format 'engine {{.Server.Version}} (API {{.Server.APIVersion}})'
+
+say "socket buffers"
+# The output relay's sockets carry each write whole: the largest single write a program can make is
+# about twice net.core.wmem_max (Debian's default allows ~416 KB; the tests write 3 MB at once).
+if [ "$(cat /proc/sys/net/core/wmem_max)" -lt 4194304 ]; then sysctl -q -w net.core.wmem_max=4194304; fi
+
+say "test image"
+scripts/build-test-image.sh compilerd-test /var/lib/compilerd-test/rootfs
+
+say "language images (Go, Python, C from Debian packages)"
+# apt-cache must know the toolchains' packages; a fresh machine may not have fetched the lists.
+apt-cache show golang-1.19-go >/dev/null 2>&1 || apt-get update -qq
+for lang in go python c; do scripts/build-image.sh "$lang"; done
