@@ -1,39 +1,33 @@
-//! Chaos: the Docker engine stopped under load, then started again. This stops the machine's
-//! dockerd, so it is ignored by a plain `cargo test` (other tests would lose their engine) and run
-//! alone by .ci/run (`cargo test --test chaos_engine -- --ignored`).
+//! Chaos: the Docker engine stopped under load, then started again. The engine is a private one
+//! (its own dockerd under a temp dir, see `common::private_engine`), so this runs in a plain
+//! `cargo test` without disturbing the machine's engine or any other test.
 //!
 //! What it asks: while the engine is down every request is answered within a bounded time (a run's
-//! answer, or 503 `Sandbox failed`), never held until the client gives up; when the engine is back
-//! the pool refills and runs succeed without restarting compilerd; after compilerd stops, none of
-//! its containers is left.
+//! answer, or 503 `Sandbox failed`), never held until the client gives up, and /healthz stays 200
+//! (see README: the daemon is healthy, its engine is not); when the engine is back the pool refills
+//! and runs succeed without restarting compilerd; after compilerd stops, the engine holds no
+//! container at all (removals that failed while it was down included).
 
 mod common;
+#[path = "common/private_engine.rs"]
+mod private_engine;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TestDaemon, config};
+use common::{TestDaemon, config, test_image, test_rootfs};
 use compilerd::config::Backend;
+use compilerd::hooks::Hooks;
+use compilerd::metrics::Metrics;
 use compilerd::sandbox::SandboxErrorKind;
+use compilerd::sandbox::docker::{DockerOptions, DockerSandbox};
+use private_engine::PrivateEngine;
 
 /// Longest a request may take while the engine goes away.
 const ANSWER_WITHIN: Duration = Duration::from_secs(15);
 
-fn engine_up() -> bool {
-    Command::new("docker")
-        .arg("info")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn systemd_managed() -> bool {
-    Command::new("systemctl")
-        .args(["is-active", "--quiet", "docker"])
-        .status()
-        .is_ok_and(|s| s.success())
-}
+const POOL: usize = 2;
 
 async fn wait_for(what: &str, limit: Duration, cond: impl Fn() -> bool) {
     let deadline = Instant::now() + limit;
@@ -42,62 +36,8 @@ async fn wait_for(what: &str, limit: Duration, cond: impl Fn() -> bool) {
             Instant::now() < deadline,
             "{what} did not happen in {limit:?}"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Stops dockerd (through systemd when it manages it, else by SIGTERM, as .ci/run started it).
-async fn stop_engine(systemd: bool) {
-    if systemd {
-        assert!(
-            Command::new("systemctl")
-                .args(["stop", "docker.socket", "docker"])
-                .status()
-                .unwrap()
-                .success()
-        );
-    } else {
-        let out = Command::new("pidof").arg("dockerd").output().unwrap();
-        let pids = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        assert!(!pids.is_empty(), "no dockerd to stop");
-        for pid in pids.split_whitespace() {
-            assert!(
-                Command::new("kill")
-                    .args(["-TERM", pid])
-                    .status()
-                    .unwrap()
-                    .success()
-            );
-        }
-    }
-    wait_for("the engine stopping", Duration::from_secs(60), || {
-        !engine_up()
-    })
-    .await;
-}
-
-async fn start_engine(systemd: bool) {
-    if systemd {
-        assert!(
-            Command::new("systemctl")
-                .args(["start", "docker"])
-                .status()
-                .unwrap()
-                .success()
-        );
-    } else {
-        let log = std::fs::File::create("/var/log/dockerd.log").unwrap();
-        // --fork: setsid returns at once and dockerd lives on in its own session.
-        let started = Command::new("setsid")
-            .args(["--fork", "dockerd"])
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .status()
-            .expect("start dockerd");
-        assert!(started.success());
-    }
-    wait_for("the engine starting", Duration::from_secs(90), engine_up).await;
 }
 
 fn sandbox_errors(d: &TestDaemon) -> f64 {
@@ -113,14 +53,21 @@ fn sandbox_errors(d: &TestDaemon) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "stops and restarts the Docker engine: run alone (.ci/run does)"]
 async fn engine_stopped_under_load_then_back() {
-    assert!(
-        engine_up(),
-        "the Docker engine must be running at the start"
-    );
-    let systemd = systemd_managed();
-    let d = Arc::new(TestDaemon::start(config(Backend::Docker)).await);
+    let mut engine = PrivateEngine::start(&test_rootfs(), &test_image()).await;
+    let mut cfg = config(Backend::Docker);
+    cfg.pool_size = POOL;
+    let metrics = Arc::new(Metrics::new());
+    let hooks: Arc<dyn Hooks> = metrics.clone();
+    let sandbox = DockerSandbox::connect_to(
+        &engine.host,
+        DockerOptions::new(test_image(), POOL),
+        cfg.limits.clone(),
+        hooks,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{}", e.message));
+    let d = Arc::new(TestDaemon::start_with(cfg, Arc::new(sandbox), metrics).await);
     assert_eq!(d.compile("echo before").await.output(), "before\n");
 
     // Eight clients send distinct programs in a loop; each answer is checked as it comes.
@@ -131,6 +78,7 @@ async fn engine_stopped_under_load_then_back() {
         clients.push(tokio::spawn(async move {
             let mut n = 0u32;
             let mut failed = 0u32;
+            let mut slowest_failure = Duration::ZERO;
             while !stop.load(Ordering::SeqCst) {
                 n += 1;
                 let started = Instant::now();
@@ -147,12 +95,13 @@ async fn engine_stopped_under_load_then_back() {
                             r.text
                         );
                         failed += 1;
+                        slowest_failure = slowest_failure.max(started.elapsed());
                     }
                     other => panic!("{other}: {}", r.text),
                 }
                 assert!(started.elapsed() < ANSWER_WITHIN);
             }
-            failed
+            (failed, slowest_failure)
         }));
     }
     d.wait_metric(
@@ -160,7 +109,7 @@ async fn engine_stopped_under_load_then_back() {
         |n| n >= 8.0,
     )
     .await;
-    stop_engine(systemd).await;
+    engine.stop().await;
     // Requests keep coming while the engine is down.
     let deadline = Instant::now() + Duration::from_secs(60);
     while sandbox_errors(&d) < 1.0 {
@@ -170,7 +119,18 @@ async fn engine_stopped_under_load_then_back() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    start_engine(systemd).await;
+    // The daemon itself is healthy: it answers, fast and clearly (README, `GET /healthz`).
+    let health = d.client.get(d.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    // Let the clients meet the dead engine for a while: refills and removals fail meanwhile.
+    let failed_before = sandbox_errors(&d);
+    wait_for(
+        "more runs failing on the dead engine",
+        Duration::from_secs(30),
+        || sandbox_errors(&d) >= failed_before + 4.0,
+    )
+    .await;
+    engine.start_again().await;
 
     // Back: runs succeed again without restarting compilerd.
     let back = Instant::now();
@@ -189,33 +149,126 @@ async fn engine_stopped_under_load_then_back() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     stop.store(true, Ordering::SeqCst);
-    let mut failed = 0;
+    let (mut failed, mut slowest) = (0, Duration::ZERO);
     for c in clients {
-        failed += c.await.expect("a client saw a wrong answer");
+        let (f, s) = c.await.expect("a client saw a wrong answer");
+        failed += f;
+        slowest = slowest.max(s);
     }
     assert!(failed > 0, "no request noticed the engine was gone");
+    eprintln!("{failed} requests failed during the outage, the slowest 503 took {slowest:?}");
+
+    // The pool refills by itself.
+    d.wait_metric("compilerd_pool_ready", |n| n >= POOL as f64)
+        .await;
+    // Containers whose removal failed while the engine was down are retried once it is back:
+    // the engine holds no more than the pool (and runs that may still be finishing) while the
+    // daemon still runs.
+    wait_for(
+        "the containers of the outage removed while the daemon runs",
+        Duration::from_secs(30),
+        || engine.containers().len() <= POOL,
+    )
+    .await;
 
     let d = Arc::try_unwrap(d).unwrap_or_else(|_| panic!("a client still holds the daemon"));
     d.stop().await;
-    // Nothing of it left: containers whose removal failed while the engine was down included.
-    let pid = std::process::id();
-    wait_for(
-        "every container of the daemon removed",
-        Duration::from_secs(30),
-        || {
-            let out = Command::new("docker")
-                .args([
-                    "ps",
-                    "-a",
-                    "--filter",
-                    "label=compilerd.managed",
-                    "--format",
-                    "{{.Label \"compilerd.owner\"}}",
-                ])
-                .output()
-                .unwrap();
-            !String::from_utf8_lossy(&out.stdout).contains(&format!("/{pid}/"))
-        },
+    // Nothing of it left.
+    let left = engine.containers();
+    assert!(
+        left.is_empty(),
+        "containers left on the engine: {left:?}\n{}",
+        engine.docker(&["ps", "-a"]).unwrap_or_default()
+    );
+}
+
+/// The image removed (`docker rmi -f`) while the pool holds containers of it: the pool's
+/// containers still serve, then runs get 503 `Sandbox failed: the sandbox image is missing.`; once the
+/// image is back the pool refills and runs succeed, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_removed_while_pooled_then_back() {
+    let engine = PrivateEngine::start(&test_rootfs(), &test_image()).await;
+    let mut cfg = config(Backend::Docker);
+    cfg.pool_size = POOL;
+    let metrics = Arc::new(Metrics::new());
+    let hooks: Arc<dyn Hooks> = metrics.clone();
+    let sandbox = DockerSandbox::connect_to(
+        &engine.host,
+        DockerOptions::new(test_image(), POOL),
+        cfg.limits.clone(),
+        hooks,
     )
-    .await;
+    .await
+    .unwrap_or_else(|e| panic!("{}", e.message));
+    let d = TestDaemon::start_with(cfg, Arc::new(sandbox), metrics).await;
+    d.wait_metric("compilerd_pool_ready", |n| n >= POOL as f64)
+        .await;
+
+    // -f: untagged although containers use it; new containers cannot be created from the name.
+    engine
+        .docker(&["rmi", "-f", &test_image()])
+        .expect("docker rmi -f");
+    let mut served = 0;
+    let refused = loop {
+        let r = d.compile(format!("echo pooled {served}")).await;
+        match r.status {
+            200 => {
+                assert_eq!(r.output(), format!("pooled {served}\n"));
+                served += 1;
+                assert!(served <= POOL, "ran more programs than the pool held");
+            }
+            503 => break r,
+            other => panic!("{other}: {}", r.text),
+        }
+    };
+    // The client gets the kind; the log gets the details (image name, engine).
+    assert_eq!(
+        refused.errors(),
+        "Sandbox failed: the sandbox image is missing."
+    );
+    assert!(d.metric("compilerd_sandbox_errors_total{kind=\"image_missing\"}") >= 1.0);
+
+    let tar = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(test_rootfs())
+        .args(["-c", "."])
+        .output()
+        .unwrap();
+    assert!(tar.status.success());
+    let mut import = std::process::Command::new("docker")
+        .args([
+            "-H",
+            &engine.host,
+            "import",
+            "--change",
+            r#"CMD ["/bin/sh"]"#,
+            "-",
+        ])
+        .arg(test_image())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut import.stdin.take().unwrap(), &tar.stdout).unwrap();
+    assert!(import.wait().unwrap().success());
+
+    let back = Instant::now();
+    loop {
+        let r = d
+            .compile(format!("echo back {}", back.elapsed().as_nanos()))
+            .await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "runs never recovered: {}",
+            r.text
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    d.wait_metric("compilerd_pool_ready", |n| n >= POOL as f64)
+        .await;
+    d.stop().await;
+    assert_eq!(engine.containers(), Vec::<String>::new());
 }

@@ -49,6 +49,11 @@ use super::sweep::{LABEL_INSTANCE, LABEL_MANAGED, LABEL_OWNER, current_owner};
 use crate::sandbox::relay::InstalledRelay;
 use crate::sandbox::{Limits, SandboxError, SandboxErrorKind};
 
+/// Removal attempts before a failure is logged as a warning (and, when shutting down, given up).
+const REMOVAL_ATTEMPTS: u32 = 3;
+/// The longest pause between two attempts to remove a container while the engine fails.
+const REMOVAL_RETRY_MAX: Duration = Duration::from_secs(5);
+
 pub(super) type OutputStream = Pin<Box<dyn Stream<Item = Result<LogOutput, DockerError>> + Send>>;
 pub(super) type InputSink = Pin<Box<dyn AsyncWrite + Send>>;
 
@@ -71,6 +76,8 @@ pub(super) struct Engine {
     live: watch::Sender<usize>,
     /// Of those, the ones whose removal is under way.
     removing: watch::Sender<usize>,
+    /// The sandbox is shutting down: failed removals stop retrying.
+    closing: watch::Sender<bool>,
     /// Guards may be dropped outside the runtime's context (a cancelled run); removal still
     /// needs somewhere to run.
     runtime: tokio::runtime::Handle,
@@ -212,6 +219,7 @@ impl Engine {
             counter: AtomicU64::new(0),
             live: watch::Sender::new(0),
             removing: watch::Sender::new(0),
+            closing: watch::Sender::new(false),
             runtime: tokio::runtime::Handle::current(),
         })
     }
@@ -374,31 +382,63 @@ impl Engine {
         }
     }
 
+    /// Removes `name`, retrying while the engine fails: an engine that is down (stopped,
+    /// restarting) leaves its containers behind, exited, and nothing else would ever remove
+    /// them while this daemon lives (the startup sweep only takes a dead daemon's). The retries
+    /// back off to one every few seconds and keep the container counted as live, so that the
+    /// pool does not pile creations onto an engine that cannot remove. Once the sandbox shuts
+    /// down they stop after a few attempts; `sweep_instance` and the next startup sweep cover
+    /// what is left.
     async fn remove(&self, name: &str) {
         let opts = RemoveContainerOptionsBuilder::new()
             .force(true)
             .v(true)
             .build();
         let mut delay = Duration::from_millis(200);
-        for attempt in 1..=3 {
+        let mut closing = self.closing.subscribe();
+        for attempt in 1u32.. {
             match self.docker.remove_container(name, Some(opts.clone())).await {
                 // 404: never created, or already gone. 409: a removal is already under way.
                 Ok(())
                 | Err(DockerError::DockerResponseServerError {
                     status_code: 404 | 409,
                     ..
-                }) => return,
-                Err(e) if attempt == 3 => {
+                }) => {
+                    if attempt > REMOVAL_ATTEMPTS {
+                        tracing::info!(
+                            container = name,
+                            attempt,
+                            "sandbox container removed at last"
+                        );
+                    }
+                    return;
+                }
+                Err(e) if attempt >= REMOVAL_ATTEMPTS && *closing.borrow() => {
                     tracing::warn!(container = name, error = %e,
-                        "could not remove a sandbox container; the next startup sweep will");
+                        "could not remove a sandbox container while shutting down; the next \
+                         startup sweep will");
+                    return;
+                }
+                Err(e) if attempt == REMOVAL_ATTEMPTS => {
+                    tracing::warn!(container = name, error = %e,
+                        "could not remove a sandbox container; retrying until the engine takes it");
                 }
                 Err(e) => {
                     tracing::debug!(container = name, error = %e, "removal failed, retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 4;
                 }
             }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                // Shutting down: one more attempt now, then give up if it fails.
+                _ = closing.wait_for(|c| *c) => {}
+            }
+            delay = (delay * 2).min(REMOVAL_RETRY_MAX);
         }
+    }
+
+    /// From now on removals that fail give up after a few attempts (the sandbox shuts down).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Containers of this sandbox not yet removed.

@@ -295,8 +295,10 @@ impl Sandbox for DockerSandbox {
         if let Some(filler) = filler {
             let _ = filler.await;
         }
-        // Bounded: removals give up after a few attempts, but an engine that hangs should not
-        // hold the daemon's exit hostage; the next startup sweep covers what is left.
+        // Failed removals now give up after a few attempts.
+        self.engine.close();
+        // Bounded: an engine that hangs should not hold the daemon's exit hostage; the next
+        // startup sweep covers what is left.
         if tokio::time::timeout(ENGINE_TIMEOUT * 2, self.engine.all_removed())
             .await
             .is_err()
@@ -305,6 +307,15 @@ impl Sandbox for DockerSandbox {
                 left = self.engine.live(),
                 "gave up waiting for sandbox containers to be removed"
             );
+        }
+        // Whatever carries our instance label and is still there: a removal that gave up, a
+        // create the engine finished after it failed for us.
+        match sweep::sweep_instance(&self.engine.docker, &self.engine.instance).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "removed sandbox containers left at shutdown"),
+            Err(e) => tracing::warn!(error = %e,
+                "could not list this daemon's sandbox containers at shutdown; the next startup \
+                 sweep will remove them"),
         }
         self.follower.abort();
     }

@@ -13,8 +13,18 @@ use bollard::models::{
 use crate::sandbox::relay::DOCKER_RELAY_PATH;
 use crate::sandbox::{Limits, SANDBOX_ENV};
 
-/// nobody:nogroup. Numeric, so it works even in an image without /etc/passwd.
+/// nobody:nogroup, the program's user. Numeric, so it works even in an image without
+/// /etc/passwd. The container itself runs as root with only `CONTAINER_CAPS`, so that the
+/// output relay (and docker-init) run as another uid than the program, which the relay drops to
+/// before it runs it (see `relay.c`): a program cannot kill or inspect its own relay.
 pub const SANDBOX_USER: &str = "65534:65534";
+
+/// The container's user: root, for the relay alone (see `SANDBOX_USER`).
+const CONTAINER_USER: &str = "0:0";
+
+/// All a relay starting as root needs to make the program's process `SANDBOX_USER` with no
+/// capability in any set (SETPCAP empties the bounding set), and nothing else.
+const CONTAINER_CAPS: [&str; 3] = ["SETUID", "SETGID", "SETPCAP"];
 
 /// A fixed hostname: the default (the container id) would leak into output and make the same
 /// program answer differently on every run, which the cache would then freeze.
@@ -52,7 +62,8 @@ impl ImageCommand {
 }
 
 /// The exec that runs a program in a started container. It can do no more than the container's
-/// main process: not privileged, no user (the container's, nobody, applies), no TTY; the engine
+/// main process: not privileged, no user (the container's applies, and its relay drops the
+/// program to `SANDBOX_USER` as the main process's does), no TTY; the engine
 /// runs it with the container's capabilities, no-new-privileges, seccomp and AppArmor profiles,
 /// limits and cgroup. Its environment is the container's (the image's ENV, HOSTNAME and
 /// `SANDBOX_ENV`), with `SANDBOX_ENV` repeated here so that it wins whatever the image says.
@@ -73,9 +84,19 @@ pub fn exec_config(command: &ImageCommand) -> ExecConfig {
 
 /// The image's command under the output relay, which is what every sandbox runs.
 fn relayed(command: &ImageCommand) -> Vec<String> {
-    std::iter::once(DOCKER_RELAY_PATH.to_owned())
+    relay_entrypoint()
+        .into_iter()
         .chain(command.argv.iter().cloned())
         .collect()
+}
+
+/// The relay, told to run the program as `SANDBOX_USER`.
+fn relay_entrypoint() -> Vec<String> {
+    vec![
+        DOCKER_RELAY_PATH.to_owned(),
+        "--user".to_owned(),
+        SANDBOX_USER.to_owned(),
+    ]
 }
 
 fn sandbox_env() -> Vec<String> {
@@ -104,10 +125,10 @@ pub fn container_body(
     ContainerCreateBody {
         image: Some(image.to_owned()),
         hostname: Some(SANDBOX_HOSTNAME.to_owned()),
-        user: Some(SANDBOX_USER.to_owned()),
+        user: Some(CONTAINER_USER.to_owned()),
         // The engine adds the image's own ENV and HOSTNAME, never the daemon's environment.
         env: Some(sandbox_env()),
-        entrypoint: Some(vec![DOCKER_RELAY_PATH.to_owned()]),
+        entrypoint: Some(relay_entrypoint()),
         cmd: Some(command.argv.clone()),
         // The main process (the image's command) is attached before the start, so none of its
         // output is missed, and blocks reading its stdin: that is how the container waits for a
@@ -142,6 +163,7 @@ pub fn container_body(
             ipc_mode: Some("private".to_owned()),
             shm_size: Some(tmpfs_bytes),
             cap_drop: Some(vec!["ALL".to_owned()]),
+            cap_add: Some(CONTAINER_CAPS.map(str::to_owned).to_vec()),
             security_opt: Some(vec!["no-new-privileges".to_owned()]),
             privileged: Some(false),
             cgroupns_mode: Some(HostConfigCgroupnsModeEnum::PRIVATE),
@@ -190,15 +212,30 @@ mod tests {
             host.binds,
             Some(vec![format!("/run/compilerd/relay:{DOCKER_RELAY_PATH}:ro")])
         );
-        assert_eq!(body.entrypoint, Some(vec![DOCKER_RELAY_PATH.to_owned()]));
+        assert_eq!(
+            body.entrypoint,
+            Some(vec![
+                DOCKER_RELAY_PATH.to_owned(),
+                "--user".into(),
+                "65534:65534".into()
+            ])
+        );
         assert_eq!(body.cmd, Some(vec!["sh".to_owned()]));
         assert_eq!(host.nano_cpus, Some(1_000_000_000));
         assert_eq!(host.readonly_rootfs, Some(true));
         assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
+        assert_eq!(
+            host.cap_add,
+            Some(vec!["SETUID".into(), "SETGID".into(), "SETPCAP".into()])
+        );
+        assert_eq!(
+            host.security_opt,
+            Some(vec!["no-new-privileges".to_owned()])
+        );
         let tmp = &host.tmpfs.unwrap()["/tmp"];
         assert!(tmp.contains(&format!("size={}", 16 << 20)));
         assert!(tmp.split(',').any(|o| o == "exec"), "{tmp}");
-        assert_eq!(body.user.as_deref(), Some(SANDBOX_USER));
+        assert_eq!(body.user.as_deref(), Some("0:0"));
         assert_eq!(body.env.unwrap().len(), SANDBOX_ENV.len());
     }
 
@@ -221,6 +258,8 @@ mod tests {
             exec.cmd,
             Some(vec![
                 DOCKER_RELAY_PATH.into(),
+                "--user".into(),
+                "65534:65534".into(),
                 "/bin/tini".into(),
                 "sh".into()
             ])

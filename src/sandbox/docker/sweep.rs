@@ -57,13 +57,7 @@ fn start_time(pid: u32) -> Option<String> {
 
 /// Removes the containers with our label whose owner is gone; returns how many it removed.
 pub async fn sweep_orphans(docker: &Docker) -> Result<usize, bollard::errors::Error> {
-    let filters = HashMap::from([("label", vec![format!("{LABEL_MANAGED}=true")])]);
-    let options = ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&filters)
-        .build();
-    let orphans: Vec<String> = docker
-        .list_containers(Some(options))
+    let orphans = list(docker, &format!("{LABEL_MANAGED}=true"))
         .await?
         .into_iter()
         .filter(|c| {
@@ -72,31 +66,60 @@ pub async fn sweep_orphans(docker: &Docker) -> Result<usize, bollard::errors::Er
         })
         .filter_map(|c| c.id)
         .collect();
+    Ok(remove_all(docker, orphans).await)
+}
+
+/// Removes every container of one sandbox instance, whatever its state: at shutdown, the ones
+/// whose own removal gave up (the engine was away) or whose name was lost; returns how many.
+pub async fn sweep_instance(
+    docker: &Docker,
+    instance: &str,
+) -> Result<usize, bollard::errors::Error> {
+    let ours = list(docker, &format!("{LABEL_INSTANCE}={instance}"))
+        .await?
+        .into_iter()
+        .filter_map(|c| c.id)
+        .collect();
+    Ok(remove_all(docker, ours).await)
+}
+
+async fn list(
+    docker: &Docker,
+    label: &str,
+) -> Result<Vec<bollard::models::ContainerSummary>, bollard::errors::Error> {
+    let filters = HashMap::from([("label", vec![label.to_owned()])]);
+    let options = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    docker.list_containers(Some(options)).await
+}
+
+async fn remove_all(docker: &Docker, ids: Vec<String>) -> usize {
     let force = RemoveContainerOptionsBuilder::new()
         .force(true)
         .v(true)
         .build();
     let results = join_all(
-        orphans
-            .iter()
+        ids.iter()
             .map(|id| docker.remove_container(id, Some(force.clone()))),
     )
     .await;
     let mut removed = 0;
-    for (id, result) in orphans.iter().zip(results) {
+    for (id, result) in ids.iter().zip(results) {
         match result {
             Ok(()) => removed += 1,
-            // Someone else (another daemon's sweep) got there first.
+            // Someone else (another daemon's sweep, our own guard) got there first.
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404 | 409,
                 ..
             }) => {}
             Err(e) => {
-                tracing::warn!(container = %id, error = %e, "could not remove an orphaned sandbox container")
+                tracing::warn!(container = %id, error = %e, "could not remove a sandbox container")
             }
         }
     }
-    Ok(removed)
+    removed
 }
 
 #[cfg(test)]

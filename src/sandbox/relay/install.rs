@@ -99,4 +99,80 @@ mod tests {
         drop(relay);
         assert!(!path.exists() && !path.parent().unwrap().exists());
     }
+
+    /// Runs the relay with `args` (prefixed by `before`, e.g. setpriv) and decodes what it sent.
+    fn relay(before: &[&str], args: &[&str]) -> (String, Option<i64>, String) {
+        use crate::sandbox::relay::{Event, Frames};
+        let relay = InstalledRelay::install().unwrap();
+        let mut cmd = match before.split_first() {
+            Some((first, rest)) => {
+                let mut c = std::process::Command::new(first);
+                c.args(rest).arg(relay.path());
+                c
+            }
+            None => std::process::Command::new(relay.path()),
+        };
+        let out = cmd
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let mut stdout = String::new();
+        let mut exit = None;
+        for event in Frames::default()
+            .feed(bytes::Bytes::from(out.stdout))
+            .unwrap()
+        {
+            match event {
+                Event::Output(_, data) => stdout.push_str(&String::from_utf8_lossy(&data)),
+                Event::Exit(e) => exit = Some(e.status),
+            }
+        }
+        (
+            stdout,
+            exit,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// With --user the program runs as that user, with no groups and no capability in any set;
+    /// a relay that cannot make it so refuses to run it, and sends no exit status.
+    #[test]
+    fn runs_the_program_as_the_given_user_or_not_at_all() {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "run the tests as root"
+        );
+        let show = "id -u; id -g; id -G; grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/self/status \
+                    | tr -d '\\t'";
+        let (out, exit, err) = relay(&[], &["--user", "65534:65534", "sh", "-c", show]);
+        assert_eq!(exit, Some(0), "{err}");
+        assert_eq!(
+            out,
+            "65534\n65534\n65534\nCapInh:0000000000000000\nCapPrm:0000000000000000\n\
+             CapEff:0000000000000000\nCapBnd:0000000000000000\nCapAmb:0000000000000000\n"
+        );
+
+        // Without the privileges to drop to another user (here: started as uid 1000).
+        let unprivileged = [
+            "setpriv",
+            "--reuid",
+            "1000",
+            "--regid",
+            "1000",
+            "--clear-groups",
+        ];
+        let (out, exit, err) = relay(
+            &unprivileged,
+            &["--user", "65534:65534", "sh", "-c", "echo ran"],
+        );
+        assert_eq!((out.as_str(), exit), ("", None), "{err}");
+        assert!(
+            err.contains("cannot run the program without privileges"),
+            "{err}"
+        );
+        let (_, exit, err) = relay(&[], &["--user", "nobody", "true"]);
+        assert_eq!(exit, None);
+        assert!(err.contains("--user wants UID:GID"), "{err}");
+    }
 }

@@ -1,7 +1,21 @@
 /*
  * compilerd's output relay: runs inside every sandbox as the parent of the program.
  *
- *   relay COMMAND [ARG]...
+ *   relay [--user UID:GID] COMMAND [ARG]...
+ *
+ * With --user (Docker), the relay starts as root with only CAP_SETUID, CAP_SETGID and CAP_SETPCAP,
+ * and the program runs as UID:GID with no supplementary groups and no capabilities at all (none
+ * in any set, the bounding set included): then the program
+ * cannot signal its relay (`kill -9 -1` reaches only its own uid's processes), nor read anything
+ * of it through /proc. Without it (bubblewrap, where the relay is its namespace's pid 1, which
+ * nothing inside can kill) the program runs as the relay's user.
+ *
+ * Also with --user, a relay whose command was killed by a signal stays up after its exit frame
+ * until its stdin reaches its end (the daemon closes it when it is done with the container): the
+ * relay of a pooled container's idle command is the container's main process, and a program run
+ * in an exec beside it that kills that command (`kill -9 -1`) must not take the container, and
+ * with it the program's own run, down. A command that exits by itself still ends the container
+ * at once, so that one that cannot wait for a program is noticed.
  *
  * The program gets one SOCK_SEQPACKET socket as stdout and another as stderr. The kernel stamps
  * each write as it is queued, so writes keep their boundaries and their time; the relay always
@@ -25,7 +39,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
+#include <linux/capability.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -185,9 +202,63 @@ static long long now_ms(void) {
     return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
+/* Written to by a child that refused to run the program; closed by its exec. */
+static int refused_fd = -1;
+
+/* In the child: says why on the relay's stderr, tells the relay, which then exits without an exit
+ * frame (the run failed; it is not the program's answer), and exits. */
+static void refuse(const char *what) {
+    dprintf(2, "compilerd-relay: cannot run the program without privileges: %s: %s\n", what,
+            strerror(errno));
+    if (write(refused_fd, "!", 1) < 0) {
+    }
+    _exit(125);
+}
+
+/* Makes this process UID:GID for good, with no supplementary groups and no capability in any set
+ * (the bounding set emptied first, while CAP_SETPCAP is still effective; leaving uid 0 clears the
+ * permitted and effective sets; the inheritable one is cleared last), or exits: a program never
+ * runs with more than it would have had as UID:GID from the start. */
+static void become(uid_t uid, gid_t gid) {
+    for (int cap = 0; prctl(PR_CAPBSET_READ, cap) >= 0; cap++)
+        if (prctl(PR_CAPBSET_DROP, cap) < 0)
+            refuse("emptying the bounding set");
+    if (setgroups(0, NULL) < 0)
+        refuse("setgroups");
+    if (setresgid(gid, gid, gid) < 0)
+        refuse("setresgid");
+    if (setresuid(uid, uid, uid) < 0)
+        refuse("setresuid");
+    struct __user_cap_header_struct head = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct none[_LINUX_CAPABILITY_U32S_3];
+    memset(none, 0, sizeof none);
+    if (syscall(SYS_capset, &head, none) < 0)
+        refuse("capset");
+    uid_t r, e, s;
+    gid_t gr, ge, gs;
+    if (getresuid(&r, &e, &s) < 0 || r != uid || e != uid || s != uid ||
+        getresgid(&gr, &ge, &gs) < 0 || gr != gid || ge != gid || gs != gid ||
+        (uid != 0 && setuid(0) == 0)) {
+        errno = EPERM;
+        refuse("the user did not stick");
+    }
+}
+
 int main(int argc, char **argv) {
+    int drop = 0;
+    unsigned uid = 0, gid = 0;
+    if (argc >= 3 && strcmp(argv[1], "--user") == 0) {
+        char end;
+        if (sscanf(argv[2], "%u:%u%c", &uid, &gid, &end) != 2) {
+            dprintf(2, "compilerd-relay: --user wants UID:GID, not %s\n", argv[2]);
+            return 125;
+        }
+        drop = 1;
+        argc -= 2;
+        argv += 2;
+    }
     if (argc < 2) {
-        dprintf(2, "usage: compilerd-relay COMMAND [ARG]...\n");
+        dprintf(2, "usage: compilerd-relay [--user UID:GID] COMMAND [ARG]...\n");
         return 125;
     }
     prctl(PR_SET_DUMPABLE, 0);
@@ -208,15 +279,26 @@ int main(int argc, char **argv) {
     int sigfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
     if (sigfd < 0)
         die("signalfd");
+    /* Only watched for its end, never read: the program reads its stdin itself. */
+    int in_fd = drop ? fcntl(0, F_DUPFD_CLOEXEC, 3) : -1;
     long long oom_before = oom_kills();
     int o[2], e[2];
     pair(o);
     pair(e);
 
+    int refused[2] = {-1, -1};
+    if (drop) {
+        if (pipe2(refused, O_CLOEXEC) < 0)
+            die("pipe");
+        refused_fd = refused[1];
+    }
     pid_t child = fork();
     if (child < 0)
         die("fork");
     if (child == 0) {
+        /* First, so that a failure is the relay's complaint (its stderr), not the program's. */
+        if (drop)
+            become((uid_t)uid, (gid_t)gid);
         sigprocmask(SIG_UNBLOCK, &chld, NULL);
         signal(SIGPIPE, SIG_DFL);
         if (dup2(o[1], 1) < 0 || dup2(e[1], 2) < 0)
@@ -228,13 +310,24 @@ int main(int argc, char **argv) {
     close(o[1]);
     close(e[1]);
     close(0);
+    if (drop) {
+        /* Ends at the child's exec (or its exit): a byte means it refused. */
+        close(refused[1]);
+        char byte;
+        ssize_t n;
+        while ((n = read(refused[0], &byte, 1)) < 0 && errno == EINTR) {
+        }
+        if (n == 1)
+            _exit(125);
+        close(refused[0]);
+    }
 
     struct stream st[2] = {{.fd = o[0], .kind = 'o'}, {.fd = e[0], .kind = 'e'}};
     size_t cap = 1 << 16;
     char *buf = malloc(cap);
     if (!buf)
         die("allocating");
-    int status = -1;
+    int status = -1, signalled = 0;
     long long exited_at = 0;
     for (;;) {
         drain(st, &buf, &cap);
@@ -261,6 +354,7 @@ int main(int argc, char **argv) {
             while ((pid = waitpid(-1, &ws, WNOHANG)) > 0) {
                 if (pid == child) {
                     status = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
+                    signalled = WIFSIGNALED(ws);
                     exited_at = now_ms();
                 }
             }
@@ -273,5 +367,10 @@ int main(int argc, char **argv) {
     unsigned char end[8] = {s >> 24, s >> 16, s >> 8, s, kills >> 24, kills >> 16, kills >> 8,
                             kills};
     frame('x', end, sizeof end);
+    if (signalled && in_fd >= 0) {
+        struct pollfd hup = {.fd = in_fd, .events = 0};
+        while (poll(&hup, 1, -1) < 0 && errno == EINTR) {
+        }
+    }
     return 0;
 }
