@@ -25,7 +25,16 @@ impl InstalledRelay {
             .filter(|d| d.is_absolute())
             .unwrap_or_else(std::env::temp_dir);
         let dir = base.join(format!("compilerd-relay-{:016x}", rand::random::<u64>()));
-        DirBuilder::new().mode(0o700).create(&dir)?;
+        DirBuilder::new().mode(0o700).create(&dir).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot create {} ({e}): point TMPDIR (or systemd's RuntimeDirectory=) at a \
+                     writable directory",
+                    dir.display()
+                ),
+            )
+        })?;
         if on_noexec_mount(&dir)? {
             let _ = std::fs::remove_dir(&dir);
             return Err(io::Error::other(format!(
