@@ -594,11 +594,11 @@ async fn main() {
         cpu * 1000.0 / total.max(1) as f64
     );
     for series in [
-        "compilerd_runs_total{outcome=\"ok\"}",
-        "compilerd_runs_total{outcome=\"timeout\"}",
-        "compilerd_runs_total{outcome=\"oom\"}",
-        "compilerd_runs_total{outcome=\"output_too_large\"}",
-        "compilerd_runs_total{outcome=\"sandbox_error\"}",
+        "compilerd_runs_total{language=\"default\",outcome=\"ok\"}",
+        "compilerd_runs_total{language=\"default\",outcome=\"timeout\"}",
+        "compilerd_runs_total{language=\"default\",outcome=\"oom\"}",
+        "compilerd_runs_total{language=\"default\",outcome=\"output_too_large\"}",
+        "compilerd_runs_total{language=\"default\",outcome=\"sandbox_error\"}",
         "compilerd_overload_rejections_total",
         "compilerd_connections_refused_total",
     ] {
@@ -617,7 +617,13 @@ async fn main() {
             tally.bad.join("\n    ")
         ));
     }
-    if metric(&metrics, "compilerd_runs_total{outcome=\"sandbox_error\"}").unwrap_or(0.0) > 0.0 {
+    if metric(
+        &metrics,
+        "compilerd_runs_total{language=\"default\",outcome=\"sandbox_error\"}",
+    )
+    .unwrap_or(0.0)
+        > 0.0
+    {
         failures.push("sandbox errors during the soak".into());
     }
     if growth.is_nan() || growth.abs() > 0.10 {

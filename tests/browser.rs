@@ -405,8 +405,8 @@ async fn go_frontend_post_compile_across_origins() {
     assert!(events.iter().all(|e| e["Delay"].is_u64()));
 
     let runs = |d: &TestDaemon| {
-        d.metric(r#"compilerd_runs_total{outcome="ok"}"#)
-            + d.metric(r#"compilerd_runs_total{outcome="exit_nonzero"}"#)
+        d.metric(r#"compilerd_runs_total{language="default",outcome="ok"}"#)
+            + d.metric(r#"compilerd_runs_total{language="default",outcome="exit_nonzero"}"#)
     };
     let runs_before = runs(&o.d);
     let mut other = Browser::start().await;

@@ -146,7 +146,11 @@
         if (current !== run) return;
         if (events.length === 0) return ended(errors, data.Status || 0);
         var e = events.shift();
-        var show = function () { write(e.Kind, e.Message); next(); };
+        // The daemon's own notices (an output flood, a memory kill) say how the run ended, as
+        // the socket's end message does.
+        var show = e.Kind === 'system'
+          ? function () { errors = errors || e.Message.trim(); next(); }
+          : function () { write(e.Kind, e.Message); next(); };
         if (!e.Delay) show(); else timer = setTimeout(show, e.Delay / 1e6);
       })();
     };
