@@ -90,7 +90,11 @@ fn runs(d: &TestDaemon) -> f64 {
         "sandbox_error",
     ]
     .iter()
-    .map(|o| d.metric(&format!("compilerd_runs_total{{outcome=\"{o}\"}}")))
+    .map(|o| {
+        d.metric(&format!(
+            "compilerd_runs_total{{language=\"default\",outcome=\"{o}\"}}"
+        ))
+    })
     .sum()
 }
 
