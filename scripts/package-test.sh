@@ -133,10 +133,14 @@ fi
 
 docker rm -f "$ctr" >/dev/null 2>&1
 # No network: nothing in there needs one (the package's dependencies are already in the root),
-# and an engine without a bridge network runs it too.
+# and an engine without a bridge network runs it too. The daemon's runtime directory is the
+# host's: the engine (the host's) bind-mounts the output relay from the path the daemon wrote it
+# to, as it would on a machine where both run side by side.
+mkdir -p /run/compilerd
 docker run -d --name "$ctr" --hostname "$ctr" --network none \
     --cap-add ALL --cap-drop SYS_RESOURCE --security-opt seccomp=unconfined \
     --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /run --tmpfs /run/lock \
+    -v /run/compilerd:/run/compilerd \
     -v /var/run/docker.sock:/var/run/docker.sock "$base_image" /sbin/init >/dev/null ||
     die "cannot start the systemd container"
 state=
