@@ -16,6 +16,9 @@ use tokio::net::TcpStream;
 
 static PANICS: AtomicUsize = AtomicUsize::new(0);
 
+/// A malformed-request case answered 200 or by closing the connection.
+const SERVED_OR_CLOSED: &str = "200 or closed";
+
 /// Counts the panics of this process outside the tests' own assertions (the daemon's code and
 /// its libraries), before the default report.
 fn count_panics() {
@@ -178,12 +181,15 @@ async fn malformed_requests_get_a_4xx_or_a_closed_connection() {
         ("200 headers", many_headers.into_bytes(), Some("431")),
         ("binary garbage", garbage, None),
         ("h2 frame without preface", h2_without_preface, None),
+        // Served as HTTP/1.1 (curl --http2 gets its 200; checked by hand), or, from a client
+        // that half-closes at once as this one does, closed: connections accept upgrades (for
+        // /socket), and hyper then stops at the end of the input.
         (
-            "h2c upgrade is served as HTTP/1.1",
+            "h2c upgrade",
             b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings, close\r\n\
               Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
                 .to_vec(),
-            Some("200"),
+            Some(SERVED_OR_CLOSED),
         ),
         (
             "Content-Length past u64",
@@ -249,6 +255,9 @@ async fn malformed_requests_get_a_4xx_or_a_closed_connection() {
             .and_then(|t| t.get(..3))
             .map(str::to_owned);
         match (want, status.as_deref()) {
+            (Some(SERVED_OR_CLOSED), s) => {
+                assert!(s == Some("200") || got.is_empty(), "{what}: {text:?}")
+            }
             (Some(want), Some(s)) => assert_eq!(s, want, "{what}: {text}"),
             (Some(want), None) => panic!("{what}: wanted {want}, got {text:?}"),
             (None, Some(s)) => assert!(s.starts_with('4'), "{what}: {text}"),
