@@ -89,6 +89,10 @@ async fn open_one(
             let opts = BwrapOptions {
                 command: format_command.unwrap_or(&lang.command).to_owned(),
                 rootfs: lang.rootfs.clone(),
+                pool_size: match format_command {
+                    Some(_) => lang.pool_size.min(FORMAT_POOL_SIZE),
+                    None => lang.pool_size,
+                },
             };
             Arc::new(BwrapSandbox::connect(opts, lang.limits.clone(), hooks).await?)
         }

@@ -69,6 +69,8 @@ impl Target {
                 let opts = BwrapOptions {
                     command: "/bin/sh".into(),
                     rootfs: Some(rootfs()),
+                    // As a daemon runs it: every attack meets a pre-spawned sandbox.
+                    pool_size: 2,
                 };
                 let sb = BwrapSandbox::connect(opts, limits(), Arc::new(NoHooks))
                     .await

@@ -32,12 +32,19 @@ fn rootfs_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/lib/compilerd-test/rootfs"))
 }
 
+/// With a rootfs, as a daemon is configured, runs take pre-spawned sandboxes; on the host's
+/// root, each run spawns its own: every check covers both ways a run starts.
 fn options(root: Root) -> BwrapOptions {
-    BwrapOptions {
-        command: "/bin/sh".into(),
-        rootfs: match root {
-            Root::Rootfs => Some(rootfs_dir()),
-            Root::Host => None,
+    match root {
+        Root::Rootfs => BwrapOptions {
+            command: "/bin/sh".into(),
+            rootfs: Some(rootfs_dir()),
+            pool_size: 2,
+        },
+        Root::Host => BwrapOptions {
+            command: "/bin/sh".into(),
+            rootfs: None,
+            pool_size: 0,
         },
     }
 }
@@ -325,22 +332,30 @@ async fn fork_bomb_is_contained_and_leaves_nothing(root: Root) {
     // Wait until the bomb has hit its process limit.
     let full = Instant::now();
     let current = loop {
-        let current = parents.iter().find_map(|p| {
-            std::fs::read_dir(p).ok()?.flatten().find_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if !name.starts_with(&prefix) {
-                    return None;
-                }
-                // The cgroup counts every fork it refused: the bomb hit the limit.
-                std::fs::read_to_string(e.path().join("pids.events"))
+        // The most refused forks of any run: pre-spawned sandboxes wait beside the bomb.
+        let current = parents
+            .iter()
+            .filter_map(|p| {
+                std::fs::read_dir(p)
                     .ok()?
-                    .lines()
-                    .find_map(|l| l.strip_prefix("max "))?
-                    .trim()
-                    .parse::<u32>()
-                    .ok()
+                    .flatten()
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        if !name.starts_with(&prefix) {
+                            return None;
+                        }
+                        // The cgroup counts every fork it refused: the bomb hit the limit.
+                        std::fs::read_to_string(e.path().join("pids.events"))
+                            .ok()?
+                            .lines()
+                            .find_map(|l| l.strip_prefix("max "))?
+                            .trim()
+                            .parse::<u32>()
+                            .ok()
+                    })
+                    .max()
             })
-        });
+            .max();
         if current.is_some_and(|refused| refused > 0) || full.elapsed() > Duration::from_secs(5) {
             break current;
         }
@@ -686,6 +701,7 @@ async fn startup_checks_say_what_is_wrong() {
         BwrapOptions {
             command: "/bin/no-such-interpreter -x".into(),
             rootfs: Some(rootfs_dir()),
+            pool_size: 0,
         },
         limits(),
         Arc::new(NoHooks),
@@ -704,6 +720,7 @@ async fn startup_checks_say_what_is_wrong() {
         BwrapOptions {
             command: "/bin/sh".into(),
             rootfs: Some("/nonexistent/rootfs".into()),
+            pool_size: 0,
         },
         limits(),
         Arc::new(NoHooks),
@@ -718,6 +735,7 @@ async fn startup_checks_say_what_is_wrong() {
         BwrapOptions {
             command: "  ".into(),
             rootfs: None,
+            pool_size: 0,
         },
         limits(),
         Arc::new(NoHooks),
@@ -845,4 +863,152 @@ kill -9 1 2>/dev/null; echo $PPID",
     )
     .await;
     assert_eq!((status, out.as_str()), (0, "1\n"));
+}
+
+/// Counts what the pool reports.
+#[derive(Default)]
+struct PoolEvents {
+    empty: std::sync::atomic::AtomicUsize,
+    refills: std::sync::atomic::AtomicUsize,
+}
+
+impl compilerd::hooks::Hooks for PoolEvents {
+    fn pool_empty(&self) {
+        self.empty
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn pool_refill(&self, _latency: Duration) {
+        self.refills
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+async fn open_pooled(pool_size: usize) -> (BwrapSandbox, Arc<PoolEvents>) {
+    let events = Arc::new(PoolEvents::default());
+    let opts = BwrapOptions {
+        pool_size,
+        ..options(Root::Rootfs)
+    };
+    let sb = match BwrapSandbox::connect(opts, limits(), events.clone()).await {
+        Ok(sb) => sb,
+        Err(e) => panic!("connect: {}", e.message),
+    };
+    assert_cgroup(&sb);
+    tokio::time::timeout(Duration::from_secs(30), sb.pool_full())
+        .await
+        .expect("the pool fills");
+    (sb, events)
+}
+
+fn empties(events: &PoolEvents) -> usize {
+    events.empty.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Waits, without reaping it, until the process `pid` (a child of this process) has exited.
+async fn exited_pid(pid: u32) {
+    tokio::task::spawn_blocking(move || {
+        // SAFETY: waitid on a pid with a zeroed siginfo it fills in; WNOWAIT leaves the zombie to
+        // its owner.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let ret =
+            unsafe { libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        assert_eq!(ret, 0, "waitid {pid}: {}", std::io::Error::last_os_error());
+    })
+    .await
+    .unwrap();
+}
+
+/// A pre-spawned sandbox serves exactly one program: nothing a run leaves behind (files in /tmp
+/// and /dev/shm, a background process) is seen by the runs after it, each of which took a sandbox
+/// from the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_sandbox_serves_exactly_one_program() {
+    let (sb, events) = open_pooled(2).await;
+    let leave = "echo secret > /tmp/left; echo secret > /dev/shm/left; \
+                 (sleep 31 &); echo left";
+    let look = "cat /tmp/left /dev/shm/left 2>/dev/null; ls -A /tmp /dev/shm; \
+                cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '; echo; echo looked";
+    for round in 0..4 {
+        sb.pool_full().await;
+        let (status, out, _) = exited(&sb, leave).await;
+        assert_eq!((status, out.as_str()), (0, "left\n"), "round {round}");
+        sb.pool_full().await;
+        let (status, out, err) = exited(&sb, look).await;
+        assert_eq!(status, 0, "round {round}: {err}");
+        assert!(out.ends_with("looked\n"), "round {round}: {out}");
+        assert!(
+            !out.contains("secret"),
+            "round {round}: a file of the previous run: {out}"
+        );
+        assert!(
+            !out.contains("left"),
+            "round {round}: a file of the previous run: {out}"
+        );
+        assert!(
+            !out.contains("sleep 31"),
+            "round {round}: a process of the previous run: {out}"
+        );
+    }
+    assert_eq!(empties(&events), 0, "every run took a pre-spawned sandbox");
+}
+
+/// A waiting sandbox killed from outside is dropped when a run would take it, and replaced: no
+/// run fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_waiting_sandbox_is_replaced_unnoticed() {
+    let (sb, events) = open_pooled(2).await;
+    let pids = sb.pool_pids();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    for &pid in &pids {
+        // SAFETY: SIGKILL to a bwrap this test's sandbox spawned and has not reaped.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    }
+    for &pid in &pids {
+        exited_pid(pid).await;
+    }
+    for i in 0..4 {
+        assert_eq!(
+            exited(&sb, &format!("echo run {i}")).await,
+            (0, format!("run {i}\n"), String::new())
+        );
+    }
+    // The first run found only dead sandboxes and spawned its own.
+    assert!(empties(&events) >= 1);
+    tokio::time::timeout(Duration::from_secs(30), sb.pool_full())
+        .await
+        .expect("the pool fills again");
+    let fresh = sb.pool_pids();
+    assert!(
+        fresh.iter().all(|p| !pids.contains(p)),
+        "{fresh:?} vs {pids:?}"
+    );
+    let before = empties(&events);
+    assert_eq!(exited(&sb, "echo pooled").await.1, "pooled\n");
+    assert_eq!(empties(&events), before, "the refilled pool served the run");
+}
+
+/// Spawns that fail only delay the pool's refill: runs meanwhile start their own sandboxes, and
+/// the pool fills again once spawns work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_pool_spawns_are_retried_unnoticed() {
+    let (sb, events) = open_pooled(1).await;
+    // Five failures keep the filler backing off for over a second while the runs go by.
+    sb.fail_next_pool_spawns(5);
+    for i in 0..3 {
+        assert_eq!(
+            exited(&sb, &format!("echo run {i}")).await,
+            (0, format!("run {i}\n"), String::new())
+        );
+    }
+    assert!(
+        empties(&events) >= 1,
+        "the failing filler left the pool empty"
+    );
+    tokio::time::timeout(Duration::from_secs(30), sb.pool_full())
+        .await
+        .expect("the pool fills again after the failures");
+    let before = empties(&events);
+    assert_eq!(exited(&sb, "echo pooled").await.1, "pooled\n");
+    assert_eq!(empties(&events), before);
+    assert!(events.refills.load(std::sync::atomic::Ordering::Relaxed) >= 2);
 }

@@ -143,7 +143,8 @@ pub struct Settings {
     /// Requests waiting for a run slot before new ones get 503 [default: 64].
     #[arg(long)]
     pub max_queued: Option<usize>,
-    /// Docker: containers kept started and waiting for a program [default: --max-concurrent-runs].
+    /// Sandboxes kept started, each waiting for one program (Docker containers, bwrap sandboxes)
+    /// [default: --max-concurrent-runs].
     #[arg(long)]
     pub pool_size: Option<usize>,
     /// Memory per run, swap included [default: 128MiB].

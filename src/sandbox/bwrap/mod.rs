@@ -1,10 +1,12 @@
 //! bubblewrap backend: each run is a fresh `bwrap` sandbox, which starts in milliseconds where a
 //! container takes hundreds, and needs no engine.
 //!
-//! A run is: make the run's cgroup, fork on the fork thread (the child joins the cgroup, drops
-//! root to nobody and execs bwrap), hand the program to stdin, read the output relay's frames
-//! (`relay`, `supervise`) under the cap, and stop at the program's exit, at the cap or at the
-//! deadline. Then every process left in the cgroup is killed and waited for, one pidfd each, until
+//! A sandbox is made (`run::Spawner::prepare`): the run's cgroup, a fork on the fork thread (the
+//! child joins the cgroup, drops root to nobody and execs bwrap), the command started and
+//! waiting on stdin. With `pool_size` > 0 that happens ahead of time (`pool`), else on the
+//! request path. A run (`run::Prepared::serve`) hands the program to stdin, reads the output
+//! relay's frames (`relay`, `supervise`) under the cap, and stops at the program's exit, at the
+//! cap or at the deadline. Then every process left in the cgroup is killed and waited for, one pidfd each, until
 //! the cgroup is empty. Only then is the cgroup removed and the run over. Without a usable cgroup,
 //! limits fall back to rlimits and the startup log says, loudly, what that leaves unenforced.
 //!
@@ -25,27 +27,25 @@
 
 mod args;
 mod cgroup;
+mod pool;
 mod probe;
+mod run;
 mod spawn;
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
-use futures_util::Stream;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, ChildStdout, Command};
+use bytes::Bytes;
 
 use self::args::bwrap_args;
-use self::cgroup::{BWRAP_TASKS, Cgroups, Controller, RunCgroup};
-use self::spawn::{ChildSetup, Resource};
-use super::output::OutputCollector;
+use self::cgroup::{Cgroups, Controller};
+use self::pool::Pool;
+use self::run::Spawner;
+use self::spawn::Resource;
 use super::relay::InstalledRelay;
-use super::supervise::{Ending, supervise};
 use super::{Limits, LiveOutput, RunOutcome, Sandbox, SandboxError, SandboxErrorKind};
 use crate::hooks::Hooks;
 
@@ -70,23 +70,17 @@ pub struct BwrapOptions {
     pub command: String,
     /// A directory to use as the read-only root; `None` binds the host's /usr, /bin, /lib*.
     pub rootfs: Option<std::path::PathBuf>,
+    /// Sandboxes kept spawned, their command waiting for a program (0: none).
+    pub pool_size: usize,
 }
 
 pub struct BwrapSandbox {
-    bwrap: PathBuf,
-    args: Vec<OsString>,
-    limits: Limits,
-    cgroups: Option<Cgroups>,
-    /// Always RLIMIT_CORE and RLIMIT_NOFILE; the fallbacks for whatever no cgroup enforces.
-    rlimits: Vec<(Resource, libc::rlim_t)>,
-    /// RLIMIT_NPROC stands in for pids.max and must leave room for the daemon's own threads.
-    nproc_fallback: bool,
-    drop_to: Option<(libc::uid_t, libc::gid_t)>,
+    spawner: Arc<Spawner>,
+    /// `None` when `pool_size` is 0: every run spawns its own sandbox.
+    pool: Option<Pool>,
     enforcement: String,
     fingerprint: String,
     running: AtomicUsize,
-    /// Mounted into every sandbox; removed with the sandbox.
-    _relay: InstalledRelay,
 }
 
 fn err(kind: SandboxErrorKind, message: impl Into<String>) -> SandboxError {
@@ -157,7 +151,7 @@ impl BwrapSandbox {
     async fn open(
         opts: BwrapOptions,
         limits: Limits,
-        _hooks: Arc<dyn Hooks>,
+        hooks: Arc<dyn Hooks>,
         use_cgroups: bool,
     ) -> Result<BwrapSandbox, SandboxError> {
         static INSTANCES: AtomicU64 = AtomicU64::new(0);
@@ -293,7 +287,7 @@ impl BwrapSandbox {
             command.join(" "),
             limits.fingerprint()
         );
-        let sandbox = BwrapSandbox {
+        let spawner = Arc::new(Spawner {
             bwrap,
             args,
             limits,
@@ -301,12 +295,19 @@ impl BwrapSandbox {
             rlimits,
             nproc_fallback,
             drop_to,
+            _relay: relay,
+        });
+        let mut sandbox = BwrapSandbox {
+            spawner,
+            pool: None,
             enforcement,
             fingerprint,
             running: AtomicUsize::new(0),
-            _relay: relay,
         };
         sandbox.probe(&version, &opts, host_uid).await?;
+        if opts.pool_size > 0 {
+            sandbox.pool = Some(Pool::start(sandbox.spawner.clone(), opts.pool_size, hooks));
+        }
         Ok(sandbox)
     }
 
@@ -323,40 +324,42 @@ impl BwrapSandbox {
         program: Bytes,
     ) -> (Result<RunOutcome, SandboxError>, Vec<PathBuf>) {
         let mut dirs = Vec::new();
-        let result = self.run_checked(program, &mut dirs, None).await;
+        let result = self
+            .execute(program, self.spawner.limits.timeout, &mut dirs, None)
+            .await;
         (result, dirs)
     }
 
     /// Where this sandbox makes run cgroups, and the name prefix of its runs.
     #[doc(hidden)]
     pub fn cgroup_parents(&self) -> Option<(Vec<PathBuf>, String)> {
-        let g = self.cgroups.as_ref()?;
+        let g = self.spawner.cgroups.as_ref()?;
         Some((
             g.parents().map(Path::to_path_buf).collect(),
             g.prefix().to_string(),
         ))
     }
 
-    async fn run_checked(
-        &self,
-        program: Bytes,
-        dirs: &mut Vec<PathBuf>,
-        live: Option<LiveOutput>,
-    ) -> Result<RunOutcome, SandboxError> {
-        self.execute(program, self.limits.timeout, dirs, live).await
+    /// Returns once the pool holds `pool_size` waiting sandboxes (at once without a pool).
+    #[doc(hidden)]
+    pub async fn pool_full(&self) {
+        if let Some(pool) = &self.pool {
+            pool.full().await;
+        }
     }
 
-    fn rlimits_for_run(&self) -> Vec<(Resource, libc::rlim_t)> {
-        let mut rl = self.rlimits.clone();
-        if self.nproc_fallback {
-            let mut n = u64::from(self.limits.pids) + u64::from(BWRAP_TASKS);
-            if self.drop_to.is_none() {
-                // Every thread of the daemon's user counts, the daemon's own included.
-                n += own_threads();
-            }
-            rl.push((libc::RLIMIT_NPROC, n));
+    /// bwrap's pid in each waiting sandbox of the pool.
+    #[doc(hidden)]
+    pub fn pool_pids(&self) -> Vec<u32> {
+        self.pool.as_ref().map_or_else(Vec::new, Pool::waiting_pids)
+    }
+
+    /// Makes the pool's next `n` spawns fail, as a spawn can.
+    #[doc(hidden)]
+    pub fn fail_next_pool_spawns(&self, n: usize) {
+        if let Some(pool) = &self.pool {
+            pool.fail_next_spawns(n);
         }
-        rl
     }
 
     async fn execute(
@@ -367,158 +370,26 @@ impl BwrapSandbox {
         live: Option<LiveOutput>,
     ) -> Result<RunOutcome, SandboxError> {
         let _running = Running::new(&self.running);
-        let mut cg = match &self.cgroups {
-            Some(g) => Some(g.create().map_err(|e| {
-                err(
-                    SandboxErrorKind::Start,
-                    format!("cannot create the run's cgroup: {e}"),
-                )
-            })?),
-            None => None,
-        };
-        if let Some(c) = &cg {
-            trace.extend(c.dirs().iter().cloned());
-        }
-        let setup = ChildSetup {
-            cgroup_procs: cg.as_mut().map(RunCgroup::take_procs).unwrap_or_default(),
-            rlimits: self.rlimits_for_run(),
-            drop_to: self.drop_to,
-            parent: rustix::process::getpid().as_raw_nonzero().get(),
-        };
-        let mut cmd = Command::new(&self.bwrap);
-        cmd.args(&self.args).env_clear().kill_on_drop(true);
-        // SAFETY: `apply` makes only async-signal-safe calls and does not allocate.
-        unsafe {
-            cmd.pre_exec(move || setup.apply());
-        }
-        let started = Instant::now();
-        let mut child = spawn::spawn(cmd).await.map_err(|e| {
-            err(
-                SandboxErrorKind::Start,
-                format!("cannot start {}: {e}", self.bwrap.display()),
-            )
-        })?;
-
-        let (Some(stdin), Some(stdout), Some(stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            kill(&mut child, cg.as_ref()).await;
-            return Err(err(
-                SandboxErrorKind::Internal,
-                "bwrap's stdio is not piped",
-            ));
-        };
-        // bwrap's own stderr: only bwrap and the relay write there, the program's stderr goes
-        // through the relay. Read all along, so that neither can block on it.
-        let complaints = tokio::spawn(read_bounded(stderr, COMPLAINTS_CAP));
-        // A program need not read its input: a broken pipe just ends the feeding.
-        let feed = async move {
-            let mut stdin = stdin;
-            let _ = stdin.write_all(&program).await;
-        };
-        let mut output = OutputCollector::new(self.limits.max_output_bytes, live);
-        let deadline = tokio::time::Instant::from_std(started + timeout);
-        let ending = supervise(frames_of(stdout), &mut output, deadline, feed).await;
-        // After a normal exit too: the namespace is empty by then, and this proves it.
-        let status = kill(&mut child, cg.as_ref()).await;
-        let ending = match ending {
-            Ok(ending) => ending,
-            Err(e) => {
-                complaints.abort();
-                return Err(e);
+        let max_output = self.spawner.limits.max_output_bytes;
+        if let Some(sandbox) = self.pool.as_ref().and_then(Pool::take) {
+            trace.extend(sandbox.dirs().iter().cloned());
+            match sandbox
+                .serve(program.clone(), timeout, live.clone(), max_output)
+                .await
+            {
+                // Its relay never reported: the sandbox was gone before the program reached it
+                // (killed between the pool's check and the hand-over). A program cannot cause
+                // that (see `serve`), so it gets a fresh sandbox.
+                Err(e) if e.message.starts_with(SETUP_FAILED) => {
+                    tracing::warn!(error = %e.message, "a pre-spawned bwrap sandbox failed; running in a fresh one");
+                }
+                result => return result,
             }
-        };
-        let oom = cg.as_ref().is_some_and(RunCgroup::oom_killed);
-        if let Some(mut c) = cg
-            && let Err(e) = c.remove()
-        {
-            // Dropping `c` kills what is left and retries on a background thread.
-            tracing::warn!(error = %e, "a run's cgroup was not empty after the run");
         }
-        let output = output.into_chunks();
-        Ok(match ending {
-            Ending::OverCap => RunOutcome::OutputTooLarge { output },
-            Ending::Deadline => RunOutcome::TimedOut { output },
-            Ending::Exited(exit) if oom || exit.oom_kills.is_some_and(|n| n > 0) => {
-                RunOutcome::OutOfMemory { output }
-            }
-            Ending::Exited(exit) => RunOutcome::Exited {
-                status: exit.status,
-                output,
-            },
-            Ending::Vanished if oom => RunOutcome::OutOfMemory { output },
-            // The relay is the namespace's pid 1, which no process inside can kill: without
-            // its report, the sandbox never came up (bwrap says why on its own stderr, which
-            // the program cannot write to) or the relay failed.
-            Ending::Vanished => {
-                let said = tokio::time::timeout(COMPLAINTS_WAIT, complaints)
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .unwrap_or_default();
-                let said = String::from_utf8_lossy(&said).trim().to_string();
-                let status =
-                    status.map_or_else(|| "unknown".to_owned(), |s| exit_status(s).to_string());
-                return Err(err(
-                    SandboxErrorKind::Start,
-                    format!("{SETUP_FAILED} (exit status {status}): {said}"),
-                ));
-            }
-        })
+        let sandbox = self.spawner.prepare().await?;
+        trace.extend(sandbox.dirs().iter().cloned());
+        sandbox.serve(program, timeout, live, max_output).await
     }
-}
-
-/// The relay's frames, as bwrap's stdout delivers them.
-fn frames_of(stdout: ChildStdout) -> impl Stream<Item = Result<Bytes, SandboxError>> + Unpin {
-    Box::pin(futures_util::stream::unfold(
-        Some(stdout),
-        |stdout| async move {
-            let mut stdout = stdout?;
-            let mut buf = BytesMut::with_capacity(64 << 10);
-            match stdout.read_buf(&mut buf).await {
-                Ok(0) => None,
-                Ok(_) => Some((Ok(buf.freeze()), Some(stdout))),
-                Err(e) => Some((
-                    Err(err(
-                        SandboxErrorKind::Io,
-                        format!("reading the sandbox's output: {e}"),
-                    )),
-                    None,
-                )),
-            }
-        },
-    ))
-}
-
-/// Reads `from` to its end, keeping the first `cap` bytes.
-async fn read_bounded(mut from: impl AsyncRead + Unpin, cap: usize) -> Vec<u8> {
-    let mut kept = Vec::new();
-    let mut buf = [0u8; 1024];
-    while let Ok(n) = from.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        let room = cap.saturating_sub(kept.len());
-        kept.extend_from_slice(&buf[..n.min(room)]);
-    }
-    kept
-}
-
-/// Kills every process of the run and returns once they are all gone, with bwrap's exit status.
-async fn kill(child: &mut Child, cg: Option<&RunCgroup>) -> Option<std::process::ExitStatus> {
-    match cg {
-        Some(cg) => {
-            if !cg.kill_all().await {
-                tracing::error!("a run's processes survived SIGKILL for seconds");
-            }
-        }
-        // No cgroup: the monitor's death takes the namespace's pid 1 (its parent-death signal),
-        // and with it every process in the namespace, a moment later.
-        None => {
-            let _ = child.start_kill();
-        }
-    }
-    child.wait().await.ok()
 }
 
 #[async_trait]
@@ -536,14 +407,26 @@ impl Sandbox for BwrapSandbox {
         program: Bytes,
         live: Option<LiveOutput>,
     ) -> Result<RunOutcome, SandboxError> {
-        self.run_checked(program, &mut Vec::new(), live).await
+        let timeout = self.spawner.limits.timeout;
+        self.execute(program, timeout, &mut Vec::new(), live).await
+    }
+
+    async fn shutdown(&self) {
+        if let Some(pool) = &self.pool {
+            pool.close().await;
+        }
     }
 
     fn status(&self) -> String {
+        let pool = self
+            .pool
+            .as_ref()
+            .map(|p| format!(", pool {}/{}", p.len(), p.target()))
+            .unwrap_or_default();
         format!(
-            "bwrap {} running ({})",
+            "bwrap {} running ({}){pool}",
             self.running.load(Ordering::Relaxed),
-            if self.cgroups.is_some() {
+            if self.spawner.cgroups.is_some() {
                 "cgroup"
             } else {
                 "rlimits"

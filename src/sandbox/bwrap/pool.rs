@@ -1,0 +1,170 @@
+//! Pre-spawned sandboxes, so that a run's setup (cgroup, fork, namespaces, mounts, the command's
+//! start) happens off the request path: a run takes a sandbox whose command already waits on
+//! stdin, and the filler makes the next one in the background.
+//!
+//! A sandbox serves exactly one program and is then killed with everything in it, as a fresh one
+//! would be; nothing of one run can reach the next. A waiting sandbox has no reason to end, so one
+//! found dead when taken (killed from outside, say) is dropped and the run takes the next, or
+//! spawns its own. A failed spawn makes the filler back off; runs meanwhile spawn their own.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::err;
+use super::run::{Prepared, Spawner};
+use crate::hooks::Hooks;
+use crate::sandbox::SandboxErrorKind;
+
+/// The filler's first wait after a failed spawn; it doubles up to `MAX_BACKOFF`.
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+pub(super) struct Pool {
+    shared: Arc<Shared>,
+    filler: JoinHandle<()>,
+}
+
+struct Shared {
+    target: usize,
+    waiting: Mutex<VecDeque<Prepared>>,
+    /// Wakes the filler: a sandbox left the pool.
+    taken: Notify,
+    /// How many sandboxes wait, for `full`.
+    ready: watch::Sender<usize>,
+    hooks: Arc<dyn Hooks>,
+    /// Spawns the filler is to fail on purpose (tests of the replacement).
+    fail_next: AtomicUsize,
+}
+
+impl Pool {
+    pub(super) fn start(spawner: Arc<Spawner>, target: usize, hooks: Arc<dyn Hooks>) -> Pool {
+        let shared = Arc::new(Shared {
+            target,
+            waiting: Mutex::new(VecDeque::with_capacity(target)),
+            taken: Notify::new(),
+            ready: watch::channel(0).0,
+            hooks,
+            fail_next: AtomicUsize::new(0),
+        });
+        let filler = tokio::spawn(fill(spawner, shared.clone()));
+        Pool { shared, filler }
+    }
+
+    /// A live waiting sandbox, if there is one.
+    pub(super) fn take(&self) -> Option<Prepared> {
+        let mut waiting = self.shared.lock();
+        while let Some(mut sandbox) = waiting.pop_front() {
+            self.shared.taken.notify_one();
+            if sandbox.alive() {
+                self.shared.publish(waiting.len());
+                return Some(sandbox);
+            }
+            tracing::warn!("a pre-spawned bwrap sandbox died while waiting; replacing it");
+        }
+        self.shared.publish(0);
+        drop(waiting);
+        self.shared.hooks.pool_empty();
+        None
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.shared.lock().len()
+    }
+
+    pub(super) fn target(&self) -> usize {
+        self.shared.target
+    }
+
+    /// Returns once `target` sandboxes wait.
+    pub(super) async fn full(&self) {
+        let mut ready = self.shared.ready.subscribe();
+        let _ = ready.wait_for(|&n| n >= self.shared.target).await;
+    }
+
+    /// bwrap's pid in each waiting sandbox.
+    pub(super) fn waiting_pids(&self) -> Vec<u32> {
+        self.shared
+            .lock()
+            .iter()
+            .filter_map(Prepared::pid)
+            .collect()
+    }
+
+    /// Stops the filler and takes down every waiting sandbox, cgroups included.
+    pub(super) async fn close(&self) {
+        self.filler.abort();
+        let waiting: Vec<Prepared> = self.shared.lock().drain(..).collect();
+        self.shared.publish(0);
+        for sandbox in waiting {
+            sandbox.discard().await;
+        }
+    }
+
+    /// Makes the filler's next `n` spawns fail as a spawn can (tests).
+    pub(super) fn fail_next_spawns(&self, n: usize) {
+        self.shared.fail_next.store(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Pool {
+    /// The waiting sandboxes go with the pool; each is killed as it is dropped.
+    fn drop(&mut self) {
+        self.filler.abort();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Prepared>> {
+        // A panic while holding the lock cannot leave the queue half-changed.
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn publish(&self, n: usize) {
+        self.ready.send_replace(n);
+        self.hooks.pool_ready(n);
+    }
+
+    fn injected_failure(&self) -> bool {
+        self.fail_next
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+async fn fill(spawner: Arc<Spawner>, shared: Arc<Shared>) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        if shared.lock().len() >= shared.target {
+            shared.taken.notified().await;
+            continue;
+        }
+        let began = Instant::now();
+        let made = if shared.injected_failure() {
+            Err(err(SandboxErrorKind::Start, "spawn failed on purpose"))
+        } else {
+            spawner.prepare().await
+        };
+        match made {
+            Ok(sandbox) => {
+                backoff = MIN_BACKOFF;
+                shared.hooks.pool_refill(began.elapsed());
+                let mut waiting = shared.lock();
+                waiting.push_back(sandbox);
+                shared.publish(waiting.len());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.message, retry_in = ?backoff, "cannot pre-spawn a bwrap sandbox");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}

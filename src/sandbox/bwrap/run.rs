@@ -1,0 +1,263 @@
+//! One sandbox's life: `Spawner::prepare` sets it up to the point where its command waits on
+//! stdin (cgroup made, bwrap forked and joined to it, namespaces and mounts made, the command
+//! started), and `Prepared::serve` hands it one program, supervises the run and takes everything
+//! down. Between the two the sandbox may wait in the pool; the run's clock starts at `serve`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::task::JoinHandle;
+
+use super::cgroup::{BWRAP_TASKS, Cgroups, RunCgroup};
+use super::spawn::{self, ChildSetup, Resource};
+use super::{COMPLAINTS_CAP, COMPLAINTS_WAIT, SETUP_FAILED, err, exit_status, own_threads};
+use crate::sandbox::output::OutputCollector;
+use crate::sandbox::relay::InstalledRelay;
+use crate::sandbox::supervise::{Ending, supervise};
+use crate::sandbox::{Limits, LiveOutput, RunOutcome, SandboxError, SandboxErrorKind};
+
+/// Everything needed to set up a sandbox; shared by the request path and the pool's filler.
+pub(super) struct Spawner {
+    pub bwrap: PathBuf,
+    pub args: Vec<OsString>,
+    pub limits: Limits,
+    pub cgroups: Option<Cgroups>,
+    /// Always RLIMIT_CORE and RLIMIT_NOFILE; the fallbacks for whatever no cgroup enforces.
+    pub rlimits: Vec<(Resource, libc::rlim_t)>,
+    /// RLIMIT_NPROC stands in for pids.max and must leave room for the daemon's own threads.
+    pub nproc_fallback: bool,
+    pub drop_to: Option<(libc::uid_t, libc::gid_t)>,
+    /// Mounted into every sandbox; removed once no sandbox can be made any more.
+    pub _relay: InstalledRelay,
+}
+
+/// A sandbox whose command waits for its program on stdin.
+pub(super) struct Prepared {
+    child: Child,
+    cg: Option<RunCgroup>,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+    /// bwrap's own stderr: only bwrap and the relay write there, the program's stderr goes
+    /// through the relay. Read all along, so that neither can block on it.
+    complaints: JoinHandle<Vec<u8>>,
+}
+
+impl Spawner {
+    fn rlimits_for_run(&self) -> Vec<(Resource, libc::rlim_t)> {
+        let mut rl = self.rlimits.clone();
+        if self.nproc_fallback {
+            let mut n = u64::from(self.limits.pids) + u64::from(BWRAP_TASKS);
+            if self.drop_to.is_none() {
+                // Every thread of the daemon's user counts, the daemon's own included.
+                n += own_threads();
+            }
+            rl.push((libc::RLIMIT_NPROC, n));
+        }
+        rl
+    }
+
+    pub(super) async fn prepare(&self) -> Result<Prepared, SandboxError> {
+        let mut cg = match &self.cgroups {
+            Some(g) => Some(g.create().map_err(|e| {
+                err(
+                    SandboxErrorKind::Start,
+                    format!("cannot create the run's cgroup: {e}"),
+                )
+            })?),
+            None => None,
+        };
+        let setup = ChildSetup {
+            cgroup_procs: cg.as_mut().map(RunCgroup::take_procs).unwrap_or_default(),
+            rlimits: self.rlimits_for_run(),
+            drop_to: self.drop_to,
+            parent: rustix::process::getpid().as_raw_nonzero().get(),
+        };
+        let mut cmd = Command::new(&self.bwrap);
+        cmd.args(&self.args).env_clear().kill_on_drop(true);
+        // SAFETY: `apply` makes only async-signal-safe calls and does not allocate.
+        unsafe {
+            cmd.pre_exec(move || setup.apply());
+        }
+        let mut child = spawn::spawn(cmd).await.map_err(|e| {
+            err(
+                SandboxErrorKind::Start,
+                format!("cannot start {}: {e}", self.bwrap.display()),
+            )
+        })?;
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            kill(&mut child, cg.as_ref()).await;
+            return Err(err(
+                SandboxErrorKind::Internal,
+                "bwrap's stdio is not piped",
+            ));
+        };
+        let complaints = tokio::spawn(read_bounded(stderr, COMPLAINTS_CAP));
+        Ok(Prepared {
+            child,
+            cg,
+            stdin,
+            stdout,
+            complaints,
+        })
+    }
+}
+
+impl Prepared {
+    /// The run's cgroup directories.
+    pub(super) fn dirs(&self) -> &[PathBuf] {
+        self.cg.as_ref().map_or(&[], |c| c.dirs())
+    }
+
+    /// Whether bwrap is still there to take a program. A waiting sandbox has no reason to end, so
+    /// one that did was killed from outside (or by the OOM killer) and must not be handed a run.
+    pub(super) fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// bwrap's pid, for tests that kill a waiting sandbox.
+    pub(super) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Kills everything in the sandbox and removes its cgroup, unused.
+    pub(super) async fn discard(mut self) {
+        self.complaints.abort();
+        kill(&mut self.child, self.cg.as_ref()).await;
+        if let Some(mut c) = self.cg.take()
+            && let Err(e) = c.remove()
+        {
+            tracing::warn!(error = %e, "a pre-spawned sandbox's cgroup was not empty after the kill");
+        }
+    }
+
+    /// Runs `program` in this sandbox, then kills and waits for everything in it.
+    pub(super) async fn serve(
+        self,
+        program: Bytes,
+        timeout: Duration,
+        live: Option<LiveOutput>,
+        max_output_bytes: usize,
+    ) -> Result<RunOutcome, SandboxError> {
+        let Prepared {
+            mut child,
+            cg,
+            stdin,
+            stdout,
+            complaints,
+        } = self;
+        let started = tokio::time::Instant::now();
+        // A program need not read its input: a broken pipe just ends the feeding.
+        let feed = async move {
+            let mut stdin = stdin;
+            let _ = stdin.write_all(&program).await;
+        };
+        let mut output = OutputCollector::new(max_output_bytes, live);
+        let ending = supervise(frames_of(stdout), &mut output, started + timeout, feed).await;
+        // After a normal exit too: the namespace is empty by then, and this proves it.
+        let status = kill(&mut child, cg.as_ref()).await;
+        let ending = match ending {
+            Ok(ending) => ending,
+            Err(e) => {
+                complaints.abort();
+                return Err(e);
+            }
+        };
+        let oom = cg.as_ref().is_some_and(RunCgroup::oom_killed);
+        if let Some(mut c) = cg
+            && let Err(e) = c.remove()
+        {
+            // Dropping `c` kills what is left and retries on a background thread.
+            tracing::warn!(error = %e, "a run's cgroup was not empty after the run");
+        }
+        let output = output.into_chunks();
+        Ok(match ending {
+            Ending::OverCap => RunOutcome::OutputTooLarge { output },
+            Ending::Deadline => RunOutcome::TimedOut { output },
+            Ending::Exited(exit) if oom || exit.oom_kills.is_some_and(|n| n > 0) => {
+                RunOutcome::OutOfMemory { output }
+            }
+            Ending::Exited(exit) => RunOutcome::Exited {
+                status: exit.status,
+                output,
+            },
+            Ending::Vanished if oom => RunOutcome::OutOfMemory { output },
+            // The relay is the namespace's pid 1, which no process inside can kill: without
+            // its report, the sandbox never came up (bwrap says why on its own stderr, which
+            // the program cannot write to) or the relay failed.
+            Ending::Vanished => {
+                let said = tokio::time::timeout(COMPLAINTS_WAIT, complaints)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
+                let said = String::from_utf8_lossy(&said).trim().to_string();
+                let status =
+                    status.map_or_else(|| "unknown".to_owned(), |s| exit_status(s).to_string());
+                return Err(err(
+                    SandboxErrorKind::Start,
+                    format!("{SETUP_FAILED} (exit status {status}): {said}"),
+                ));
+            }
+        })
+    }
+}
+
+/// The relay's frames, as bwrap's stdout delivers them.
+fn frames_of(stdout: ChildStdout) -> impl Stream<Item = Result<Bytes, SandboxError>> + Unpin {
+    Box::pin(futures_util::stream::unfold(
+        Some(stdout),
+        |stdout| async move {
+            let mut stdout = stdout?;
+            let mut buf = BytesMut::with_capacity(64 << 10);
+            match stdout.read_buf(&mut buf).await {
+                Ok(0) => None,
+                Ok(_) => Some((Ok(buf.freeze()), Some(stdout))),
+                Err(e) => Some((
+                    Err(err(
+                        SandboxErrorKind::Io,
+                        format!("reading the sandbox's output: {e}"),
+                    )),
+                    None,
+                )),
+            }
+        },
+    ))
+}
+
+/// Reads `from` to its end, keeping the first `cap` bytes.
+async fn read_bounded(mut from: impl AsyncRead + Unpin, cap: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let room = cap.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+    }
+    kept
+}
+
+/// Kills every process of the run and returns once they are all gone, with bwrap's exit status.
+async fn kill(child: &mut Child, cg: Option<&RunCgroup>) -> Option<std::process::ExitStatus> {
+    match cg {
+        Some(cg) => {
+            if !cg.kill_all().await {
+                tracing::error!("a run's processes survived SIGKILL for seconds");
+            }
+        }
+        // No cgroup: the monitor's death takes the namespace's pid 1 (its parent-death signal),
+        // and with it every process in the namespace, a moment later.
+        None => {
+            let _ = child.start_kill();
+        }
+    }
+    child.wait().await.ok()
+}
