@@ -27,7 +27,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub(super) struct Pool {
     shared: Arc<Shared>,
-    filler: JoinHandle<()>,
+    /// Taken by `close`, which waits for the filler to end.
+    filler: Mutex<Option<JoinHandle<()>>>,
 }
 
 struct Shared {
@@ -40,6 +41,8 @@ struct Shared {
     hooks: Arc<dyn Hooks>,
     /// Spawns the filler is to fail on purpose (tests of the replacement).
     fail_next: AtomicUsize,
+    /// Set by `close`: the filler finishes what it is making, takes it down and ends.
+    closed: watch::Sender<bool>,
 }
 
 impl Pool {
@@ -51,9 +54,13 @@ impl Pool {
             ready: watch::channel(0).0,
             hooks,
             fail_next: AtomicUsize::new(0),
+            closed: watch::channel(false).0,
         });
         let filler = tokio::spawn(fill(spawner, shared.clone()));
-        Pool { shared, filler }
+        Pool {
+            shared,
+            filler: Mutex::new(Some(filler)),
+        }
     }
 
     /// A live waiting sandbox, if there is one.
@@ -98,7 +105,15 @@ impl Pool {
 
     /// Stops the filler and takes down every waiting sandbox, cgroups included.
     pub(super) async fn close(&self) {
-        self.filler.abort();
+        self.shared.closed.send_replace(true);
+        let filler = self
+            .filler
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(filler) = filler {
+            let _ = filler.await;
+        }
         let waiting: Vec<Prepared> = self.shared.lock().drain(..).collect();
         self.shared.publish(0);
         for sandbox in waiting {
@@ -115,7 +130,13 @@ impl Pool {
 impl Drop for Pool {
     /// The waiting sandboxes go with the pool; each is killed as it is dropped.
     fn drop(&mut self) {
-        self.filler.abort();
+        let filler = self
+            .filler
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(filler) = filler.take() {
+            filler.abort();
+        }
     }
 }
 
@@ -141,9 +162,16 @@ impl Shared {
 
 async fn fill(spawner: Arc<Spawner>, shared: Arc<Shared>) {
     let mut backoff = MIN_BACKOFF;
+    let mut closed = shared.closed.subscribe();
     loop {
+        if *closed.borrow_and_update() {
+            return;
+        }
         if shared.lock().len() >= shared.target {
-            shared.taken.notified().await;
+            tokio::select! {
+                _ = shared.taken.notified() => {}
+                _ = closed.changed() => {}
+            }
             continue;
         }
         let began = Instant::now();
@@ -157,12 +185,20 @@ async fn fill(spawner: Arc<Spawner>, shared: Arc<Shared>) {
                 backoff = MIN_BACKOFF;
                 shared.hooks.pool_refill(began.elapsed());
                 let mut waiting = shared.lock();
+                if *shared.closed.borrow() {
+                    drop(waiting);
+                    sandbox.discard().await;
+                    return;
+                }
                 waiting.push_back(sandbox);
                 shared.publish(waiting.len());
             }
             Err(e) => {
                 tracing::warn!(error = %e.message, retry_in = ?backoff, "cannot pre-spawn a bwrap sandbox");
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = closed.changed() => {}
+                }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
