@@ -48,6 +48,10 @@ impl Daemon {
         cmd.args(["--address", &format!("127.0.0.1:{port}")])
             .args(["--backend", "bwrap", "--rootfs"])
             .arg(test_rootfs())
+            // Each run makes its sandbox on the request path, where these faults strike; a
+            // pre-spawned one would serve the first runs after the fault (the pool's own
+            // failures are tested in bwrap_sandbox.rs).
+            .args(["--pool-size", "0"])
             .args([
                 "--shutdown",
                 "false",
