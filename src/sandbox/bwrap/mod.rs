@@ -39,6 +39,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use tokio_util::task::TaskTracker;
 
 use self::args::bwrap_args;
 use self::cgroup::{Cgroups, Controller};
@@ -81,6 +82,8 @@ pub struct BwrapSandbox {
     enforcement: String,
     fingerprint: String,
     running: AtomicUsize,
+    /// Runs' teardowns still under way after their answers (see `Prepared::serve`).
+    teardowns: TaskTracker,
 }
 
 fn err(kind: SandboxErrorKind, message: impl Into<String>) -> SandboxError {
@@ -303,6 +306,7 @@ impl BwrapSandbox {
             enforcement,
             fingerprint,
             running: AtomicUsize::new(0),
+            teardowns: TaskTracker::new(),
         };
         sandbox.probe(&version, &opts, host_uid).await?;
         if opts.pool_size > 0 {
@@ -325,7 +329,7 @@ impl BwrapSandbox {
     ) -> (Result<RunOutcome, SandboxError>, Vec<PathBuf>) {
         let mut dirs = Vec::new();
         let result = self
-            .execute(program, self.spawner.limits.timeout, &mut dirs, None)
+            .execute(program, self.spawner.limits.timeout, &mut dirs, None, false)
             .await;
         (result, dirs)
     }
@@ -368,13 +372,21 @@ impl BwrapSandbox {
         timeout: Duration,
         trace: &mut Vec<PathBuf>,
         live: Option<LiveOutput>,
+        answer_first: bool,
     ) -> Result<RunOutcome, SandboxError> {
         let _running = Running::new(&self.running);
+        let teardowns = answer_first.then_some(&self.teardowns);
         let max_output = self.spawner.limits.max_output_bytes;
         if let Some(sandbox) = self.pool.as_ref().and_then(Pool::take) {
             trace.extend(sandbox.dirs().iter().cloned());
             match sandbox
-                .serve(program.clone(), timeout, live.clone(), max_output)
+                .serve(
+                    program.clone(),
+                    timeout,
+                    live.clone(),
+                    max_output,
+                    teardowns,
+                )
                 .await
             {
                 // Its relay never reported: the sandbox was gone before the program reached it
@@ -388,7 +400,9 @@ impl BwrapSandbox {
         }
         let sandbox = self.spawner.prepare().await?;
         trace.extend(sandbox.dirs().iter().cloned());
-        sandbox.serve(program, timeout, live, max_output).await
+        sandbox
+            .serve(program, timeout, live, max_output, teardowns)
+            .await
     }
 }
 
@@ -408,13 +422,16 @@ impl Sandbox for BwrapSandbox {
         live: Option<LiveOutput>,
     ) -> Result<RunOutcome, SandboxError> {
         let timeout = self.spawner.limits.timeout;
-        self.execute(program, timeout, &mut Vec::new(), live).await
+        self.execute(program, timeout, &mut Vec::new(), live, true)
+            .await
     }
 
     async fn shutdown(&self) {
         if let Some(pool) = &self.pool {
             pool.close().await;
         }
+        self.teardowns.close();
+        self.teardowns.wait().await;
     }
 
     fn status(&self) -> String {

@@ -20,7 +20,7 @@ impl BwrapSandbox {
             None => "on the host's /usr, /bin and /lib".into(),
         };
         let outcome = match self
-            .execute(Bytes::new(), PROBE_TIMEOUT, &mut Vec::new(), None)
+            .execute(Bytes::new(), PROBE_TIMEOUT, &mut Vec::new(), None, false)
             .await
         {
             Ok(outcome) => outcome,

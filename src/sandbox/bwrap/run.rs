@@ -12,6 +12,7 @@ use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 
 use super::cgroup::{BWRAP_TASKS, Cgroups, RunCgroup};
 use super::spawn::{self, ChildSetup, Resource};
@@ -137,13 +138,17 @@ impl Prepared {
         }
     }
 
-    /// Runs `program` in this sandbox, then kills and waits for everything in it.
+    /// Runs `program` in this sandbox; then kills and waits for everything in it and removes its
+    /// cgroup. That teardown (the namespaces' end costs the kernel milliseconds) goes to
+    /// `teardowns` once the outcome is known, so the answer need not wait for it; without
+    /// `teardowns` it is done before returning.
     pub(super) async fn serve(
         self,
         program: Bytes,
         timeout: Duration,
         live: Option<LiveOutput>,
         max_output_bytes: usize,
+        teardowns: Option<&TaskTracker>,
     ) -> Result<RunOutcome, SandboxError> {
         let Prepared {
             mut child,
@@ -160,38 +165,25 @@ impl Prepared {
         };
         let mut output = OutputCollector::new(max_output_bytes, live);
         let ending = supervise(frames_of(stdout), &mut output, started + timeout, feed).await;
-        // After a normal exit too: the namespace is empty by then, and this proves it.
-        let status = kill(&mut child, cg.as_ref()).await;
-        let ending = match ending {
-            Ok(ending) => ending,
-            Err(e) => {
-                complaints.abort();
-                return Err(e);
-            }
-        };
+        // The kernel counts an OOM kill before its victim's exit can be reported.
         let oom = cg.as_ref().is_some_and(RunCgroup::oom_killed);
-        if let Some(mut c) = cg
-            && let Err(e) = c.remove()
-        {
-            // Dropping `c` kills what is left and retries on a background thread.
-            tracing::warn!(error = %e, "a run's cgroup was not empty after the run");
-        }
-        let output = output.into_chunks();
-        Ok(match ending {
-            Ending::OverCap => RunOutcome::OutputTooLarge { output },
-            Ending::Deadline => RunOutcome::TimedOut { output },
-            Ending::Exited(exit) if oom || exit.oom_kills.is_some_and(|n| n > 0) => {
-                RunOutcome::OutOfMemory { output }
+        // After a normal exit too: the namespace is empty by then, and this proves it.
+        let teardown = async move {
+            let status = kill(&mut child, cg.as_ref()).await;
+            if let Some(mut c) = cg
+                && let Err(e) = c.remove()
+            {
+                // Dropping `c` kills what is left and retries on a background thread.
+                tracing::warn!(error = %e, "a run's cgroup was not empty after the run");
             }
-            Ending::Exited(exit) => RunOutcome::Exited {
-                status: exit.status,
-                output,
-            },
-            Ending::Vanished if oom => RunOutcome::OutOfMemory { output },
-            // The relay is the namespace's pid 1, which no process inside can kill: without
-            // its report, the sandbox never came up (bwrap says why on its own stderr, which
-            // the program cannot write to) or the relay failed.
-            Ending::Vanished => {
+            status
+        };
+        let ending = match ending {
+            Ok(Ending::Vanished) if !oom => {
+                // The relay is the namespace's pid 1, which no process inside can kill: without
+                // its report, the sandbox never came up (bwrap says why on its own stderr, which
+                // the program cannot write to) or the relay failed.
+                let status = teardown.await;
                 let said = tokio::time::timeout(COMPLAINTS_WAIT, complaints)
                     .await
                     .ok()
@@ -205,6 +197,27 @@ impl Prepared {
                     format!("{SETUP_FAILED} (exit status {status}): {said}"),
                 ));
             }
+            ending => {
+                complaints.abort();
+                match teardowns {
+                    Some(tracker) => drop(tracker.spawn(teardown)),
+                    None => drop(teardown.await),
+                }
+                ending?
+            }
+        };
+        let output = output.into_chunks();
+        Ok(match ending {
+            Ending::OverCap => RunOutcome::OutputTooLarge { output },
+            Ending::Deadline => RunOutcome::TimedOut { output },
+            Ending::Exited(exit) if oom || exit.oom_kills.is_some_and(|n| n > 0) => {
+                RunOutcome::OutOfMemory { output }
+            }
+            Ending::Exited(exit) => RunOutcome::Exited {
+                status: exit.status,
+                output,
+            },
+            Ending::Vanished => RunOutcome::OutOfMemory { output },
         })
     }
 }
