@@ -86,7 +86,13 @@ impl Daemon {
     /// Waits until `n` pre-started containers are ready and armed for the fastest hand-over, as
     /// the daemon's metrics say (a pool at rest is armed).
     fn wait_pool(&self, n: usize) {
+        self.wait_gauge("compilerd_pool_armed", n);
+    }
+
+    /// Waits until the daemon's gauge `name` reaches `n`.
+    fn wait_gauge(&self, name: &str, n: usize) {
         let url = format!("http://{}/metrics", self.addr);
+        let prefix = format!("{name} ");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = reqwest::blocking::get(&url)
@@ -94,7 +100,7 @@ impl Daemon {
                 .unwrap_or_default();
             let ready = text
                 .lines()
-                .find_map(|l| l.strip_prefix("compilerd_pool_armed "))
+                .find_map(|l| l.strip_prefix(&prefix))
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .unwrap_or(0.0);
             if ready >= n as f64 || Instant::now() > deadline {
@@ -102,6 +108,19 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// CPU time of the daemon itself and of the sandboxes it waited for (bwrap and everything
+    /// under it), in clock ticks.
+    fn cpu_ticks(&self) -> (u64, u64) {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the command's closing parenthesis; utime is field 14 of the whole line.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        (f[11] + f[12], f[13] + f[14])
     }
 
     fn rss_kib(&self) -> u64 {
@@ -357,10 +376,16 @@ fn wrk(url: &str, body: &str, seconds: u32) -> Wrk {
             c
         }
     };
+    wrk_parse(
+        cmd.args(["-c32", &format!("-d{seconds}s"), "--latency", "-s"])
+            .arg(&script)
+            .arg(url),
+    )
+}
+
+/// Runs a wrk command and reads its summary.
+fn wrk_parse(cmd: &mut Command) -> Wrk {
     let out = cmd
-        .args(["-c32", &format!("-d{seconds}s"), "--latency", "-s"])
-        .arg(&script)
-        .arg(url)
         .output()
         .expect("wrk is installed (apt-get install wrk)");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -397,6 +422,46 @@ fn wrk(url: &str, body: &str, seconds: u32) -> Wrk {
         p99_ms: field("99%").map(latency).unwrap_or(f64::NAN),
         errors,
     }
+}
+
+/// wrk with `connections` connections in one thread, each request a program never sent before.
+fn wrk_distinct(url: &str, connections: u32, seconds: u32) -> Wrk {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("distinct.lua");
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    std::fs::write(
+        &script,
+        format!(
+            "local n = 0\n\
+             request = function()\n\
+               n = n + 1\n\
+               return wrk.format(\"POST\", nil, {{[\"Content-Type\"] = \"text/plain\"}}, \"echo sustained {stamp} \" .. n)\n\
+             end\n"
+        ),
+    )
+    .unwrap();
+    wrk_parse(
+        Command::new("wrk")
+            .args([
+                "-t1",
+                &format!("-c{connections}"),
+                &format!("-d{seconds}s"),
+                "--latency",
+                "-s",
+            ])
+            .arg(&script)
+            .arg(url),
+    )
+}
+
+/// Clock ticks per second, the unit of /proc's CPU times.
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf reads a constant.
+    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(n).unwrap_or(100)
 }
 
 /// The reference for (a): the least a hyper server can do for this request, in its own process.
@@ -605,19 +670,43 @@ fn main() {
     drop(d);
 
     if phase('w') {
-        // The bubblewrap backend on (b) and (c).
+        // The bubblewrap backend: light load (each program once the pool has refilled), sparse
+        // (programs 100-300 ms apart), back to back, next to a bare bwrap spawn; then sustained.
         let root = rootfs();
-        let b = Daemon::start(&["--backend", "bwrap", "--rootfs", &root]);
-        let burl = b.url();
-        let (bw_cold, bw_err) = sequential(
-            cold_n.max(100),
+        let b = Daemon::start(&[
+            "--backend",
             "bwrap",
-            || (),
-            |p| post(&client, &burl, p).0 == 200,
+            "--rootfs",
+            &root,
+            "--pool-size",
+            "2",
+            "--max-concurrent-runs",
+            "8",
+        ]);
+        let burl = b.url();
+        let run_ours = |p: String| post(&client, &burl, p).0 == 200;
+        let n = cold_n.max(100);
+        let (light, light_err) = sequential(
+            n,
+            "bwrap",
+            || b.wait_gauge("compilerd_pool_ready", 2),
+            run_ours,
         );
+        let gap = std::cell::Cell::new(0u64);
+        let (sparse, sparse_err) = sequential(
+            if quick() { 10 } else { 30 },
+            "sparse",
+            || {
+                // A fixed spread of gaps (no randomness: the same run to run).
+                gap.set((gap.get() + 37) % 200);
+                std::thread::sleep(Duration::from_millis(100 + gap.get()));
+            },
+            run_ours,
+        );
+        let (burst, burst_err) = sequential(n, "burst", || (), run_ours);
         // The floor: a bare bwrap spawn of `sh -c true` in the same root, as many, just after.
         let (bare, bare_err) = sequential(
-            cold_n.max(100),
+            n,
             "bare",
             || (),
             |_| bwrap_direct(&root, &["/bin/sh", "-c", "true"], "").0,
@@ -625,23 +714,74 @@ fn main() {
         let (bwall, berrs) = concurrent(wide_n, 8, |i| {
             post(&client, &burl, wide("bwrap", i)).0 == 200
         });
-        println!("\n(b, c) bubblewrap backend:");
-        println!(
-            "    {} sequential cold runs: p50 {:.1} ms  p90 {:.1} ms  errors {bw_err}: {}",
-            bw_cold.len(),
-            ms(percentile(&bw_cold, 0.5)),
-            ms(percentile(&bw_cold, 0.9)),
-            verdict(percentile(&bw_cold, 0.5) < Duration::from_millis(10))
+        let line = |what: &str, t: &[Duration], errs: usize| {
+            println!(
+                "    {what:<34} p50 {:>5.1} ms  p90 {:>5.1} ms  errors {errs}",
+                ms(percentile(t, 0.5)),
+                ms(percentile(t, 0.9)),
+            );
+        };
+        println!("\n(b, c) bubblewrap backend, 2 pre-spawned sandboxes:");
+        line(
+            &format!("{} cold runs, pool refilled", light.len()),
+            &light,
+            light_err,
         );
+        line(
+            &format!("{} cold runs, 100-300 ms apart", sparse.len()),
+            &sparse,
+            sparse_err,
+        );
+        line(
+            &format!("{} cold runs, back to back", burst.len()),
+            &burst,
+            burst_err,
+        );
+        line("bare `bwrap ... /bin/sh -c true`", &bare, bare_err);
+        let (p50, bare50) = (percentile(&light, 0.5), percentile(&bare, 0.5));
         println!(
-            "    {} bare `bwrap ... /bin/sh -c true` spawns: p50 {:.1} ms  p90 {:.1} ms  errors {bare_err}",
-            bare.len(),
-            ms(percentile(&bare, 0.5)),
-            ms(percentile(&bare, 0.9)),
+            "    light-load p50 {:.1} ms vs bare spawn {:.1} ms: {}",
+            ms(p50),
+            ms(bare50),
+            verdict(p50 <= Duration::from_millis(2) && p50 <= bare50)
         );
         println!(
             "    {wide_n} programs 8 at a time: {:.0} ms  errors {berrs}",
             ms(bwall)
+        );
+        // Sustained: distinct programs from 8 wrk connections; CPU per run from the daemon's
+        // own time, its waited-for children's (bwrap and the sandboxes) and the machine's.
+        let seconds = if quick() { 3 } else { 10 };
+        let machine = || -> u64 {
+            let stat = std::fs::read_to_string("/proc/stat").unwrap();
+            let cpu = stat.lines().next().unwrap();
+            // user nice system idle iowait irq softirq: all but idle and iowait.
+            let f: Vec<u64> = cpu
+                .split_whitespace()
+                .skip(1)
+                .map(|v| v.parse().unwrap())
+                .collect();
+            f[0] + f[1] + f[2] + f[5] + f[6]
+        };
+        let (own0, kids0, all0) = (b.cpu_ticks().0, b.cpu_ticks().1, machine());
+        let sustained = wrk_distinct(&burl, 8, seconds);
+        let (own1, kids1, all1) = (b.cpu_ticks().0, b.cpu_ticks().1, machine());
+        let runs = (sustained.rps * f64::from(seconds)).max(1.0);
+        let tick_ms = 1000.0 / clock_ticks() as f64;
+        let per = |t: u64| t as f64 * tick_ms / runs;
+        println!(
+            "    sustained, 8 connections, distinct programs: {:.0} programs/s  p50 {:.1} ms  p99 {:.1} ms  errors {}: {}",
+            sustained.rps,
+            sustained.p50_ms,
+            sustained.p99_ms,
+            sustained.errors,
+            verdict(sustained.rps >= 500.0 && sustained.errors == 0)
+        );
+        println!(
+            "    CPU per run: daemon {:.2} ms, bwrap and sandbox {:.2} ms, the rest of the machine (kernel threads, wrk) {:.2} ms",
+            per(own1 - own0),
+            per(kids1 - kids0),
+            per((all1 - all0).saturating_sub((own1 - own0) + (kids1 - kids0)))
         );
         drop(b);
     }
