@@ -10,10 +10,11 @@ export DEBIAN_FRONTEND=noninteractive
 say() { echo "--- $*"; }
 
 say "packages"
-# gcc + libc6-dev build the static output relay; redis-server and haproxy are started by the tests
+# musl-tools builds the static output relay (gcc + libc6-dev are the fallback and build C crates);
+# redis-server and haproxy are started by the tests
 # on loopback ports of their own (never the system's services); openssl makes the TLS test's
 # certificates; chromium drives the page in the browser tests.
-packages=(gcc libc6-dev docker.io busybox-static bubblewrap prometheus debootstrap systemd curl rpm
+packages=(gcc libc6-dev musl-tools docker.io busybox-static bubblewrap prometheus debootstrap systemd curl rpm
   wrk jq redis-server haproxy openssl chromium fonts-dejavu-core)
 missing=()
 for p in "${packages[@]}"; do
