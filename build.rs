@@ -34,7 +34,10 @@ fn kernel_header_dirs() -> Vec<String> {
 
 fn main() {
     let source = "src/sandbox/relay/relay.c";
-    println!("cargo:rerun-if-changed={source}");
+    let sources = [source, "src/sandbox/relay/launch.c"];
+    for file in sources.iter().chain(&["src/sandbox/relay/launch.h"]) {
+        println!("cargo:rerun-if-changed={file}");
+    }
     println!("cargo:rerun-if-env-changed=CC");
     println!("cargo:rerun-if-env-changed=PATH");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -53,7 +56,7 @@ fn main() {
         .args(&extra)
         .arg("-o")
         .arg(out.join("compilerd-relay"))
-        .arg(source)
+        .args(sources)
         .status()
         .unwrap_or_else(|e| panic!("cannot run {cc} to build the output relay: {e}"));
     assert!(

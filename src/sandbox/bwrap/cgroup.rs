@@ -9,7 +9,7 @@
 //! they stay within whatever limits and delegation the service manager gave the daemon. Their
 //! names carry the daemon's pid so that a restarted daemon can sweep what a crashed one left.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -454,7 +454,6 @@ impl Cgroups {
         );
         let mut run = RunCgroup {
             dirs: Vec::with_capacity(self.hierarchies.len()),
-            procs: Vec::with_capacity(self.hierarchies.len()),
             oom_file: None,
             kill_file: None,
             removed: false,
@@ -477,11 +476,6 @@ impl Cgroups {
             if h.kill_file {
                 run.kill_file = Some(dir.join("cgroup.kill"));
             }
-            run.procs.push(
-                OpenOptions::new()
-                    .write(true)
-                    .open(dir.join("cgroup.procs"))?,
-            );
         }
         Ok(run)
     }
@@ -570,18 +564,15 @@ fn remove_when_empty(dir: &Path) -> bool {
 #[derive(Debug)]
 pub(super) struct RunCgroup {
     dirs: Vec<PathBuf>,
-    /// `cgroup.procs` of each directory, until `take_procs`.
-    procs: Vec<File>,
     oom_file: Option<PathBuf>,
     kill_file: Option<PathBuf>,
     removed: bool,
 }
 
 impl RunCgroup {
-    /// The open `cgroup.procs` files, for the child to write itself into. They move to the
-    /// child's setup so that they stay open exactly as long as a fork may still use them.
-    pub(super) fn take_procs(&mut self) -> Vec<File> {
-        std::mem::take(&mut self.procs)
+    /// `cgroup.procs` of each of the run's cgroups, for the launcher to write itself into.
+    pub(super) fn procs_files(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        self.dirs.iter().map(|d| d.join("cgroup.procs"))
     }
 
     pub(super) fn dirs(&self) -> &[PathBuf] {

@@ -298,7 +298,7 @@ impl BwrapSandbox {
             rlimits,
             nproc_fallback,
             drop_to,
-            _relay: relay,
+            relay,
         });
         let mut sandbox = BwrapSandbox {
             spawner,

@@ -10,12 +10,12 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use super::cgroup::{BWRAP_TASKS, Cgroups, RunCgroup};
-use super::spawn::{self, ChildSetup, Resource};
+use super::spawn::{self, Launch, Resource};
 use super::{COMPLAINTS_CAP, COMPLAINTS_WAIT, SETUP_FAILED, err, exit_status, own_threads};
 use crate::sandbox::output::OutputCollector;
 use crate::sandbox::relay::InstalledRelay;
@@ -33,8 +33,9 @@ pub(super) struct Spawner {
     /// RLIMIT_NPROC stands in for pids.max and must leave room for the daemon's own threads.
     pub nproc_fallback: bool,
     pub drop_to: Option<(libc::uid_t, libc::gid_t)>,
-    /// Mounted into every sandbox; removed once no sandbox can be made any more.
-    pub _relay: InstalledRelay,
+    /// Mounted into every sandbox, and its launch mode starts bwrap; removed once no sandbox
+    /// can be made any more.
+    pub relay: InstalledRelay,
 }
 
 /// A sandbox whose command waits for its program on stdin.
@@ -63,7 +64,7 @@ impl Spawner {
     }
 
     pub(super) async fn prepare(&self) -> Result<Prepared, SandboxError> {
-        let mut cg = match &self.cgroups {
+        let cg = match &self.cgroups {
             Some(g) => Some(g.create().map_err(|e| {
                 err(
                     SandboxErrorKind::Start,
@@ -72,18 +73,13 @@ impl Spawner {
             })?),
             None => None,
         };
-        let setup = ChildSetup {
-            cgroup_procs: cg.as_mut().map(RunCgroup::take_procs).unwrap_or_default(),
+        let launch = Launch {
+            cgroup_procs: cg.iter().flat_map(RunCgroup::procs_files).collect(),
             rlimits: self.rlimits_for_run(),
             drop_to: self.drop_to,
-            parent: rustix::process::getpid().as_raw_nonzero().get(),
         };
-        let mut cmd = Command::new(&self.bwrap);
-        cmd.args(&self.args).env_clear().kill_on_drop(true);
-        // SAFETY: `apply` makes only async-signal-safe calls and does not allocate.
-        unsafe {
-            cmd.pre_exec(move || setup.apply());
-        }
+        let mut cmd = launch.command(self.relay.path(), &self.bwrap, &self.args);
+        cmd.env_clear().kill_on_drop(true);
         let mut child = spawn::spawn(cmd).await.map_err(|e| {
             err(
                 SandboxErrorKind::Start,
@@ -259,18 +255,18 @@ async fn read_bounded(mut from: impl AsyncRead + Unpin, cap: usize) -> Vec<u8> {
 }
 
 /// Kills every process of the run and returns once they are all gone, with bwrap's exit status.
+///
+/// The launcher first: until it is gone it may still be about to join the cgroup (it does so
+/// after the spawn has returned), and once it is, nothing can join any more. Killing bwrap's
+/// monitor also takes the namespace's pid 1 (its parent-death signal), and with it, a moment later,
+/// every process in the namespace; the cgroup's kill makes sure of it and waits until it is empty.
 async fn kill(child: &mut Child, cg: Option<&RunCgroup>) -> Option<std::process::ExitStatus> {
-    match cg {
-        Some(cg) => {
-            if !cg.kill_all().await {
-                tracing::error!("a run's processes survived SIGKILL for seconds");
-            }
-        }
-        // No cgroup: the monitor's death takes the namespace's pid 1 (its parent-death signal),
-        // and with it every process in the namespace, a moment later.
-        None => {
-            let _ = child.start_kill();
-        }
+    let _ = child.start_kill();
+    let status = child.wait().await.ok();
+    if let Some(cg) = cg
+        && !cg.kill_all().await
+    {
+        tracing::error!("a run's processes survived SIGKILL for seconds");
     }
-    child.wait().await.ok()
+    status
 }

@@ -2,6 +2,7 @@
  * compilerd's output relay: runs inside every sandbox as the parent of the program.
  *
  *   relay [--user UID:GID] COMMAND [ARG]...
+ *   relay --launch ...   (on the host: how the daemon starts bwrap; see launch.c)
  *
  * With --user (Docker), the relay starts as root with only CAP_SETUID, CAP_SETGID and CAP_SETPCAP,
  * and the program runs as UID:GID with no supplementary groups and no capabilities at all (none
@@ -49,6 +50,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "launch.h"
 
 /* Room for one write: the socket's send buffer bounds the largest write a program can make, so
  * it is raised as far as the host allows (net.core.wmem_max, or more with CAP_NET_ADMIN). */
@@ -245,6 +248,8 @@ static void become(uid_t uid, gid_t gid) {
 }
 
 int main(int argc, char **argv) {
+    if (argc >= 2 && strcmp(argv[1], "--launch") == 0)
+        return launch_main(argc - 1, argv + 1);
     int drop = 0;
     unsigned uid = 0, gid = 0;
     if (argc >= 3 && strcmp(argv[1], "--user") == 0) {
