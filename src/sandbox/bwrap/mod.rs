@@ -1,14 +1,16 @@
 //! bubblewrap backend: each run is a fresh `bwrap` sandbox, which starts in milliseconds where a
 //! container takes hundreds, and needs no engine.
 //!
-//! A sandbox is made (`run::Spawner::prepare`): the run's cgroup, a fork on the fork thread (the
-//! child joins the cgroup, drops root to nobody and execs bwrap), the command started and
-//! waiting on stdin. With `pool_size` > 0 that happens ahead of time (`pool`), else on the
-//! request path. A run (`run::Prepared::serve`) hands the program to stdin, reads the output
-//! relay's frames (`relay`, `supervise`) under the cap, and stops at the program's exit, at the
-//! cap or at the deadline. Then every process left in the cgroup is killed and waited for, one pidfd each, until
-//! the cgroup is empty. Only then is the cgroup removed and the run over. Without a usable cgroup,
-//! limits fall back to rlimits and the startup log says, loudly, what that leaves unenforced.
+//! A sandbox is made (`run::Spawner::prepare`): the run's cgroups, then bwrap started on the spawn
+//! thread through the relay's launch mode (which joins the cgroups, drops root to nobody and execs
+//! bwrap; `spawn`), the command started and waiting on stdin. With `pool_size` > 0 that happens
+//! ahead of time (`pool`), else on the request path. A run (`run::Prepared::serve`) hands the
+//! program to stdin, reads the output relay's frames (`relay`, `supervise`) under the cap, and
+//! stops at the program's exit, at the cap or at the deadline. The answer goes out then; the
+//! teardown follows: bwrap's monitor is killed, then every process left in the cgroups, waited
+//! for one pidfd each until they are empty, and only then are the cgroups removed. `shutdown`
+//! waits for every teardown. Without a usable cgroup, limits fall back to rlimits and the startup
+//! log says, loudly, what that leaves unenforced.
 //!
 //! The relay is pid 1 of the namespace (`--as-pid-1`) and the command its child: bwrap's monitor
 //! waits for the relay directly, the relay reaps whatever the namespace orphans, no process inside
