@@ -162,25 +162,7 @@ fn post(client: &reqwest::blocking::Client, url: &str, program: String) -> (u16,
 
 /// `docker run` of the image with the program on stdin: what the Go server paid per request.
 fn docker_run(program: &str) -> (bool, String) {
-    use std::io::Write;
-    let mut child = Command::new("docker")
-        .args(["run", "--rm", "-i", "--network", "none", &image()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("docker CLI");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(program.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    docker_run_image(&image(), program)
 }
 
 /// `docker run -i` of `image` with the program on stdin; (success, stdout).
@@ -763,9 +745,9 @@ fn main() {
                 .collect();
             f[0] + f[1] + f[2] + f[5] + f[6]
         };
-        let (own0, kids0, all0) = (b.cpu_ticks().0, b.cpu_ticks().1, machine());
+        let ((own0, kids0), all0) = (b.cpu_ticks(), machine());
         let sustained = wrk_distinct(&burl, 8, seconds);
-        let (own1, kids1, all1) = (b.cpu_ticks().0, b.cpu_ticks().1, machine());
+        let ((own1, kids1), all1) = (b.cpu_ticks(), machine());
         let runs = (sustained.rps * f64::from(seconds)).max(1.0);
         let tick_ms = 1000.0 / clock_ticks() as f64;
         let per = |t: u64| t as f64 * tick_ms / runs;
