@@ -312,7 +312,21 @@ impl BwrapSandbox {
         };
         sandbox.probe(&version, &opts, host_uid).await?;
         if opts.pool_size > 0 {
-            sandbox.pool = Some(Pool::start(sandbox.spawner.clone(), opts.pool_size, hooks));
+            let pool = Pool::start(sandbox.spawner.clone(), opts.pool_size, hooks);
+            // As the Docker backend: the daemon is ready with its pool full, so that its first
+            // runs and its steady state are what an operator measures. The probe has just made
+            // a sandbox; should filling still stall, runs make their own meanwhile.
+            if tokio::time::timeout(PROBE_TIMEOUT, pool.full())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    pool = opts.pool_size,
+                    ready = pool.len(),
+                    "bwrap: the pool is not full yet; starting anyway"
+                );
+            }
+            sandbox.pool = Some(pool);
         }
         Ok(sandbox)
     }
