@@ -119,14 +119,16 @@ async fn each_form_runs_once(backend: Backend) {
         ("hello, 世界 & 100%\n", "stdout")
     );
     assert_eq!((ev[1].0.as_str(), ev[1].1.as_str()), ("oops\n", "stderr"));
-    // Nanoseconds: the first since the hand-over, the second the pause of `sleep 0.3`.
+    // Nanoseconds: the first since the hand-over, the second the pause of `sleep 0.3`. Events are
+    // stamped as the daemon receives them, so a first write that arrives a little late (Docker's
+    // attach stream) shortens the measured pause by as much: 298 ms was seen once in CI.
     assert!(
         ev[0].2 > 0 && ev[0].2 < 5000 * MS,
         "first delay {}",
         ev[0].2
     );
     assert!(
-        ev[1].2 >= 300 * MS && ev[1].2 < 5000 * MS,
+        ev[1].2 >= 250 * MS && ev[1].2 < 5000 * MS,
         "the pause of `sleep 0.3`: {}",
         ev[1].2
     );
