@@ -870,6 +870,8 @@ kill -9 1 2>/dev/null; echo $PPID",
 struct PoolEvents {
     empty: std::sync::atomic::AtomicUsize,
     refills: std::sync::atomic::AtomicUsize,
+    /// How many sandboxes wait, as the pool last said.
+    ready: tokio::sync::watch::Sender<usize>,
 }
 
 impl compilerd::hooks::Hooks for PoolEvents {
@@ -880,6 +882,9 @@ impl compilerd::hooks::Hooks for PoolEvents {
     fn pool_refill(&self, _latency: Duration) {
         self.refills
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn pool_ready(&self, n: usize) {
+        self.ready.send_replace(n);
     }
 }
 
@@ -985,6 +990,27 @@ async fn dead_waiting_sandbox_is_replaced_unnoticed() {
     let before = empties(&events);
     assert_eq!(exited(&sb, "echo pooled").await.1, "pooled\n");
     assert_eq!(empties(&events), before, "the refilled pool served the run");
+}
+
+/// A refill lets the runs in flight answer first, but a long run does not keep the pool below its
+/// size: the pool is full again while the run still sleeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_run_does_not_hold_back_the_refill() {
+    let (sb, events) = open_pooled(2).await;
+    let mut ready = events.ready.subscribe();
+    assert_eq!(*ready.borrow_and_update(), 2);
+    let run = exited(&sb, "sleep 3; echo done");
+    tokio::pin!(run);
+    let refilled = async {
+        ready.wait_for(|&n| n < 2).await.unwrap();
+        ready.wait_for(|&n| n == 2).await.unwrap();
+    };
+    tokio::select! {
+        out = &mut run => panic!("the run ended before the pool refilled: {out:?}"),
+        () = refilled => {}
+    }
+    assert_eq!(run.await, (0, "done\n".to_owned(), String::new()));
+    assert_eq!(empties(&events), 0);
 }
 
 /// Spawns that fail only delay the pool's refill: runs meanwhile start their own sandboxes, and

@@ -36,11 +36,12 @@ mod spawn;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use self::args::bwrap_args;
@@ -83,7 +84,8 @@ pub struct BwrapSandbox {
     pool: Option<Pool>,
     enforcement: String,
     fingerprint: String,
-    running: AtomicUsize,
+    /// Runs in flight; the pool's filler watches it (see `pool`).
+    running: watch::Sender<usize>,
     /// Runs' teardowns still under way after their answers (see `Prepared::serve`).
     teardowns: TaskTracker,
 }
@@ -117,18 +119,18 @@ fn own_threads() -> u64 {
 }
 
 /// Counts a run as in flight while alive.
-struct Running<'a>(&'a AtomicUsize);
+struct Running<'a>(&'a watch::Sender<usize>);
 
 impl<'a> Running<'a> {
-    fn new(n: &'a AtomicUsize) -> Self {
-        n.fetch_add(1, Ordering::Relaxed);
+    fn new(n: &'a watch::Sender<usize>) -> Self {
+        n.send_modify(|n| *n += 1);
         Running(n)
     }
 }
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.send_modify(|n| *n -= 1);
     }
 }
 
@@ -307,12 +309,17 @@ impl BwrapSandbox {
             pool: None,
             enforcement,
             fingerprint,
-            running: AtomicUsize::new(0),
+            running: watch::channel(0).0,
             teardowns: TaskTracker::new(),
         };
         sandbox.probe(&version, &opts, host_uid).await?;
         if opts.pool_size > 0 {
-            let pool = Pool::start(sandbox.spawner.clone(), opts.pool_size, hooks);
+            let pool = Pool::start(
+                sandbox.spawner.clone(),
+                opts.pool_size,
+                hooks,
+                sandbox.running.subscribe(),
+            );
             // As the Docker backend: the daemon is ready with its pool full, so that its first
             // runs and its steady state are what an operator measures. The probe has just made
             // a sandbox; should filling still stall, runs make their own meanwhile.
@@ -458,7 +465,7 @@ impl Sandbox for BwrapSandbox {
             .unwrap_or_default();
         format!(
             "bwrap {} running ({}){pool}",
-            self.running.load(Ordering::Relaxed),
+            *self.running.borrow(),
             if self.spawner.cgroups.is_some() {
                 "cgroup"
             } else {

@@ -6,6 +6,10 @@
 //! would be; nothing of one run can reach the next. A waiting sandbox has no reason to end, so one
 //! found dead when taken (killed from outside, say) is dropped and the run takes the next, or
 //! spawns its own. A failed spawn makes the filler back off; runs meanwhile spawn their own.
+//!
+//! A spawn takes a core for as long as the run it would compete with, so while at least half
+//! the pool still waits, the filler lets the runs in flight answer first (for at most
+//! `MAX_DEFER`). Under load the pool drains below half and refills at once.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +28,9 @@ use crate::sandbox::SandboxErrorKind;
 /// The filler's first wait after a failed spawn; it doubles up to `MAX_BACKOFF`.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The longest a refill waits for the runs in flight to answer.
+const MAX_DEFER: Duration = Duration::from_millis(50);
 
 pub(super) struct Pool {
     shared: Arc<Shared>,
@@ -46,7 +53,13 @@ struct Shared {
 }
 
 impl Pool {
-    pub(super) fn start(spawner: Arc<Spawner>, target: usize, hooks: Arc<dyn Hooks>) -> Pool {
+    /// `runs` counts the runs in flight.
+    pub(super) fn start(
+        spawner: Arc<Spawner>,
+        target: usize,
+        hooks: Arc<dyn Hooks>,
+        runs: watch::Receiver<usize>,
+    ) -> Pool {
         let shared = Arc::new(Shared {
             target,
             waiting: Mutex::new(VecDeque::with_capacity(target)),
@@ -56,7 +69,7 @@ impl Pool {
             fail_next: AtomicUsize::new(0),
             closed: watch::channel(false).0,
         });
-        let filler = tokio::spawn(fill(spawner, shared.clone()));
+        let filler = tokio::spawn(fill(spawner, shared.clone(), runs));
         Pool {
             shared,
             filler: Mutex::new(Some(filler)),
@@ -148,9 +161,10 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The hooks first, so that whoever `full` wakes reads the same count there (the metrics).
     fn publish(&self, n: usize) {
-        self.ready.send_replace(n);
         self.hooks.pool_ready(n);
+        self.ready.send_replace(n);
     }
 
     fn injected_failure(&self) -> bool {
@@ -160,19 +174,35 @@ impl Shared {
     }
 }
 
-async fn fill(spawner: Arc<Spawner>, shared: Arc<Shared>) {
+/// Whether a refill should first let the runs in flight answer: only while at least half the
+/// pool still waits, so that the next runs find a sandbox anyway.
+fn defer_refill(waiting: usize, target: usize, runs: usize) -> bool {
+    runs > 0 && waiting > 0 && 2 * waiting >= target
+}
+
+async fn fill(spawner: Arc<Spawner>, shared: Arc<Shared>, mut runs: watch::Receiver<usize>) {
     let mut backoff = MIN_BACKOFF;
     let mut closed = shared.closed.subscribe();
     loop {
         if *closed.borrow_and_update() {
             return;
         }
-        if shared.lock().len() >= shared.target {
+        let waiting = shared.lock().len();
+        if waiting >= shared.target {
             tokio::select! {
                 _ = shared.taken.notified() => {}
                 _ = closed.changed() => {}
             }
             continue;
+        }
+        if defer_refill(waiting, shared.target, *runs.borrow_and_update()) {
+            tokio::select! {
+                _ = runs.wait_for(|&n| n == 0) => {}
+                _ = tokio::time::sleep(MAX_DEFER) => {}
+                // Another was taken: the pool may now be below half.
+                _ = shared.taken.notified() => continue,
+                _ = closed.changed() => continue,
+            }
         }
         let began = Instant::now();
         let made = if shared.injected_failure() {
@@ -202,5 +232,23 @@ async fn fill(spawner: Arc<Spawner>, shared: Arc<Shared>) {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::defer_refill;
+
+    #[test]
+    fn refills_wait_for_runs_only_while_half_the_pool_waits() {
+        // Light load, a pool of 2: one taken, one waits.
+        assert!(defer_refill(1, 2, 1));
+        // Nothing in flight: refill at once.
+        assert!(!defer_refill(1, 2, 0));
+        // Empty, or below half: refill at once whatever runs.
+        assert!(!defer_refill(0, 2, 1));
+        assert!(!defer_refill(0, 1, 1));
+        assert!(!defer_refill(3, 8, 8));
+        assert!(defer_refill(4, 8, 8));
     }
 }
