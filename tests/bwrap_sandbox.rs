@@ -992,7 +992,7 @@ async fn dead_waiting_sandbox_is_replaced_unnoticed() {
     assert_eq!(empties(&events), before, "the refilled pool served the run");
 }
 
-/// A refill lets the runs in flight answer first, but a long run does not keep the pool below its
+/// A refill lets the runs in flight finish first, but a long run does not keep the pool below its
 /// size: the pool is full again while the run still sleeps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_run_does_not_hold_back_the_refill() {

@@ -42,12 +42,11 @@ use std::time::{Duration, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::watch;
-use tokio_util::task::TaskTracker;
 
 use self::args::bwrap_args;
 use self::cgroup::{Cgroups, Controller};
 use self::pool::Pool;
-use self::run::Spawner;
+use self::run::{Busy, Spawner, Teardowns};
 use self::spawn::Resource;
 use super::relay::InstalledRelay;
 use super::{Limits, LiveOutput, RunOutcome, Sandbox, SandboxError, SandboxErrorKind};
@@ -84,10 +83,10 @@ pub struct BwrapSandbox {
     pool: Option<Pool>,
     enforcement: String,
     fingerprint: String,
-    /// Runs in flight; the pool's filler watches it (see `pool`).
-    running: watch::Sender<usize>,
+    /// Runs in flight and teardowns under way (see `Busy`).
+    busy: Arc<watch::Sender<usize>>,
     /// Runs' teardowns still under way after their answers (see `Prepared::serve`).
-    teardowns: TaskTracker,
+    teardowns: Teardowns,
 }
 
 fn err(kind: SandboxErrorKind, message: impl Into<String>) -> SandboxError {
@@ -116,22 +115,6 @@ fn own_threads() -> u64 {
         .ok()
         .and_then(|s| u64::try_from(s.num_threads).ok())
         .unwrap_or(64)
-}
-
-/// Counts a run as in flight while alive.
-struct Running<'a>(&'a watch::Sender<usize>);
-
-impl<'a> Running<'a> {
-    fn new(n: &'a watch::Sender<usize>) -> Self {
-        n.send_modify(|n| *n += 1);
-        Running(n)
-    }
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
-    }
 }
 
 impl BwrapSandbox {
@@ -304,13 +287,14 @@ impl BwrapSandbox {
             drop_to,
             relay,
         });
+        let busy = Arc::new(watch::channel(0).0);
         let mut sandbox = BwrapSandbox {
             spawner,
             pool: None,
             enforcement,
             fingerprint,
-            running: watch::channel(0).0,
-            teardowns: TaskTracker::new(),
+            busy: busy.clone(),
+            teardowns: Teardowns::new(busy),
         };
         sandbox.probe(&version, &opts, host_uid).await?;
         if opts.pool_size > 0 {
@@ -318,7 +302,7 @@ impl BwrapSandbox {
                 sandbox.spawner.clone(),
                 opts.pool_size,
                 hooks,
-                sandbox.running.subscribe(),
+                sandbox.busy.subscribe(),
             );
             // As the Docker backend: the daemon is ready with its pool full, so that its first
             // runs and its steady state are what an operator measures. The probe has just made
@@ -397,7 +381,7 @@ impl BwrapSandbox {
         live: Option<LiveOutput>,
         answer_first: bool,
     ) -> Result<RunOutcome, SandboxError> {
-        let _running = Running::new(&self.running);
+        let _busy = Busy::new(&self.busy);
         let teardowns = answer_first.then_some(&self.teardowns);
         let max_output = self.spawner.limits.max_output_bytes;
         if let Some(sandbox) = self.pool.as_ref().and_then(Pool::take) {
@@ -453,8 +437,7 @@ impl Sandbox for BwrapSandbox {
         if let Some(pool) = &self.pool {
             pool.close().await;
         }
-        self.teardowns.close();
-        self.teardowns.wait().await;
+        self.teardowns.finish().await;
     }
 
     fn status(&self) -> String {
@@ -464,8 +447,8 @@ impl Sandbox for BwrapSandbox {
             .map(|p| format!(", pool {}/{}", p.len(), p.target()))
             .unwrap_or_default();
         format!(
-            "bwrap {} running ({}){pool}",
-            *self.running.borrow(),
+            "bwrap {} running or being torn down ({}){pool}",
+            *self.busy.borrow(),
             if self.spawner.cgroups.is_some() {
                 "cgroup"
             } else {

@@ -8,8 +8,8 @@
 //! spawns its own. A failed spawn makes the filler back off; runs meanwhile spawn their own.
 //!
 //! A spawn takes a core for as long as the run it would compete with, so while at least half
-//! the pool still waits, the filler lets the runs in flight answer first (for at most
-//! `MAX_DEFER`). Under load the pool drains below half and refills at once.
+//! the pool still waits, the filler lets the runs in flight answer and be torn down first (for
+//! at most `MAX_DEFER`). Under load the pool drains below half and refills at once.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,7 +29,7 @@ use crate::sandbox::SandboxErrorKind;
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// The longest a refill waits for the runs in flight to answer.
+/// The longest a refill waits for the runs in flight and their teardowns.
 const MAX_DEFER: Duration = Duration::from_millis(50);
 
 pub(super) struct Pool {
@@ -53,12 +53,12 @@ struct Shared {
 }
 
 impl Pool {
-    /// `runs` counts the runs in flight.
+    /// `busy` counts the runs in flight and the teardowns under way.
     pub(super) fn start(
         spawner: Arc<Spawner>,
         target: usize,
         hooks: Arc<dyn Hooks>,
-        runs: watch::Receiver<usize>,
+        busy: watch::Receiver<usize>,
     ) -> Pool {
         let shared = Arc::new(Shared {
             target,
@@ -69,7 +69,7 @@ impl Pool {
             fail_next: AtomicUsize::new(0),
             closed: watch::channel(false).0,
         });
-        let filler = tokio::spawn(fill(spawner, shared.clone(), runs));
+        let filler = tokio::spawn(fill(spawner, shared.clone(), busy));
         Pool {
             shared,
             filler: Mutex::new(Some(filler)),
@@ -174,13 +174,13 @@ impl Shared {
     }
 }
 
-/// Whether a refill should first let the runs in flight answer: only while at least half the
-/// pool still waits, so that the next runs find a sandbox anyway.
-fn defer_refill(waiting: usize, target: usize, runs: usize) -> bool {
-    runs > 0 && waiting > 0 && 2 * waiting >= target
+/// Whether a refill should first let the `busy` runs and teardowns finish: only while at least
+/// half the pool still waits, so that the next runs find a sandbox anyway.
+fn defer_refill(waiting: usize, target: usize, busy: usize) -> bool {
+    busy > 0 && waiting > 0 && 2 * waiting >= target
 }
 
-async fn fill(spawner: Arc<Spawner>, shared: Arc<Shared>, mut runs: watch::Receiver<usize>) {
+async fn fill(spawner: Arc<Spawner>, shared: Arc<Shared>, mut busy: watch::Receiver<usize>) {
     let mut backoff = MIN_BACKOFF;
     let mut closed = shared.closed.subscribe();
     loop {
@@ -195,9 +195,9 @@ async fn fill(spawner: Arc<Spawner>, shared: Arc<Shared>, mut runs: watch::Recei
             }
             continue;
         }
-        if defer_refill(waiting, shared.target, *runs.borrow_and_update()) {
+        if defer_refill(waiting, shared.target, *busy.borrow_and_update()) {
             tokio::select! {
-                _ = runs.wait_for(|&n| n == 0) => {}
+                _ = busy.wait_for(|&n| n == 0) => {}
                 _ = tokio::time::sleep(MAX_DEFER) => {}
                 // Another was taken: the pool may now be below half.
                 _ = shared.taken.notified() => continue,

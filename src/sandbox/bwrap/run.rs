@@ -5,12 +5,14 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
@@ -144,7 +146,7 @@ impl Prepared {
         timeout: Duration,
         live: Option<LiveOutput>,
         max_output_bytes: usize,
-        teardowns: Option<&TaskTracker>,
+        teardowns: Option<&Teardowns>,
     ) -> Result<RunOutcome, SandboxError> {
         let Prepared {
             mut child,
@@ -196,7 +198,7 @@ impl Prepared {
             ending => {
                 complaints.abort();
                 match teardowns {
-                    Some(tracker) => drop(tracker.spawn(teardown)),
+                    Some(teardowns) => teardowns.spawn(teardown),
                     None => drop(teardown.await),
                 }
                 ending?
@@ -269,4 +271,51 @@ async fn kill(child: &mut Child, cg: Option<&RunCgroup>) -> Option<std::process:
         tracing::error!("a run's processes survived SIGKILL for seconds");
     }
     status
+}
+
+/// Counts one run, or one teardown after an answer, in a shared count while alive: the pool's
+/// filler holds its spawns back while the count is not zero (see `pool`).
+pub(super) struct Busy(Arc<watch::Sender<usize>>);
+
+impl Busy {
+    pub(super) fn new(count: &Arc<watch::Sender<usize>>) -> Busy {
+        count.send_modify(|n| *n += 1);
+        Busy(count.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// Where runs' teardowns go after their answers: tracked, so that shutdown can wait for them,
+/// and counted in `busy` until done.
+pub(super) struct Teardowns {
+    tracker: TaskTracker,
+    busy: Arc<watch::Sender<usize>>,
+}
+
+impl Teardowns {
+    pub(super) fn new(busy: Arc<watch::Sender<usize>>) -> Teardowns {
+        Teardowns {
+            tracker: TaskTracker::new(),
+            busy,
+        }
+    }
+
+    fn spawn<T: Send + 'static>(&self, teardown: impl Future<Output = T> + Send + 'static) {
+        let busy = Busy::new(&self.busy);
+        self.tracker.spawn(async move {
+            teardown.await;
+            drop(busy);
+        });
+    }
+
+    /// Resolves once every teardown has finished; no more may be spawned.
+    pub(super) async fn finish(&self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
 }
