@@ -126,14 +126,9 @@ impl Prepared {
     }
 
     /// Kills everything in the sandbox and removes its cgroup, unused.
-    pub(super) async fn discard(mut self) {
+    pub(super) async fn discard(self) {
         self.complaints.abort();
-        kill(&mut self.child, self.cg.as_ref()).await;
-        if let Some(mut c) = self.cg.take()
-            && let Err(e) = c.remove()
-        {
-            tracing::warn!(error = %e, "a pre-spawned sandbox's cgroup was not empty after the kill");
-        }
+        take_down(self.child, self.cg).await;
     }
 
     /// Runs `program` in this sandbox; then kills and waits for everything in it and removes its
@@ -149,7 +144,7 @@ impl Prepared {
         teardowns: Option<&Teardowns>,
     ) -> Result<RunOutcome, SandboxError> {
         let Prepared {
-            mut child,
+            child,
             cg,
             stdin,
             stdout,
@@ -166,16 +161,7 @@ impl Prepared {
         // The kernel counts an OOM kill before its victim's exit can be reported.
         let oom = cg.as_ref().is_some_and(RunCgroup::oom_killed);
         // After a normal exit too: the namespace is empty by then, and this proves it.
-        let teardown = async move {
-            let status = kill(&mut child, cg.as_ref()).await;
-            if let Some(mut c) = cg
-                && let Err(e) = c.remove()
-            {
-                // Dropping `c` kills what is left and retries on a background thread.
-                tracing::warn!(error = %e, "a run's cgroup was not empty after the run");
-            }
-            status
-        };
+        let teardown = take_down(child, cg);
         let ending = match ending {
             Ok(Ending::Vanished) if !oom => {
                 // The relay is the namespace's pid 1, which no process inside can kill: without
@@ -254,6 +240,18 @@ async fn read_bounded(mut from: impl AsyncRead + Unpin, cap: usize) -> Vec<u8> {
         kept.extend_from_slice(&buf[..n.min(room)]);
     }
     kept
+}
+
+/// Kills everything in a sandbox and removes its cgroup; bwrap's exit status.
+async fn take_down(mut child: Child, cg: Option<RunCgroup>) -> Option<std::process::ExitStatus> {
+    let status = kill(&mut child, cg.as_ref()).await;
+    if let Some(mut c) = cg
+        && let Err(e) = c.remove()
+    {
+        // Dropping `c` kills what is left and retries on a background thread.
+        tracing::warn!(error = %e, "a sandbox's cgroup was not empty after the kill");
+    }
+    status
 }
 
 /// Kills every process of the run and returns once they are all gone, with bwrap's exit status.
