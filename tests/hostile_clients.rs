@@ -304,8 +304,11 @@ async fn connection_limit_refuses_the_excess_cleanly() {
     d.wait_metric("compilerd_connections_open", |n| n == 10.0)
         .await;
     assert_healthy(&d).await;
+    // The client keeps one or two connections of its own from that check (whether it reused the
+    // first depends on when that went back to its pool); they can only close, never add.
+    let with_client = d.metric("compilerd_connections_open");
     drop(idle);
-    d.wait_metric("compilerd_connections_open", |n| n <= 1.0)
+    d.wait_metric("compilerd_connections_open", |n| n <= with_client - 10.0)
         .await;
     d.stop().await;
 }
@@ -406,11 +409,15 @@ async fn thousands_idle_and_slowloris_do_not_starve_a_normal_client() {
     let slow = loris
         .await
         .expect("every slowloris client kept its connection");
+    // What stays open is the test client's own keep-alive pool, whose size depends on how often
+    // it reused a connection; it can only shrink now.
+    let with_client = d.metric("compilerd_connections_open");
     drop(slow);
     drop(idle);
-    // What stays open is the test client's own keep-alive pool.
-    d.wait_metric("compilerd_connections_open", |n| n <= 4.0)
-        .await;
+    d.wait_metric("compilerd_connections_open", |n| {
+        n <= with_client - (IDLE + SLOWLORIS) as f64
+    })
+    .await;
     assert_eq!(d.metric("compilerd_connections_refused_total"), 0.0);
     assert_healthy(&d).await;
     d.stop().await;
