@@ -10,6 +10,7 @@ pub mod output;
 pub mod relay;
 pub mod scripted;
 pub mod supervise;
+pub mod syscalls;
 
 use std::time::Duration;
 

@@ -1,12 +1,35 @@
 //! The bwrap command line: which namespaces, what the sandbox sees of the file system, as whom
-//! the command runs, and that it runs under the output relay.
+//! the command runs, which system calls it may make, and that it runs under the output relay.
 
 use std::ffi::OsString;
 use std::path::Path;
 
 use super::NOBODY;
+use super::spawn::DataFd;
 use crate::sandbox::relay::BWRAP_RELAY_PATH;
+use crate::sandbox::syscalls::Filters;
 use crate::sandbox::{Limits, SANDBOX_ENV};
+
+/// The first descriptor the launcher opens for bwrap, above stdin, stdout and stderr.
+const FIRST_DATA_FD: i32 = 3;
+
+/// The seccomp programs as descriptors for the launcher to open, in the order bwrap installs them.
+pub(super) fn seccomp_fds(filters: &Filters) -> Vec<DataFd> {
+    (FIRST_DATA_FD..)
+        .zip(filters.programs())
+        .map(|(fd, program)| DataFd::new(fd, program))
+        .collect()
+}
+
+/// Whether this bwrap has `--disable-userns` (0.8 and newer), from its own usage text.
+pub(super) async fn has_disable_userns(bwrap: &Path) -> bool {
+    tokio::process::Command::new(bwrap)
+        .arg("--help")
+        .env_clear()
+        .output()
+        .await
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--disable-userns"))
+}
 
 /// The host directories a sandbox without a rootfs sees, read-only. Merged-/usr hosts have
 /// /bin -> usr/bin and so on, which become the same symlinks inside.
@@ -42,6 +65,8 @@ pub(super) fn bwrap_args(
     relay: &Path,
     command: &[String],
     limits: &Limits,
+    seccomp: &[DataFd],
+    disable_userns: bool,
 ) -> Vec<OsString> {
     let mut args: Vec<OsString> = Vec::new();
     let mut add = |xs: &[&str]| args.extend(xs.iter().map(OsString::from));
@@ -55,6 +80,15 @@ pub(super) fn bwrap_args(
         "--new-session",
         "--clearenv",
     ]);
+    // The filters refuse namespaces already; this keeps a nested user namespace out of reach
+    // through any path they might miss (bwrap lowers user.max_user_namespaces inside).
+    if disable_userns {
+        add(&["--disable-userns"]);
+    }
+    // Installed last thing before the relay starts, so the relay runs under them too.
+    for data in seccomp {
+        add(&["--add-seccomp-fd", &data.fd.to_string()]);
+    }
     for (k, v) in SANDBOX_ENV {
         add(&["--setenv", k, v]);
     }

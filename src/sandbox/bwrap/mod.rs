@@ -23,7 +23,8 @@
 //! output, so a run that ends without the relay's report is a sandbox that failed, and says why.
 //!
 //! Inside: new user, pid, net, ipc, uts and cgroup namespaces; uid and gid 65534; no
-//! capabilities; no new privileges; only `SANDBOX_ENV`; a read-only root (the given rootfs, or
+//! capabilities; no new privileges; the syscall filter (`syscalls`), no nested user namespace
+//! (`--disable-userns`); only `SANDBOX_ENV`; a read-only root (the given rootfs, or
 //! the host's /usr and friends with an almost empty /etc); /proc and a read-only /dev; a
 //! size-limited tmpfs at /tmp (and one at /dev/shm), the only writable places.
 
@@ -43,12 +44,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use self::args::bwrap_args;
+use self::args::{bwrap_args, has_disable_userns, seccomp_fds};
 use self::cgroup::{Cgroups, Controller};
 use self::pool::Pool;
 use self::run::{Busy, Spawner, Teardowns};
 use self::spawn::Resource;
 use super::relay::InstalledRelay;
+use super::syscalls::{self, Filters};
 use super::{Limits, LiveOutput, RunOutcome, Sandbox, SandboxError, SandboxErrorKind};
 use crate::hooks::Hooks;
 
@@ -266,15 +268,38 @@ impl BwrapSandbox {
                 format!("cannot write the output relay for the sandboxes: {e}"),
             )
         })?;
-        let args = bwrap_args(opts.rootfs.as_deref(), relay.path(), &command, &limits);
+        let filters = Filters::compile().map_err(|e| {
+            err(
+                SandboxErrorKind::Internal,
+                format!("cannot compile the syscall filter: {e}"),
+            )
+        })?;
+        let seccomp = seccomp_fds(&filters);
+        let disable_userns = has_disable_userns(&bwrap).await;
+        tracing::info!("bwrap: {}", syscalls::describe());
+        if !disable_userns {
+            tracing::warn!(
+                "bwrap {version} lacks --disable-userns (0.8 and newer): only the syscall filter \
+                 keeps a program from making a nested user namespace"
+            );
+        }
+        let args = bwrap_args(
+            opts.rootfs.as_deref(),
+            relay.path(),
+            &command,
+            &limits,
+            &seccomp,
+            disable_userns,
+        );
         let mode = match &cgroups {
             Some(_) if unenforced.is_empty() => "cgroup",
             Some(_) => "cgroup+rlimits",
             None => "rlimits",
         };
         let fingerprint = format!(
-            "bwrap;{version};command={};root={root_desc};enforce={mode};{}",
+            "bwrap;{version};command={};root={root_desc};enforce={mode};syscalls={};{}",
             command.join(" "),
+            syscalls::fingerprint(),
             limits.fingerprint()
         );
         let spawner = Arc::new(Spawner {
@@ -286,6 +311,7 @@ impl BwrapSandbox {
             nproc_fallback,
             drop_to,
             relay,
+            seccomp,
         });
         let busy = Arc::new(watch::channel(0).0);
         let mut sandbox = BwrapSandbox {

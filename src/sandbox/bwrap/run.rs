@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use super::cgroup::{BWRAP_TASKS, Cgroups, RunCgroup};
-use super::spawn::{self, Launch, Resource};
+use super::spawn::{self, DataFd, Launch, Resource};
 use super::{COMPLAINTS_CAP, COMPLAINTS_WAIT, SETUP_FAILED, err, exit_status, own_threads};
 use crate::sandbox::output::OutputCollector;
 use crate::sandbox::relay::InstalledRelay;
@@ -38,6 +38,8 @@ pub(super) struct Spawner {
     /// Mounted into every sandbox, and its launch mode starts bwrap; removed once no sandbox
     /// can be made any more.
     pub relay: InstalledRelay,
+    /// The syscall filter's programs, which the launcher hands to bwrap.
+    pub seccomp: Vec<DataFd>,
 }
 
 /// A sandbox whose command waits for its program on stdin.
@@ -79,6 +81,7 @@ impl Spawner {
             cgroup_procs: cg.iter().flat_map(RunCgroup::procs_files).collect(),
             rlimits: self.rlimits_for_run(),
             drop_to: self.drop_to,
+            data_fds: &self.seccomp,
         };
         let mut cmd = launch.command(self.relay.path(), &self.bwrap, &self.args);
         cmd.env_clear().kill_on_drop(true);

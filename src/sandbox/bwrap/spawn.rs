@@ -31,15 +31,37 @@ pub(super) type Resource = libc::c_int;
 
 /// What the launcher does before it execs bwrap.
 #[derive(Debug)]
-pub(super) struct Launch {
+pub(super) struct Launch<'a> {
     /// `cgroup.procs` of each of the run's cgroups.
     pub cgroup_procs: Vec<PathBuf>,
     pub rlimits: Vec<(Resource, libc::rlim_t)>,
     /// Host uid and gid to switch to when the daemon runs as root.
     pub drop_to: Option<(libc::uid_t, libc::gid_t)>,
+    /// Descriptors that bwrap inherits, each a fresh memfd holding these bytes (see `DataFd`).
+    pub data_fds: &'a [DataFd],
 }
 
-impl Launch {
+/// A descriptor number bwrap finds open, and what it reads there. The launcher makes it (a memfd
+/// per spawn, so that no two spawns share an offset and the daemon passes none of its own); the
+/// bytes travel on its command line, spelled in hex once when the sandbox is made.
+#[derive(Debug)]
+pub(super) struct DataFd {
+    pub fd: i32,
+    hex: String,
+}
+
+impl DataFd {
+    pub(super) fn new(fd: i32, bytes: &[u8]) -> DataFd {
+        use std::fmt::Write;
+        let mut hex = String::with_capacity(bytes.len() * 2);
+        for b in bytes {
+            let _ = write!(hex, "{b:02x}");
+        }
+        DataFd { fd, hex }
+    }
+}
+
+impl Launch<'_> {
     /// The command that makes this setup and then runs `program` with `args`.
     pub(super) fn command(&self, launcher: &Path, program: &Path, args: &[OsString]) -> Command {
         let mut cmd = Command::new(launcher);
@@ -54,6 +76,10 @@ impl Launch {
         }
         if let Some((uid, gid)) = self.drop_to {
             cmd.arg("--user").arg(format!("{uid}:{gid}"));
+        }
+        for data in self.data_fds {
+            cmd.arg("--data-fd")
+                .arg(format!("{}:{}", data.fd, data.hex));
         }
         cmd.arg("--").arg(program).args(args);
         cmd
