@@ -100,6 +100,8 @@ pub trait Hooks: Send + Sync + 'static {
     fn sandbox_error(&self, _kind: &'static str) {}
     fn request_finished(&self, _handler: &'static str, _code: u16, _duration: Duration) {}
     fn lameduck(&self, _on: bool) {}
+    /// When the self-halt is due, as seconds since the Unix epoch; `None`: no halt is scheduled.
+    fn halt_scheduled(&self, _at_unix_seconds: Option<u64>) {}
     /// Pre-started containers ready to take a program.
     fn pool_ready(&self, _n: usize) {}
     /// Of those, the ones armed for the fastest hand-over (an exec already waiting).

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::answer;
+use crate::backend::{self, Choice};
 use crate::compile::{self, CompileService, Options, SharedState};
 use crate::config::{Backend, Config, LanguageConfig};
 use crate::format;
@@ -36,28 +37,53 @@ pub struct OpenLanguage {
     pub format: Option<Arc<dyn Sandbox>>,
 }
 
-/// Opens every configured language's sandboxes, with each backend's startup checks.
-pub async fn open(config: &Config, hooks: Arc<dyn Hooks>) -> Result<Vec<OpenLanguage>, String> {
+/// What `open` made: the backend it chose and each language's sandboxes.
+pub struct Opened {
+    pub backend: Choice,
+    pub languages: Vec<OpenLanguage>,
+}
+
+/// Chooses the backend (`backend::choose`) and opens every configured language's sandboxes on it,
+/// with that backend's startup checks. Under `auto`, a bubblewrap that cannot work either gets
+/// the one refusal that names both ways out.
+pub async fn open(config: &Config, hooks: Arc<dyn Hooks>) -> Result<Opened, String> {
+    let choice = backend::choose(config).await;
+    tracing::info!(backend = %choice.backend, reason = %choice.reason, "sandbox backend");
+    match open_on(config, choice.backend, hooks).await {
+        Ok(languages) => Ok(Opened {
+            backend: choice,
+            languages,
+        }),
+        Err(e) if choice.automatic => Err(choice.refusal(&e)),
+        Err(e) => Err(e),
+    }
+}
+
+async fn open_on(
+    config: &Config,
+    backend: Backend,
+    hooks: Arc<dyn Hooks>,
+) -> Result<Vec<OpenLanguage>, String> {
     let mut opened = Vec::new();
     for lang in config.languages() {
         let fail = |what: &str, e: SandboxError| {
             format!(
-                "language {}: {what} sandbox ({} backend) is not usable: {e}",
-                lang.name, config.backend
+                "language {}: {what} sandbox ({backend} backend) is not usable: {e}",
+                lang.name
             )
         };
-        let run = open_one(config.backend, &lang, None, hooks.clone())
+        let run = open_one(backend, &lang, None, hooks.clone())
             .await
             .map_err(|e| fail("run", e))?;
         let format = match &lang.format_command {
             Some(cmd) => Some(
-                open_one(config.backend, &lang, Some(cmd), hooks.clone())
+                open_one(backend, &lang, Some(cmd), hooks.clone())
                     .await
                     .map_err(|e| fail("format", e))?,
             ),
             None => None,
         };
-        let version = version(config.backend, &lang).await;
+        let version = version(backend, &lang).await;
         opened.push(OpenLanguage {
             config: lang,
             version,
@@ -77,6 +103,7 @@ async fn open_one(
     hooks: Arc<dyn Hooks>,
 ) -> Result<Arc<dyn Sandbox>, SandboxError> {
     Ok(match backend {
+        Backend::Auto => unreachable!("backend::choose resolves auto"),
         Backend::Docker => {
             let mut opts = DockerOptions::new(lang.image.clone(), lang.pool_size);
             if let Some(cmd) = format_command {
@@ -101,6 +128,7 @@ async fn open_one(
 
 async fn version(backend: Backend, lang: &LanguageConfig) -> String {
     match backend {
+        Backend::Auto => String::new(),
         Backend::Bwrap => lang
             .rootfs
             .as_deref()
@@ -121,10 +149,7 @@ fn field(text: &str, key: &str) -> Option<String> {
 }
 
 async fn image_label(image: &str, label: &str) -> Option<String> {
-    let docker = match std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()) {
-        Some(host) => bollard::Docker::connect_with_host(&host).ok()?,
-        None => bollard::Docker::connect_with_local_defaults().ok()?,
-    };
+    let docker = backend::docker_client().ok()?;
     let info = docker.inspect_image(image).await.ok()?;
     info.config?.labels?.remove(label)
 }
@@ -150,12 +175,16 @@ pub struct Languages {
     default: usize,
     /// `GET /languages`, rendered once.
     listing: Bytes,
+    backend: Choice,
 }
 
 #[derive(Serialize)]
 struct Listed<'a> {
     name: &'a str,
     version: &'a str,
+    /// The backend its sandboxes run on, and why that one (`backend::Choice`).
+    backend: &'a str,
+    backend_reason: &'a str,
     default: bool,
     format: bool,
     limits: ListedLimits,
@@ -177,6 +206,7 @@ impl Languages {
     /// config's validation makes sure of that).
     pub fn new(
         opened: Vec<OpenLanguage>,
+        backend: Choice,
         default: &str,
         opts: &Options,
         shared: &SharedState,
@@ -216,6 +246,8 @@ impl Languages {
                 Listed {
                     name: &l.name,
                     version: &l.version,
+                    backend: l.compile.sandbox().name(),
+                    backend_reason: &backend.reason,
                     default: i == default,
                     format: l.format.is_some(),
                     limits: ListedLimits {
@@ -235,6 +267,7 @@ impl Languages {
             list,
             default,
             listing,
+            backend,
         }
     }
 
@@ -259,6 +292,11 @@ impl Languages {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Language>> {
         self.list.iter()
+    }
+
+    /// The backend the sandboxes run on, and why.
+    pub fn backend(&self) -> &Choice {
+        &self.backend
     }
 
     /// `GET /languages`'s JSON body.

@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod answer;
+pub mod backend;
 pub mod cache;
 pub mod compile;
 pub mod config;

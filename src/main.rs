@@ -103,7 +103,7 @@ async fn run(config: Config) -> anyhow::Result<Stopped> {
         .await
         .map_err(anyhow::Error::msg)
         .context("cannot open the sandboxes")?;
-    tracing::info!(address = %local, inherited, backend = %config.backend, "serving");
+    tracing::info!(address = %local, inherited, backend = %languages.backend.describe(), "serving");
 
     let stops = StopRequests::default();
     spawn_signal_handler(stops.clone()).context("cannot handle signals")?;

@@ -33,6 +33,7 @@ pub struct Metrics {
     overload_rejections: IntCounter,
     sandbox_errors: IntCounterVec,
     lameduck: IntGauge,
+    halt_at: IntGauge,
     pool_ready: IntGauge,
     pool_armed: IntGauge,
     pool_empty: IntCounter,
@@ -201,6 +202,10 @@ impl Metrics {
             lameduck: reg!(gauge(
                 "compilerd_lameduck",
                 "1 while draining: /healthz fails."
+            )),
+            halt_at: reg!(gauge(
+                "compilerd_halt_time_seconds",
+                "When this machine halts itself (Unix time); 0: no self-halt is scheduled."
             )),
             pool_ready: reg!(gauge(
                 "compilerd_pool_ready",
@@ -422,6 +427,9 @@ impl Hooks for Metrics {
     }
     fn lameduck(&self, on: bool) {
         self.lameduck.set(on as i64);
+    }
+    fn halt_scheduled(&self, at_unix_seconds: Option<u64>) {
+        self.halt_at.set(at_unix_seconds.unwrap_or(0) as i64);
     }
     fn pool_ready(&self, n: usize) {
         self.pool_ready.set(n as i64);

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::fdlimit;
 use crate::hooks::Hooks;
 use crate::http::{self, App, Cors};
-use crate::languages::{Languages, OpenLanguage};
+use crate::languages::{Languages, Opened};
 use crate::lifecycle::Health;
 use crate::metrics::Metrics;
 use crate::systemd;
@@ -54,7 +54,7 @@ impl StopRequests {
 pub struct Daemon {
     pub config: Config,
     pub listener: TcpListener,
-    pub languages: Vec<OpenLanguage>,
+    pub languages: Opened,
     pub metrics: Option<Arc<Metrics>>,
     pub hooks: Arc<dyn Hooks>,
     pub stops: StopRequests,
@@ -91,11 +91,16 @@ impl Daemon {
             .map(|s| SharedCache::start(s, hooks.clone()));
         let shared = SharedState::new(&opts, shared_cache, &hooks);
         if let Some(m) = &metrics {
-            let names: Vec<&str> = languages.iter().map(|l| l.config.name.as_str()).collect();
+            let names: Vec<&str> = languages
+                .languages
+                .iter()
+                .map(|l| l.config.name.as_str())
+                .collect();
             m.register_languages(&names);
         }
         let languages = Arc::new(Languages::new(
-            languages,
+            languages.languages,
+            languages.backend,
             &config.default_language(),
             &opts,
             &shared,
@@ -109,7 +114,7 @@ impl Daemon {
             Cors::new(config.allow_origin.clone()),
             health.clone(),
             metrics,
-            hooks,
+            hooks.clone(),
             config.read_timeout,
             config.ui,
         );
@@ -126,12 +131,22 @@ impl Daemon {
 
         let halt_at = config.shutdown.then(|| {
             let delay = halt_delay(config.lifetime);
-            let at = humantime::format_rfc3339_seconds(SystemTime::now() + delay);
+            let wall = SystemTime::now() + delay;
+            let at = humantime::format_rfc3339_seconds(wall);
             tracing::info!(delay_s = delay.as_secs_f64(), "shutting down at {at}");
-            tokio::time::Instant::now() + delay
+            (tokio::time::Instant::now() + delay, wall)
         });
+        hooks.halt_scheduled(halt_at.and_then(|(_, wall)| {
+            Some(wall.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs())
+        }));
+        let halt_at = halt_at.map(|(at, _)| at);
         systemd::notify_ready();
-        let status = systemd::spawn_status(compile.clone(), health.clone(), halt_at);
+        let status = systemd::spawn_status(
+            compile.clone(),
+            health.clone(),
+            halt_at,
+            languages.backend().describe(),
+        );
 
         let mut stop_rx = stops.subscribe();
         let halting = tokio::select! {

@@ -44,6 +44,7 @@ pub fn spawn_status(
     compile: Arc<CompileService>,
     health: Arc<Health>,
     halt_at: Option<tokio::time::Instant>,
+    backend: String,
 ) -> tokio::task::JoinHandle<()> {
     let watchdog = sd_notify::watchdog_enabled();
     tokio::spawn(async move {
@@ -71,6 +72,8 @@ pub fn spawn_status(
                 line.push_str(", ");
                 line.push_str(&pool);
             }
+            line.push_str(", backend ");
+            line.push_str(&backend);
             if watchdog.is_some() {
                 notify(&[NotifyState::Watchdog]);
             }

@@ -380,3 +380,166 @@ impl Notify {
         }
     }
 }
+
+/// The binary as a newcomer starts it: no flags but where to listen (and, for the Docker cases,
+/// which image), with the engine at `docker_host` (None: the default socket) and `path` as PATH.
+struct FirstCommand {
+    child: Child,
+    notify: Notify,
+    base: String,
+}
+
+impl FirstCommand {
+    fn start(extra: &[&str], docker_host: Option<&str>, path: Option<&str>) -> FirstCommand {
+        let notify = Notify::new();
+        let port = free_port();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--address", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .env("NOTIFY_SOCKET", &notify.path)
+            .env_remove("DOCKER_HOST");
+        if let Some(host) = docker_host {
+            cmd.env("DOCKER_HOST", host);
+        }
+        if let Some(path) = path {
+            cmd.env("PATH", path);
+        }
+        FirstCommand {
+            child: cmd.spawn().unwrap(),
+            notify,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Serves: READY=1, a program's answer, and the backend `GET /languages` names.
+    async fn serves(&self, want_backend: &str, reason_has: &str) {
+        self.notify.wait_for("READY=1");
+        let (status, body) = post(&format!("{}/compile", self.base), "echo first; exit 4").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains("first\\n") && body.contains("\"Status\":4"),
+            "{body}"
+        );
+        let listing: serde_json::Value = reqwest::get(format!("{}/languages", self.base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let lang = &listing[0];
+        assert_eq!(lang["backend"], want_backend, "{listing}");
+        let reason = lang["backend_reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("auto: ") && reason.contains(reason_has),
+            "{listing}"
+        );
+        let status = self.notify.wait_for_status("serving:");
+        assert!(
+            status.contains(&format!("backend {want_backend} (auto: ")),
+            "{status}"
+        );
+    }
+
+    async fn stop(mut self) {
+        sigterm(&self.child);
+        self.notify.wait_for("STOPPING=1");
+        // A second one cuts the 30 s drain short.
+        sigterm(&self.child);
+        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(exit.success(), "{exit}");
+    }
+}
+
+const NO_ENGINE: &str = "unix:///nonexistent/compilerd-test/docker.sock";
+
+#[tokio::test]
+async fn auto_takes_bwrap_when_no_engine_answers() {
+    let d = FirstCommand::start(&[], Some(NO_ENGINE), None);
+    d.serves("bwrap", "no Docker engine answers").await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn auto_takes_docker_when_the_engine_has_the_image() {
+    let d = FirstCommand::start(&["--image", "compilerd-test"], None, None);
+    d.serves("docker", "the Docker engine answers").await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn auto_takes_bwrap_when_the_engine_lacks_the_image() {
+    let d = FirstCommand::start(&["--image", "compilerd-no-such-image"], None, None);
+    d.serves("bwrap", "has no image compilerd-no-such-image")
+        .await;
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn auto_refuses_once_when_neither_backend_can_work() {
+    // No engine, and a PATH without bwrap.
+    let empty = tempfile::tempdir().unwrap();
+    let d = FirstCommand::start(&[], Some(NO_ENGINE), empty.path().to_str());
+    let out = tokio::time::timeout(Duration::from_secs(30), d.child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    // The exit status of every other startup failure (a sandbox that cannot open).
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "no sandbox backend works on this host",
+        "no Docker engine answers",
+        "apt-get install -y bubblewrap",
+        "scripts/build-image.sh",
+    ] {
+        assert!(err.contains(want), "{want:?} missing: {err}");
+    }
+}
+
+#[tokio::test]
+async fn no_halt_is_scheduled_unless_asked_for() {
+    let d = FirstCommand::start(&[], Some(NO_ENGINE), None);
+    d.notify.wait_for("READY=1");
+    let status = d.notify.wait_for_status("serving:");
+    assert!(!status.contains("halting"), "{status}");
+    let metrics = reqwest::get(format!("{}/metrics", d.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        common::metric_value(&metrics, "compilerd_halt_time_seconds"),
+        0.0,
+        "{metrics}"
+    );
+    d.stop().await;
+
+    // Asked for, it is scheduled within the lifetime and shown.
+    let d = FirstCommand::start(
+        &["--shutdown", "true", "--lifetime", "1h"],
+        Some(NO_ENGINE),
+        None,
+    );
+    d.notify.wait_for("READY=1");
+    let status = d.notify.wait_for_status("serving:");
+    assert!(status.contains("halting in"), "{status}");
+    let metrics = reqwest::get(format!("{}/metrics", d.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let at = common::metric_value(&metrics, "compilerd_halt_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(at >= now + 1700.0 && at <= now + 3700.0, "{at} vs {now}");
+    d.stop().await;
+}

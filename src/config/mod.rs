@@ -26,6 +26,9 @@ pub use units::{ByteSize, HumanDuration};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
+    /// Docker when the engine answers and has every language's image, else bubblewrap when it
+    /// can make a sandbox (`backend::choose`).
+    Auto,
     Docker,
     Bwrap,
 }
@@ -33,6 +36,7 @@ pub enum Backend {
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Backend::Auto => "auto",
             Backend::Docker => "docker",
             Backend::Bwrap => "bwrap",
         })
@@ -55,10 +59,10 @@ pub enum LogFormat {
 /// connection limit, default language) are not fixed values: their flags' help says how.
 pub const DEFAULTS: &str = r#"
 address = ":8181"
-shutdown = true
+shutdown = false
 lifetime = "60m"
 drain = "30s"
-backend = "docker"
+backend = "auto"
 image = "playground"
 command = "/bin/sh"
 timeout = "3500ms"
@@ -87,7 +91,8 @@ pub struct Settings {
     /// systemd passes a socket.
     #[arg(long)]
     pub address: Option<String>,
-    /// Whether to halt this machine at a random time in [lifetime/2, lifetime) [default: true].
+    /// Whether to halt this machine at a random time in [lifetime/2, lifetime), for preemptible
+    /// VMs [default: false].
     #[arg(long, action = ArgAction::Set, value_name = "BOOL")]
     pub shutdown: Option<bool>,
     /// How long this machine lives when --shutdown is true [default: 60m].
@@ -101,7 +106,8 @@ pub struct Settings {
     /// [default: 30s].
     #[arg(long)]
     pub drain: Option<HumanDuration>,
-    /// Sandbox backend [default: docker].
+    /// Sandbox backend: `auto` takes Docker when the engine answers and has the image, else
+    /// bubblewrap [default: auto].
     #[arg(long)]
     pub backend: Option<Backend>,
     /// Docker image whose default command reads the program on stdin [default: playground].
@@ -534,7 +540,9 @@ mod tests {
         let shipped = repo_file("packaging/config.toml");
         // What comes after the first language table's example is about tables, not the flat keys.
         let flat = shipped.split("[languages").next().unwrap();
-        let deliberate = ["shutdown", "ui"];
+        // A fleet names its backend, so that no machine changes backend because an engine was down at
+        // boot.
+        let deliberate = ["backend", "ui"];
         for (key, value) in defaults_as_written() {
             let line = flat
                 .lines()
@@ -570,7 +578,11 @@ mod tests {
     fn defaults_match_the_go_server() {
         let c = Config::default();
         assert_eq!(c.address.port(), 8181);
-        assert!(c.shutdown);
+        assert!(
+            !c.shutdown,
+            "a daemon started by hand never halts anything by surprise"
+        );
+        assert_eq!(c.backend, Backend::Auto);
         assert_eq!(c.limits.timeout, Duration::from_millis(3500));
         assert_eq!(c.max_program_bytes, 65536);
         assert_eq!(c.cache_entries, 10_000);

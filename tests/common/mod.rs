@@ -8,9 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use compilerd::backend::Choice;
 use compilerd::config::{Backend, Config};
 use compilerd::hooks::Hooks;
-use compilerd::languages::OpenLanguage;
+use compilerd::languages::{OpenLanguage, Opened};
 use compilerd::metrics::Metrics;
 use compilerd::sandbox::Sandbox;
 use compilerd::server::{Daemon, StopRequests, Stopped};
@@ -69,18 +70,21 @@ impl TestDaemon {
         metrics: Arc<Metrics>,
     ) -> TestDaemon {
         let language = config.languages().into_iter().next().expect("a language");
-        let languages = vec![OpenLanguage {
-            config: language,
-            version: String::new(),
-            run: sandbox,
-            format: None,
-        }];
+        let languages = Opened {
+            backend: Choice::configured(config.backend),
+            languages: vec![OpenLanguage {
+                config: language,
+                version: String::new(),
+                run: sandbox,
+                format: None,
+            }],
+        };
         Self::start_languages(config, languages, metrics).await
     }
 
     async fn start_languages(
         config: Config,
-        languages: Vec<OpenLanguage>,
+        languages: Opened,
         metrics: Arc<Metrics>,
     ) -> TestDaemon {
         let listener = tokio::net::TcpListener::bind(config.address).await.unwrap();

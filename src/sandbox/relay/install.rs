@@ -1,8 +1,10 @@
 //! Puts the embedded relay binary where a sandbox can mount it from.
 
-use std::fs::{DirBuilder, OpenOptions, Permissions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::ffi::CString;
+use std::fs::{DirBuilder, Permissions};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 static BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/compilerd-relay"));
@@ -47,14 +49,7 @@ impl InstalledRelay {
             path: dir.join("relay"),
             dir,
         };
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o700)
-            .open(&installed.path)?;
-        file.write_all(BINARY)?;
-        file.sync_all()?;
-        drop(file);
+        write_from_child(&installed.path)?;
         // Explicitly, whatever the umask: read and run by anyone, written by no one but us.
         std::fs::set_permissions(&installed.path, Permissions::from_mode(0o555))?;
         std::fs::set_permissions(&installed.dir, Permissions::from_mode(0o711))?;
@@ -68,10 +63,93 @@ impl InstalledRelay {
     }
 }
 
+/// Creates `path` holding the relay, written by a forked child of ours rather than by us.
+///
+/// Linux refuses to exec a file while any process holds it open for writing (ETXTBSY). Had we
+/// opened it, a child forked meanwhile by another thread of this process (another sandbox's
+/// spawn, or anything a library starts) would inherit that descriptor and keep it until its own
+/// exec, and an exec of the relay in that window fails. No lock can keep every fork in the
+/// process out of the window, so no descriptor that can write this file ever exists here: only
+/// the writer child holds one, and it has closed it (by exiting) before we return. A fork, not
+/// a spawn, as there is no program to exec; it happens once per sandbox, at startup.
+fn write_from_child(path: &Path) -> io::Result<()> {
+    let path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: the child of a multi-threaded process may only make async-signal-safe calls
+    // before it exits; `write_and_exit` makes raw system calls on memory prepared before the
+    // fork (the path, the embedded binary), allocates nothing, takes no lock, cannot panic.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: as above; this is the child, and it never returns.
+        unsafe { write_and_exit(&path) }
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for the child forked above, which is ours alone to reap.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
+        (true, 0) => Ok(()),
+        (true, errno) => Err(io::Error::from_raw_os_error(errno)),
+        _ => Err(io::Error::other(format!(
+            "the process writing the relay died (wait status {status})"
+        ))),
+    }
+}
+
+/// The writer child: creates `path`, writes the relay, syncs and exits 0, or exits with the
+/// errno of the first call that failed.
+///
+/// # Safety
+/// Only in a freshly forked child, which it ends.
+unsafe fn write_and_exit(path: &std::ffi::CStr) -> ! {
+    fn errno() -> i32 {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    }
+    // SAFETY: raw system calls on a valid C string and on the static binary's own bytes.
+    unsafe {
+        let fd = libc::open(
+            path.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o700,
+        );
+        if fd < 0 {
+            libc::_exit(errno());
+        }
+        let mut done = 0;
+        while done < BINARY.len() {
+            let n = libc::write(fd, BINARY.as_ptr().add(done).cast(), BINARY.len() - done);
+            if n < 0 {
+                if errno() == libc::EINTR {
+                    continue;
+                }
+                libc::_exit(errno());
+            }
+            if n == 0 {
+                libc::_exit(libc::EIO);
+            }
+            done += n.unsigned_abs();
+        }
+        if libc::fsync(fd) != 0 || libc::close(fd) != 0 {
+            libc::_exit(errno());
+        }
+        libc::_exit(0)
+    }
+}
+
 /// Whether `dir` is on a file system mounted noexec (a bind mount of a file keeps that flag).
 fn on_noexec_mount(dir: &Path) -> io::Result<bool> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let path = CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
     let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
     // SAFETY: `path` is a valid C string and `st` is written by statvfs before it is read; no
     // crate we depend on wraps statvfs.

@@ -9,7 +9,9 @@
 //! The program cannot forge a frame: it only holds its two sockets, and the relay is
 //! non-dumpable, so even a process of the same user cannot reach the relay's stdout through
 //! /proc or ptrace. The binary is embedded in the daemon, written once at startup into a fresh
-//! directory only the daemon's user can write, and mounted read-only into each sandbox.
+//! directory only the daemon's user can write, and mounted read-only into each sandbox. A forked
+//! child writes it, so that no descriptor open for writing on it ever exists in the daemon for a
+//! concurrent spawn to inherit (an exec of the relay would then fail with ETXTBSY).
 
 mod frames;
 mod install;
