@@ -22,7 +22,7 @@ use compilerd::hooks::Hooks;
 use compilerd::metrics::Metrics;
 use compilerd::sandbox::SandboxErrorKind;
 use compilerd::sandbox::docker::{DockerOptions, DockerSandbox};
-use private_engine::PrivateEngine;
+use private_engine::{PrivateEngine, interfaces, network_namespace};
 
 /// Longest a request may take while the engine goes away.
 const ANSWER_WITHIN: Duration = Duration::from_secs(15);
@@ -271,4 +271,32 @@ async fn image_removed_while_pooled_then_back() {
         .await;
     d.stop().await;
     assert_eq!(engine.containers(), Vec::<String>::new());
+}
+
+/// An engine without a bridge deletes the bridge interface (`docker0`) of the network namespace
+/// it runs in: the private engine runs in one of its own, and leaves every interface and address
+/// of the host's as it was, through a restart and its removal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_engine_leaves_the_hosts_network_alone() {
+    let before = interfaces();
+    assert!(
+        before.iter().any(|i| i.starts_with("docker0 ")),
+        "the host has no docker0 with an address before the test (something deleted it; \
+         restore it: ip link add docker0 type bridge; ip addr add 172.17.0.1/16 dev docker0; \
+         ip link set docker0 up): {before:?}"
+    );
+    let mut engine = PrivateEngine::start(&test_rootfs(), &test_image()).await;
+    let host = network_namespace("/proc/self/ns/net");
+    assert_ne!(
+        engine.network_namespace(),
+        host,
+        "the private dockerd runs in the host's network namespace"
+    );
+    engine.stop().await;
+    engine.start_again().await;
+    assert_ne!(engine.network_namespace(), host);
+    drop(engine);
+    let after = interfaces();
+    let lost: Vec<&String> = before.difference(&after).collect();
+    assert!(lost.is_empty(), "the host lost {lost:?}; it has {after:?}");
 }

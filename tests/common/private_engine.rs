@@ -1,6 +1,7 @@
 //! A Docker engine of the test's own (its own dockerd, containerd, data and socket under a temp
-//! dir, no networking of its own), which a chaos test may stop and start at will: the machine's
-//! shared engine is never touched. The busybox test rootfs is imported into it as the test image.
+//! dir, in a network namespace of its own with no bridge), which a chaos test may stop and start
+//! at will: the machine's shared engine and network are never touched. The busybox test rootfs
+//! is imported into it as the test image.
 
 #![allow(dead_code)]
 
@@ -97,7 +98,12 @@ impl PrivateEngine {
             .append(true)
             .open(self.path("dockerd.log"))
             .unwrap();
-        let child = Command::new("dockerd")
+        // In a network namespace of its own: an engine without a bridge deletes the bridge
+        // interface `docker0` of the namespace it runs in, which in the host's would cut the
+        // machine's own engine off its default network. Its unix socket is a file, reachable
+        // from any namespace. `unshare` execs dockerd, so the child is dockerd itself.
+        let child = Command::new("unshare")
+            .args(["--net", "--", "dockerd"])
             .arg("--data-root")
             .arg(self.path("data"))
             .arg("--exec-root")
@@ -105,8 +111,13 @@ impl PrivateEngine {
             .arg("--pidfile")
             .arg(self.path("docker.pid"))
             .args(["--host", &self.host])
+            // And nothing of the network setup a bridge needs, not even in its own namespace.
             .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
-            .args(["--ip-masq=false", "--userland-proxy=false"])
+            .args([
+                "--ip-forward=false",
+                "--ip-masq=false",
+                "--userland-proxy=false",
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -145,11 +156,53 @@ impl PrivateEngine {
         }
     }
 
+    /// The running dockerd's network namespace (`net:[INODE]`).
+    pub fn network_namespace(&self) -> String {
+        let pid = self.dockerd.as_ref().expect("the private engine runs").id();
+        network_namespace(&format!("/proc/{pid}/ns/net"))
+    }
+
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.path("dockerd.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
+}
+
+/// The network namespace `link` (a `/proc/PID/ns/net`) names, e.g. `net:[4026531840]`.
+pub fn network_namespace(link: &str) -> String {
+    std::fs::read_link(link)
+        .unwrap_or_else(|e| panic!("{link}: {e}"))
+        .display()
+        .to_string()
+}
+
+/// This process's network interfaces: `NAME` for each link and `NAME ADDRESS` for each of its
+/// addresses, as `ip -o link` and `ip -o addr` list them.
+pub fn interfaces() -> std::collections::BTreeSet<String> {
+    let ip = |what: &str| {
+        let out = Command::new("ip")
+            .args(["-o", what])
+            .output()
+            .expect("ip (iproute2)");
+        assert!(out.status.success(), "ip -o {what} failed");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let mut found = std::collections::BTreeSet::new();
+    for line in ip("link").lines() {
+        // "5: docker0: <…> …" and "7: veth1@if6: <…> …"
+        if let Some(name) = line.split(": ").nth(1) {
+            found.insert(name.split('@').next().unwrap().to_owned());
+        }
+    }
+    for line in ip("addr").lines() {
+        // "5: docker0    inet 172.17.0.1/16 brd … scope global docker0\ …"
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if let [_, name, _family, address, ..] = fields[..] {
+            found.insert(format!("{name} {address}"));
+        }
+    }
+    found
 }
 
 fn terminate(child: &Child) {
