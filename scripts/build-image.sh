@@ -6,7 +6,8 @@
 #                           a compile error is the compiler's message on stderr, status 2
 #   /usr/lib/compilerd/fmt  program on stdin -> formatted program on stdout (only where there is a
 #                           formatter), errors on stderr, nonzero status
-# and /etc/compilerd-language (language=, version=), which the Docker image repeats as labels.
+# and /etc/compilerd-language (language=, version=, and output= when the run's output is framed),
+# which the Docker image repeats as labels (compilerd.version, compilerd.output).
 #
 # Usage: build-image.sh LANGUAGE [--tag IMAGE] [--rootfs DIR]
 #   LANGUAGE: go, python, c or sh. Without --tag or --rootfs, both are built: the Docker image
@@ -35,8 +36,9 @@ fi
 
 # Packages whose files the sandbox needs; their Depends are added. `main` names the toolchain's
 # package, whose upstream version is the one /languages reports.
+output=
 case $lang in
-  go) packages=(golang-1.19-go golang-1.19-src); main=golang-1.19-go; name=go ;;
+  go) packages=(golang-1.19-go golang-1.19-src tzdata); main=golang-1.19-go; name=go; output=go-faketime ;;
   python) packages=(python3); main=python3.11-minimal; name=python ;;
   c) packages=(gcc libc6-dev); main=gcc-12; name=gcc ;;
   sh) packages=(); main=busybox-static; name=busybox ;;
@@ -82,11 +84,42 @@ build_root() {
     [ -e "$root/bin/$applet" ] || [ -e "$root/usr/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
   done
   printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/sh\n' >"$root/etc/passwd"
+  # localhost without DNS (there is no network): a server and its client in one program meet on
+  # loopback. Docker mounts its own /etc/hosts, which names localhost too.
+  printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
+  printf 'hosts: files dns\n' >"$root/etc/nsswitch.conf"
   printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
   printf 'include /etc/ld.so.conf.d/*.conf\n' >"$root/etc/ld.so.conf"
   [ -d "$root/lib/x86_64-linux-gnu" ] && ldconfig -r "$root" 2>/dev/null || true
   printf 'language=%s\nversion=%s\nstamp=%s\n' "$lang" "$version" "$stamp" >"$root/etc/compilerd-language"
+  [ -z "$output" ] || printf 'output=%s\n' "$output" >>"$root/etc/compilerd-language"
+  case $lang in
+    go) go_faketime_std "$root" ;;
+  esac
   write_commands "$root/usr/lib/compilerd"
+}
+
+# Go programs are built with the faketime tag, as on the Go playground: time starts at
+# 2009-11-10 23:00:00 UTC, sleeps cost nothing, and every write to stdout or stderr is framed with
+# the fake time it was made at (output=go-faketime: the daemon decodes the frames into events).
+# The standard library is compiled for it here, once, inside the root itself (so that its paths
+# are the sandbox's), without cgo as nothing links C; Debian's own precompiled std, built without
+# the tag, is dropped. The run command compiles against these packages (importcfg); the go
+# command finds them through -pkgdir.
+GO_FAKETIME_PKG=/usr/lib/compilerd/go-faketime
+go_faketime_std() {
+  local root=$1 goroot=/usr/lib/go-1.19
+  command -v bwrap >/dev/null || { echo "bwrap is needed to build the Go standard library" >&2; exit 1; }
+  bwrap --bind "$root" / --proc /proc --dev /dev --tmpfs /tmp --unshare-all --die-with-parent \
+    --clearenv --setenv PATH /usr/bin:/bin --setenv HOME /tmp --setenv GOCACHE /tmp/gocache \
+    --setenv CGO_ENABLED 0 --setenv GOROOT $goroot \
+    $goroot/bin/go install -tags faketime -pkgdir $GO_FAKETIME_PKG std
+  rm -rf "$root$goroot/pkg/linux_amd64"
+  # Where each package is, for the compiler and linker: what `go build` works out on every run
+  # (module loading, the build cache, its own checks) is fixed here.
+  (cd "$root$GO_FAKETIME_PKG" && find . -name '*.a' | sed 's|^\./||; s|\.a$||' | sort |
+    while read -r p; do printf 'packagefile %s=%s/%s.a\n' "$p" "$GO_FAKETIME_PKG" "$p"; done) \
+    >"$root/usr/lib/compilerd/importcfg"
 }
 
 # What a sandbox never uses of the toolchain: tests, test data, and tools no build runs.
@@ -116,16 +149,12 @@ write_commands() {
   local dir=$1
   case $lang in
     go)
-      # Where each precompiled standard package is, for the compiler and linker: what `go build`
-      # works out on every run (module loading, the build cache, its own checks) is fixed here.
-      local pkg=/usr/lib/go-1.19/pkg/linux_amd64
-      (cd "$dir/../../..$pkg" && find . -name '*.a' | sed 's|^\./||; s|\.a$||' | sort |
-        while read -r p; do printf 'packagefile %s=%s/%s.a\n' "$p" "$pkg" "$p"; done) >"$dir/importcfg"
       cat >"$dir/run" <<'EOF'
 #!/bin/sh
 # A single-file program needs no go command: the compiler and linker are called directly, on the
-# precompiled standard library (importcfg). GOGC=400: both are short-lived and collect less, but
-# no less once near the run's memory limit (GOMEMLIMIT, soft; the limit is 128 MiB by default).
+# standard library precompiled for fake time (importcfg). GOGC=400: both are short-lived and
+# collect less, but no less once near the run's memory limit (GOMEMLIMIT, soft; the limit is
+# 128 MiB by default).
 # The build's threads count against the run's process limit, whatever the host's core count.
 export GOROOT=/usr/lib/go-1.19
 tool=/usr/lib/go-1.19/pkg/tool/linux_amd64
@@ -204,6 +233,7 @@ if [ -n "$tag" ]; then
       --change "LABEL compilerd.language=$lang" \
       --change "LABEL compilerd.version=\"$version\"" \
       --change "LABEL compilerd.stamp=$stamp" \
+      ${output:+--change "LABEL compilerd.output=$output"} \
       - "$tag" >/dev/null
     echo "image $tag built ($version)"
   fi

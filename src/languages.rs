@@ -75,6 +75,7 @@ async fn open_on(
         let run = open_one(backend, &lang, None, hooks.clone())
             .await
             .map_err(|e| fail("run", e))?;
+        let run = crate::faketime::wrap(run, backend, &lang).await;
         let format = match &lang.format_command {
             Some(cmd) => Some(
                 open_one(backend, &lang, Some(cmd), hooks.clone())

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod cache;
 pub mod compile;
 pub mod config;
+pub mod faketime;
 pub mod fdlimit;
 pub mod format;
 pub mod hooks;

@@ -139,7 +139,8 @@ pub fn container_body(
         open_stdin: Some(true),
         stdin_once: Some(true),
         tty: Some(false),
-        network_disabled: Some(true),
+        // No `network_disabled`: with it, the engine mounts an empty /etc/hosts and `localhost`
+        // does not resolve; `network_mode: none` alone leaves only loopback already.
         labels: Some(labels),
         host_config: Some(HostConfig {
             network_mode: Some("none".to_owned()),

@@ -1,0 +1,327 @@
+//! Go programs behave as on the Go playground (issue 22), on both backends, through the request
+//! forms the playground's clients use (form, JSON, the socket) and the raw form: fake time and its
+//! framed output decoded into events, the zone database, localhost.
+//!
+//! Needs the Go image and rootfs of `scripts/build-image.sh go` (compilerd-go,
+//! /var/lib/compilerd/rootfs/go); a missing one fails the test.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::ws::{Ws, summary};
+use common::{Reply, TestDaemon};
+use compilerd::config::{Backend, Config, LanguageSettings};
+use serde_json::{Value, json};
+
+/// One Go daemon per backend at a time: Go builds compete for the machine's cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn config(backend: Backend) -> Config {
+    let mut c = common::config(backend);
+    c.limits.timeout = Duration::from_millis(3500);
+    c.limits.memory_bytes = 128 << 20;
+    c.pool_size = 1;
+    c.language_tables = BTreeMap::from([("go".to_owned(), LanguageSettings::default())]);
+    c.default_language = Some("go".to_owned());
+    c
+}
+
+async fn start(backend: Backend) -> (TestDaemon, tokio::sync::MutexGuard<'static, ()>) {
+    let guard = ONE_AT_A_TIME.lock().await;
+    (TestDaemon::start(config(backend)).await, guard)
+}
+
+/// What a browser's form encoding does to a program.
+fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".to_owned(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Form {
+    Form,
+    Json,
+}
+
+async fn compile(d: &TestDaemon, form: Form, program: &str) -> Reply {
+    let req = d.client.post(d.url("/compile"));
+    let req = match form {
+        Form::Form => req
+            .header(
+                "content-type",
+                "application/x-www-form-urlencoded; charset=UTF-8",
+            )
+            .body(format!("version=2&body={}&withVet=false", percent(program))),
+        Form::Json => req
+            .header("content-type", "application/json")
+            .body(json!({"Body": program, "WithVet": false}).to_string()),
+    };
+    Reply::read(req.send().await.unwrap()).await
+}
+
+/// (Message, Kind, Delay) of every event.
+fn events(r: &Reply) -> Vec<(String, String, u64)> {
+    r.json["Events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no events: {}", r.text))
+        .iter()
+        .map(|e: &Value| {
+            (
+                e["Message"].as_str().unwrap().to_owned(),
+                e["Kind"].as_str().unwrap().to_owned(),
+                e["Delay"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn ev(message: &str, kind: &str, delay: u64) -> (String, String, u64) {
+    (message.to_owned(), kind.to_owned(), delay)
+}
+
+const MS: u64 = 1_000_000;
+const S: u64 = 1_000 * MS;
+
+/// Writes to both streams with sleeps between them, the Go playground's own decoding example with
+/// an hour for the first sleep: the answer comes at once, with the delays the program asked for.
+const MIXED: &str = r#"package main
+
+import (
+	"fmt"
+	"os"
+	"time"
+)
+
+func main() {
+	fmt.Println(time.Now())
+	fmt.Fprintln(os.Stderr, "B")
+	fmt.Println("A")
+	fmt.Println("A")
+	time.Sleep(time.Hour)
+	fmt.Fprintln(os.Stderr, "B")
+	time.Sleep(time.Second)
+	fmt.Println("A")
+}
+"#;
+
+fn mixed_events() -> Vec<(String, String, u64)> {
+    vec![
+        ev(
+            "2009-11-10 23:00:00 +0000 UTC m=+0.000000001\n",
+            "stdout",
+            0,
+        ),
+        ev("B\n", "stderr", 1),
+        ev("A\nA\n", "stdout", 1),
+        ev("B\n", "stderr", 3600 * S - 2),
+        ev("A\n", "stdout", S),
+    ]
+}
+
+const TICKER: &str = r#"package main
+
+import (
+	"fmt"
+	"time"
+)
+
+func main() {
+	t := time.NewTicker(100 * time.Millisecond)
+	for i := 0; i < 3; i++ {
+		now := <-t.C
+		fmt.Println("tick", i, now.Format("15:04:05.000"))
+	}
+}
+"#;
+
+const ZONE: &str = r#"package main
+
+import (
+	"fmt"
+	"time"
+)
+
+func main() {
+	loc, err := time.LoadLocation("America/New_York")
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(time.Now().In(loc))
+}
+"#;
+
+/// The Go playground's HTTP server example, in our words: a server and its client meet on
+/// localhost, which resolves without DNS.
+const LOCALHOST: &str = r#"package main
+
+import (
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+)
+
+func main() {
+	http.HandleFunc("/hello", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "Hello, playground")
+	})
+	l, err := net.Listen("tcp", "localhost:8080")
+	if err != nil {
+		log.Fatal(err)
+	}
+	log.Println("Starting server...")
+	go http.Serve(l, nil)
+	log.Println("Sending request...")
+	resp, err := http.Get("http://localhost:8080/hello")
+	if err != nil {
+		log.Fatal(err)
+	}
+	log.Println("Reading response...")
+	io.Copy(os.Stdout, resp.Body)
+}
+"#;
+
+const BUSY: &str = "package main\n\nimport \"fmt\"\n\nfunc main() {\n\tfmt.Println(\"spinning\")\n\tfor {\n\t}\n}\n";
+
+async fn fake_time(backend: Backend) {
+    let (d, _one) = start(backend).await;
+    for form in [Form::Form, Form::Json] {
+        let started = Instant::now();
+        let r = compile(&d, form, MIXED).await;
+        let took = started.elapsed();
+        assert_eq!(r.status, 200, "{form:?}: {}", r.text);
+        assert_eq!(
+            (r.errors(), r.json["Status"].as_i64()),
+            ("", Some(0)),
+            "{}",
+            r.text
+        );
+        assert_eq!(events(&r), mixed_events(), "{form:?}: {}", r.text);
+        // The hour and the second cost nothing: the build and the run, nothing more.
+        assert!(took < Duration::from_secs(3), "{form:?} took {took:?}");
+    }
+    // Deterministic, so cached: the form's answer and the JSON's are one run.
+    let again = compile(&d, Form::Json, MIXED).await;
+    assert_eq!(again.header("x-cache"), Some("HIT"));
+
+    let r = compile(&d, Form::Form, TICKER).await;
+    assert_eq!(
+        events(&r),
+        [
+            ev("tick 0 23:00:00.100\n", "stdout", 100 * MS),
+            ev("tick 1 23:00:00.200\n", "stdout", 100 * MS),
+            ev("tick 2 23:00:00.300\n", "stdout", 100 * MS),
+        ],
+        "{}",
+        r.text
+    );
+
+    // Raw clients get the decoded output with the seed server's Delay 0.
+    let r = d.compile(MIXED).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let raw: Vec<_> = mixed_events()
+        .into_iter()
+        .map(|(m, k, _)| (m, k, 0))
+        .collect();
+    assert_eq!(events(&r), raw, "{}", r.text);
+
+    // A busy loop never moves fake time: the real deadline stops it, its output kept.
+    let started = Instant::now();
+    let r = compile(&d, Form::Json, BUSY).await;
+    assert!(started.elapsed() >= Duration::from_millis(3500));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.errors(), "process took too long", "{}", r.text);
+    assert_eq!(events(&r)[0], ev("spinning\n", "stdout", 0), "{}", r.text);
+    d.stop().await;
+}
+
+async fn socket(backend: Backend) {
+    let (d, _one) = start(backend).await;
+    let mut ws = Ws::connect(d.addr).await;
+    let started = Instant::now();
+    ws.run("0", MIXED).await;
+    let msgs = ws.until_end("0").await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        summary(&msgs, "0"),
+        (
+            "2009-11-10 23:00:00 +0000 UTC m=+0.000000001\nA\nA\nA\n".into(),
+            "B\nB\n".into(),
+            String::new()
+        )
+    );
+    // Replayed from the cache, decoded the same.
+    ws.run("1", MIXED).await;
+    let msgs = ws.until_end("1").await;
+    assert_eq!(summary(&msgs, "1").1, "B\nB\n");
+    ws.run("2", "package main\n\nimport \"os\"\n\nfunc main() {\n\tos.Stdout.WriteString(\"bye\")\n\tos.Exit(3)\n}\n")
+        .await;
+    let msgs = ws.until_end("2").await;
+    assert_eq!(
+        summary(&msgs, "2"),
+        ("bye".into(), String::new(), "exit status 3".into())
+    );
+    d.stop().await;
+}
+
+async fn zone_and_localhost(backend: Backend) {
+    let (d, _one) = start(backend).await;
+    let r = compile(&d, Form::Form, ZONE).await;
+    assert_eq!(
+        events(&r),
+        [ev("2009-11-10 18:00:00 -0500 EST\n", "stdout", 0)],
+        "{}",
+        r.text
+    );
+    let r = compile(&d, Form::Json, LOCALHOST).await;
+    assert_eq!(r.json["Status"].as_i64(), Some(0), "{}", r.text);
+    assert_eq!(
+        events(&r),
+        [
+            ev(
+                "2009/11/10 23:00:00 Starting server...\n2009/11/10 23:00:00 Sending request...\n\
+                 2009/11/10 23:00:00 Reading response...\n",
+                "stderr",
+                0
+            ),
+            ev("Hello, playground", "stdout", 1),
+        ],
+        "{}",
+        r.text
+    );
+    let mut ws = Ws::connect(d.addr).await;
+    ws.run("z", ZONE).await;
+    let msgs = ws.until_end("z").await;
+    assert_eq!(summary(&msgs, "z").0, "2009-11-10 18:00:00 -0500 EST\n");
+    d.stop().await;
+}
+
+macro_rules! both_backends {
+    ($($check:ident),* $(,)?) => {
+        $(
+            mod $check {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn docker() {
+                    super::$check(compilerd::config::Backend::Docker).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn bwrap() {
+                    super::$check(compilerd::config::Backend::Bwrap).await
+                }
+            }
+        )*
+    };
+}
+
+both_backends!(fake_time, socket, zone_and_localhost);
