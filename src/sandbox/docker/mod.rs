@@ -165,8 +165,9 @@ impl DockerSandbox {
         // The command is in it: the same image with another command (a formatter) answers the
         // same program differently.
         let fingerprint = format!(
-            "backend=docker;image={image}@{image_id};command={:?};{}",
+            "backend=docker;image={image}@{image_id};command={:?};syscalls={};{}",
             command.argv,
+            crate::sandbox::syscalls::fingerprint(),
             limits.fingerprint()
         );
         let relay = InstalledRelay::install().map_err(|e| {
@@ -216,6 +217,7 @@ impl DockerSandbox {
             instance = engine.instance,
             "docker sandbox ready"
         );
+        tracing::info!("docker: {}", crate::sandbox::syscalls::describe());
         Ok(DockerSandbox {
             engine,
             pool,

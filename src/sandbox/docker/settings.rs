@@ -11,6 +11,7 @@ use bollard::models::{
 };
 
 use crate::sandbox::relay::DOCKER_RELAY_PATH;
+use crate::sandbox::syscalls;
 use crate::sandbox::{Limits, SANDBOX_ENV};
 
 /// nobody:nogroup, the program's user. Numeric, so it works even in an image without
@@ -165,7 +166,12 @@ pub fn container_body(
             shm_size: Some(tmpfs_bytes),
             cap_drop: Some(vec!["ALL".to_owned()]),
             cap_add: Some(CONTAINER_CAPS.map(str::to_owned).to_vec()),
-            security_opt: Some(vec!["no-new-privileges".to_owned()]),
+            // Our syscall policy in place of the engine's default profile: the same refusals as
+            // the bwrap backend's filter (`syscalls`).
+            security_opt: Some(vec![
+                "no-new-privileges".to_owned(),
+                syscalls::docker_security_opt().to_owned(),
+            ]),
             privileged: Some(false),
             cgroupns_mode: Some(HostConfigCgroupnsModeEnum::PRIVATE),
             // A real PID 1 (docker-init) reaps zombies and forwards signals, so a program
@@ -231,7 +237,10 @@ mod tests {
         );
         assert_eq!(
             host.security_opt,
-            Some(vec!["no-new-privileges".to_owned()])
+            Some(vec![
+                "no-new-privileges".to_owned(),
+                syscalls::docker_security_opt().to_owned()
+            ])
         );
         let tmp = &host.tmpfs.unwrap()["/tmp"];
         assert!(tmp.contains(&format!("size={}", 16 << 20)));
