@@ -21,9 +21,10 @@ use compilerd::hooks::NoHooks;
 use compilerd::sandbox::bwrap::{BwrapOptions, BwrapSandbox};
 use compilerd::sandbox::{Limits, RunOutcome, Sandbox};
 
-/// Threads that start `true` over and over until dropped, half of them through a fork whose child
-/// lingers a little before its exec: the window in which a child holds copies of every
-/// descriptor its parent had open, stretched as a loaded machine stretches it.
+/// Threads that start `true` over and over until stopped, two in three through a fork whose child
+/// lingers 20 ms before its exec: the window in which a child holds copies of every descriptor
+/// its parent had open, stretched as a loaded machine (or a library's slow pre-exec code)
+/// stretches it, so that such a child is almost always alive.
 struct Spawners {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<u64>>,
@@ -39,13 +40,13 @@ impl Spawners {
                     let mut started = 0;
                     while !stop.load(Ordering::Relaxed) {
                         let mut cmd = std::process::Command::new("true");
-                        if i % 2 == 1 {
+                        if i % 3 != 0 {
                             // SAFETY: nanosleep is async-signal-safe and the closure allocates
                             // nothing; it only delays the child's exec (a load generator, not a
                             // synchronisation).
                             unsafe {
                                 cmd.pre_exec(|| {
-                                    std::thread::sleep(Duration::from_millis(3));
+                                    std::thread::sleep(Duration::from_millis(20));
                                     Ok(())
                                 });
                             }
@@ -83,10 +84,10 @@ const TASKS: usize = 8;
 const ROUNDS: usize = 25;
 
 /// 8 tasks on 8 runtime threads each open a bwrap sandbox (whose startup check runs the relay
-/// just written), run one program in it and drop it, 25 times, while 4 threads start children.
+/// just written), run one program in it and drop it, 25 times, while 6 threads start children.
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 async fn bwrap_sandboxes_opened_at_once_always_start_their_relay() {
-    let spawners = Spawners::start(4);
+    let spawners = Spawners::start(6);
     let tasks: Vec<_> = (0..TASKS)
         .map(|t| {
             tokio::spawn(async move {
@@ -143,10 +144,10 @@ const DAEMONS: usize = 4;
 const DAEMON_ROUNDS: usize = 8;
 
 /// Daemons with several languages (one with a formatter: four sandboxes, opened in turn), four
-/// started at once, eight times, each answering every language, while 4 threads start children.
+/// started at once, eight times, each answering every language, while 6 threads start children.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn daemons_with_several_languages_start_at_once() {
-    let spawners = Spawners::start(4);
+    let spawners = Spawners::start(6);
     let config = || {
         let table = |toml: String| -> LanguageSettings { toml::from_str(&toml).unwrap() };
         let rootfs = common::test_rootfs();
