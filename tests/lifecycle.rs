@@ -299,6 +299,8 @@ async fn without_a_halt_command_the_exit_status_asks_for_a_poweroff() {
 async fn startup_fails_clearly_without_the_image() {
     let out = Command::new(BIN)
         .args([
+            "--backend",
+            "docker",
             "--image",
             "compilerd-no-such-image",
             "--shutdown",
@@ -382,7 +384,7 @@ impl Notify {
 }
 
 /// The binary as a newcomer starts it: no flags but where to listen (and, for the Docker cases,
-/// which image), with the engine at `docker_host` (None: the default socket) and `path` as PATH.
+/// which image), with the engine at `docker_host` (None: the default socket).
 struct FirstCommand {
     child: Child,
     notify: Notify,
@@ -390,27 +392,29 @@ struct FirstCommand {
 }
 
 impl FirstCommand {
-    fn start(extra: &[&str], docker_host: Option<&str>, path: Option<&str>) -> FirstCommand {
+    fn start(extra: &[&str], docker_host: Option<&str>) -> FirstCommand {
         let notify = Notify::new();
         let port = free_port();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Self::command(extra, docker_host);
         cmd.args(["--address", &format!("127.0.0.1:{port}")])
-            .args(extra)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .env("NOTIFY_SOCKET", &notify.path)
-            .env_remove("DOCKER_HOST");
-        if let Some(host) = docker_host {
-            cmd.env("DOCKER_HOST", host);
-        }
-        if let Some(path) = path {
-            cmd.env("PATH", path);
-        }
+            .env("NOTIFY_SOCKET", &notify.path);
         FirstCommand {
             child: cmd.spawn().unwrap(),
             notify,
             base: format!("http://127.0.0.1:{port}"),
         }
+    }
+
+    fn command(extra: &[&str], docker_host: Option<&str>) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(extra)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .env_remove("DOCKER_HOST");
+        if let Some(host) = docker_host {
+            cmd.env("DOCKER_HOST", host);
+        }
+        cmd
     }
 
     /// Serves: READY=1, a program's answer, and the backend `GET /languages` names.
@@ -459,21 +463,21 @@ const NO_ENGINE: &str = "unix:///nonexistent/compilerd-test/docker.sock";
 
 #[tokio::test]
 async fn auto_takes_bwrap_when_no_engine_answers() {
-    let d = FirstCommand::start(&[], Some(NO_ENGINE), None);
+    let d = FirstCommand::start(&[], Some(NO_ENGINE));
     d.serves("bwrap", "no Docker engine answers").await;
     d.stop().await;
 }
 
 #[tokio::test]
 async fn auto_takes_docker_when_the_engine_has_the_image() {
-    let d = FirstCommand::start(&["--image", "compilerd-test"], None, None);
+    let d = FirstCommand::start(&["--image", "compilerd-test"], None);
     d.serves("docker", "the Docker engine answers").await;
     d.stop().await;
 }
 
 #[tokio::test]
 async fn auto_takes_bwrap_when_the_engine_lacks_the_image() {
-    let d = FirstCommand::start(&["--image", "compilerd-no-such-image"], None, None);
+    let d = FirstCommand::start(&["--image", "compilerd-no-such-image"], None);
     d.serves("bwrap", "has no image compilerd-no-such-image")
         .await;
     d.stop().await;
@@ -483,8 +487,9 @@ async fn auto_takes_bwrap_when_the_engine_lacks_the_image() {
 async fn auto_refuses_once_when_neither_backend_can_work() {
     // No engine, and a PATH without bwrap.
     let empty = tempfile::tempdir().unwrap();
-    let d = FirstCommand::start(&[], Some(NO_ENGINE), empty.path().to_str());
-    let out = tokio::time::timeout(Duration::from_secs(30), d.child.wait_with_output())
+    let mut cmd = FirstCommand::command(&["--address", "127.0.0.1:0"], Some(NO_ENGINE));
+    cmd.env("PATH", empty.path());
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
         .await
         .unwrap()
         .unwrap();
@@ -503,7 +508,7 @@ async fn auto_refuses_once_when_neither_backend_can_work() {
 
 #[tokio::test]
 async fn no_halt_is_scheduled_unless_asked_for() {
-    let d = FirstCommand::start(&[], Some(NO_ENGINE), None);
+    let d = FirstCommand::start(&[], Some(NO_ENGINE));
     d.notify.wait_for("READY=1");
     let status = d.notify.wait_for_status("serving:");
     assert!(!status.contains("halting"), "{status}");
@@ -524,7 +529,6 @@ async fn no_halt_is_scheduled_unless_asked_for() {
     let d = FirstCommand::start(
         &["--shutdown", "true", "--lifetime", "1h"],
         Some(NO_ENGINE),
-        None,
     );
     d.notify.wait_for("READY=1");
     let status = d.notify.wait_for_status("serving:");

@@ -6,10 +6,12 @@
  *
  * With --user (Docker), the relay starts as root with only CAP_SETUID, CAP_SETGID and CAP_SETPCAP,
  * and the program runs as UID:GID with no supplementary groups and no capabilities at all (none
- * in any set, the bounding set included): then the program
- * cannot signal its relay (`kill -9 -1` reaches only its own uid's processes), nor read anything
- * of it through /proc. Without it (bubblewrap, where the relay is its namespace's pid 1, which
- * nothing inside can kill) the program runs as the relay's user.
+ * in any set, the bounding set included). Once the program is started, the relay itself becomes
+ * RELAY_UID, another unprivileged user, with no capability either: it reads the program's bytes
+ * with nothing to lose, and the program still cannot signal it (`kill -9 -1` reaches only its
+ * own uid's processes) nor read anything of it through /proc. Without --user (bubblewrap, where
+ * the relay is its namespace's pid 1, which nothing inside can kill, and started unprivileged)
+ * the program runs as the relay's user.
  *
  * Also with --user, a relay whose command was killed by a signal stays up after its exit frame
  * until its stdin reaches its end (the daemon closes it when it is done with the container): the
@@ -218,33 +220,49 @@ static void refuse(const char *what) {
     _exit(125);
 }
 
-/* Makes this process UID:GID for good, with no supplementary groups and no capability in any set
+/* The relay's own user once the program runs (with --user): not root, and not the program's user,
+ * so that the program can neither signal it (`kill -9 -1`) nor ptrace it. */
+#define RELAY_UID 65533
+#define RELAY_GID 65533
+
+/* Makes this process UID:GID for good, with no supplementary groups, no capability in any set
  * (the bounding set emptied first, while CAP_SETPCAP is still effective; leaving uid 0 clears the
- * permitted and effective sets; the inheritable one is cleared last), or exits: a program never
- * runs with more than it would have had as UID:GID from the start. */
-static void become(uid_t uid, gid_t gid) {
+ * permitted, effective and ambient sets; the inheritable one is cleared last) and no way to gain
+ * privileges by exec. Returns NULL, or what failed (errno says why). */
+static const char *become(uid_t uid, gid_t gid) {
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        return "no_new_privs";
     for (int cap = 0; prctl(PR_CAPBSET_READ, cap) >= 0; cap++)
         if (prctl(PR_CAPBSET_DROP, cap) < 0)
-            refuse("emptying the bounding set");
+            return "emptying the bounding set";
     if (setgroups(0, NULL) < 0)
-        refuse("setgroups");
+        return "setgroups";
     if (setresgid(gid, gid, gid) < 0)
-        refuse("setresgid");
+        return "setresgid";
     if (setresuid(uid, uid, uid) < 0)
-        refuse("setresuid");
+        return "setresuid";
     struct __user_cap_header_struct head = {_LINUX_CAPABILITY_VERSION_3, 0};
-    struct __user_cap_data_struct none[_LINUX_CAPABILITY_U32S_3];
-    memset(none, 0, sizeof none);
-    if (syscall(SYS_capset, &head, none) < 0)
-        refuse("capset");
+    struct __user_cap_data_struct caps[_LINUX_CAPABILITY_U32S_3];
+    memset(caps, 0, sizeof caps);
+    if (syscall(SYS_capset, &head, caps) < 0)
+        return "capset";
+    /* Already empty (it is a subset of the permitted set); cleared in case a kernel says so. */
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+        return "clearing the ambient set";
     uid_t r, e, s;
     gid_t gr, ge, gs;
-    if (getresuid(&r, &e, &s) < 0 || r != uid || e != uid || s != uid ||
-        getresgid(&gr, &ge, &gs) < 0 || gr != gid || ge != gid || gs != gid ||
-        (uid != 0 && setuid(0) == 0)) {
+    int ok = getresuid(&r, &e, &s) == 0 && r == uid && e == uid && s == uid &&
+             getresgid(&gr, &ge, &gs) == 0 && gr == gid && ge == gid && gs == gid &&
+             (uid == 0 || setuid(0) < 0) && syscall(SYS_capget, &head, caps) == 0;
+    for (int i = 0; ok && i < _LINUX_CAPABILITY_U32S_3; i++)
+        ok = !caps[i].effective && !caps[i].permitted && !caps[i].inheritable;
+    for (int cap = 0; ok && prctl(PR_CAPBSET_READ, cap) >= 0; cap++)
+        ok = prctl(PR_CAPBSET_READ, cap) == 0;
+    if (!ok) {
         errno = EPERM;
-        refuse("the user did not stick");
+        return "the user did not stick";
     }
+    return NULL;
 }
 
 int main(int argc, char **argv) {
@@ -256,6 +274,10 @@ int main(int argc, char **argv) {
         char end;
         if (sscanf(argv[2], "%u:%u%c", &uid, &gid, &end) != 2) {
             dprintf(2, "compilerd-relay: --user wants UID:GID, not %s\n", argv[2]);
+            return 125;
+        }
+        if (uid == RELAY_UID || uid == 0) {
+            dprintf(2, "compilerd-relay: --user %u is root or the relay's own user\n", uid);
             return 125;
         }
         drop = 1;
@@ -302,8 +324,11 @@ int main(int argc, char **argv) {
         die("fork");
     if (child == 0) {
         /* First, so that a failure is the relay's complaint (its stderr), not the program's. */
-        if (drop)
-            become((uid_t)uid, (gid_t)gid);
+        if (drop) {
+            const char *failed = become((uid_t)uid, (gid_t)gid);
+            if (failed)
+                refuse(failed);
+        }
         sigprocmask(SIG_UNBLOCK, &chld, NULL);
         signal(SIGPIPE, SIG_DFL);
         if (dup2(o[1], 1) < 0 || dup2(e[1], 2) < 0)
@@ -325,6 +350,16 @@ int main(int argc, char **argv) {
         if (n == 1)
             _exit(125);
         close(refused[0]);
+        /* The program runs: from here on the relay only reads what it writes, which needs no
+         * privilege, so it keeps none (a flaw in that parsing then gives a program nothing). The
+         * engine's init is the container's only root process left. Its own dumpable flag is set
+         * again: a change of user resets it to the host's fs.suid_dumpable. */
+        const char *failed = become(RELAY_UID, RELAY_GID);
+        if (failed) {
+            kill(child, SIGKILL);
+            die(failed);
+        }
+        prctl(PR_SET_DUMPABLE, 0);
     }
 
     struct stream st[2] = {{.fd = o[0], .kind = 'o'}, {.fd = e[0], .kind = 'e'}};
