@@ -13,9 +13,10 @@ say "packages"
 # musl-tools builds the static output relay (gcc + libc6-dev are the fallback and build C crates);
 # redis-server and haproxy are started by the tests
 # on loopback ports of their own (never the system's services); openssl makes the TLS test's
-# certificates; chromium drives the page in the browser tests.
+# certificates; chromium drives the page in the browser tests; runsc (gVisor) is the Docker
+# backend's second runtime, which CI tests too.
 packages=(gcc libc6-dev musl-tools docker.io busybox-static bubblewrap prometheus debootstrap systemd curl rpm
-  wrk jq redis-server haproxy openssl chromium fonts-dejavu-core)
+  wrk jq redis-server haproxy openssl chromium fonts-dejavu-core runsc)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -32,6 +33,29 @@ if ! docker info >/dev/null 2>&1; then
   docker info >/dev/null 2>&1 || { tail -50 /var/log/dockerd.log; echo "dockerd did not start" >&2; exit 1; }
 fi
 docker version --format 'engine {{.Server.Version}} (API {{.Server.APIVersion}})'
+
+say "gVisor runtime (runsc) registered with the engine"
+# As "runsc" in daemon.json, merged into what is there. --network=none: runsc otherwise refuses to
+# start a container in the root network namespace, and the sandboxes have no network anyway;
+# ptrace: the platform that works without KVM (a VM here). SIGHUP makes dockerd reload its
+# runtimes without stopping the containers of other users of this engine.
+daemon_json=/etc/docker/daemon.json
+runsc_path=$(command -v runsc)
+wanted=$(jq -n --arg path "$runsc_path" '{path: $path, runtimeArgs: ["--platform=ptrace", "--network=none"]}')
+current='{}'
+[ -s "$daemon_json" ] && current=$(cat "$daemon_json")
+if [ "$(jq -c '.runtimes.runsc' <<<"$current")" != "$(jq -c . <<<"$wanted")" ]; then
+  mkdir -p "$(dirname "$daemon_json")"
+  jq --argjson r "$wanted" '.runtimes.runsc = $r' <<<"$current" >"$daemon_json.new"
+  mv "$daemon_json.new" "$daemon_json"
+fi
+registered() { docker info --format '{{json .Runtimes}}' | jq -e --argjson r "$wanted" '.runsc.runtimeArgs == $r.runtimeArgs' >/dev/null; }
+if ! registered; then
+  kill -HUP "$(cat /var/run/docker.pid)"
+  for _ in $(seq 30); do registered && break; sleep 1; done
+  registered || { echo "dockerd did not pick up the runsc runtime from $daemon_json" >&2; exit 1; }
+fi
+docker info --format 'runtimes: {{range $name, $_ := .Runtimes}}{{$name}} {{end}}'
 
 say "socket buffers"
 # The output relay's sockets carry each write whole: the largest single write a program can make is

@@ -107,6 +107,7 @@ async fn open_one(
         Backend::Auto => unreachable!("backend::choose resolves auto"),
         Backend::Docker => {
             let mut opts = DockerOptions::new(lang.image.clone(), lang.pool_size);
+            opts.runtime = lang.runtime.clone();
             if let Some(cmd) = format_command {
                 opts.command = Some(cmd.split_whitespace().map(str::to_owned).collect());
                 opts.pool_size = lang.pool_size.min(FORMAT_POOL_SIZE);

@@ -519,8 +519,48 @@ async fn fingerprint_names_backend_image_id_and_limits() {
     assert!(fp.starts_with("backend=docker;"), "{fp}");
     assert!(fp.contains(&format!("image={}@sha256:", image())), "{fp}");
     assert!(fp.ends_with(&limits().fingerprint()), "{fp}");
+    // The engine's default when none is named: a program can tell runtimes apart.
+    let runtime = runtime().unwrap_or_else(|| "runc".to_owned());
+    assert!(fp.contains(&format!(";runtime={runtime};")), "{fp}");
     assert_eq!(sb.status(), "pool off");
     finish(sb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_runtime_fails_at_connect() {
+    let mut opts = DockerOptions::new(image(), 1);
+    opts.runtime = Some("compilerd-no-such-runtime".to_owned());
+    let err = DockerSandbox::connect(opts, limits(), Arc::new(NoHooks))
+        .await
+        .err()
+        .expect("connect must fail");
+    assert_eq!(err.kind, SandboxErrorKind::Start, "{err}");
+    for said in ["compilerd-no-such-runtime", "runc", "daemon.json"] {
+        assert!(err.message.contains(said), "{said}: {err}");
+    }
+}
+
+/// Under gVisor a program's system calls go to gVisor's kernel: it sees that kernel, not the
+/// host's. Under runc it sees the host's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn program_sees_the_runtimes_kernel() {
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let host = host.trim();
+    let sb = ModeSandbox::connect(Mode::Cold).await;
+    let (status, out, err) = exited(
+        sb.run("uname -r; cat /proc/version; dmesg 2>&1 | head -3; exit 0")
+            .await,
+    );
+    assert_eq!(status, 0, "{err}");
+    let release = out.lines().next().unwrap_or_default();
+    if runtime().as_deref() == Some("runsc") {
+        assert_ne!(release, host, "{out}");
+        assert!(!out.contains(host), "{out}");
+        assert!(out.contains("gVisor"), "{out}");
+    } else {
+        assert_eq!(release, host, "{out}");
+    }
+    sb.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -544,7 +584,7 @@ async fn settings_the_engine_rejects_fail_at_connect() {
     let mut too_many_cpus = limits();
     too_many_cpus.cpus = 4096.0;
     for pool_size in [0, 1] {
-        let opts = DockerOptions::new(image(), pool_size);
+        let opts = with_runtime(DockerOptions::new(image(), pool_size));
         let err = DockerSandbox::connect(opts, too_many_cpus.clone(), Arc::new(NoHooks))
             .await
             .err()
@@ -707,6 +747,50 @@ async fn killing_everything_is_not_a_memory_kill() {
             (0, "before\nafter\n"),
             "{mode:?}: {err}"
         );
+        sb.finish().await;
+    }
+}
+
+/// Once the program runs, its relay holds nothing a flaw in its reading of the program's bytes
+/// could give away: another unprivileged user than the program's (so `kill -9 -1` still misses
+/// it) and no capability in any set. Only the engine's init stays root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_drops_to_a_user_of_its_own_without_capabilities() {
+    let probe = "cat /proc/$PPID/cmdline | tr '\\0' ' '; echo
+grep -E '^(Uid|Gid|Groups|Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs):' /proc/$PPID/status | tr -d '\t'
+echo roots=$(grep -h '^Uid:' /proc/[0-9]*/status | tr -d '\\t' | grep -c '^Uid:0000$')
+kill -9 -1; sleep 0.2; echo after";
+    for mode in MODES {
+        eprintln!("mode {mode:?}");
+        let sb = ModeSandbox::connect(mode).await;
+        let (status, out, err) = exited(sb.run(probe).await);
+        assert_eq!(status, 0, "{mode:?}: {err}");
+        let mut lines = out.lines();
+        assert!(
+            lines
+                .next()
+                .unwrap_or_default()
+                .starts_with("/.compilerd-relay "),
+            "{mode:?}: {out}"
+        );
+        let fields: HashMap<&str, &str> = lines.filter_map(|l| l.split_once(':')).collect();
+        // Tabs removed: four equal ids run together.
+        for key in ["Uid", "Gid"] {
+            let ids = fields.get(key).copied().unwrap_or_default();
+            let one = &ids[..ids.len() / 4];
+            assert!(
+                !one.is_empty() && ids == one.repeat(4) && one != "0" && one != "65534",
+                "{mode:?}: the relay's {key}s are {ids}: {out}"
+            );
+        }
+        assert_eq!(fields.get("Groups").map(|g| g.trim()), Some(""), "{out}");
+        for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(fields.get(cap), Some(&"0000000000000000"), "{cap}: {out}");
+        }
+        assert_eq!(fields.get("NoNewPrivs"), Some(&"1"), "{out}");
+        // docker-init alone; the relay and the program are not root.
+        assert!(out.contains("\nroots=1\n"), "{mode:?}: {out}");
+        assert!(out.ends_with("after\n"), "{mode:?}: {out}");
         sb.finish().await;
     }
 }

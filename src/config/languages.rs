@@ -41,6 +41,8 @@ pub struct LanguageConfig {
     pub format_command: Option<String>,
     pub limits: Limits,
     pub pool_size: usize,
+    /// Docker's OCI runtime, the flat setting's for every language; `None`: the engine's default.
+    pub runtime: Option<String>,
 }
 
 /// The most languages one daemon serves: each is a label value of the run metrics.
@@ -73,6 +75,7 @@ impl Config {
                 format_command: self.format_command.clone(),
                 limits: self.limits.clone(),
                 pool_size: self.pool_size,
+                runtime: self.runtime.clone(),
             }];
         }
         self.language_tables
@@ -104,6 +107,7 @@ impl Config {
                         tmpfs_bytes: t.tmpfs_size.map_or(g.tmpfs_bytes, |b| b.0),
                     },
                     pool_size: t.pool_size.unwrap_or(self.pool_size),
+                    runtime: self.runtime.clone(),
                 }
             })
             .collect()

@@ -113,6 +113,10 @@ pub struct Settings {
     /// Docker image whose default command reads the program on stdin [default: playground].
     #[arg(long)]
     pub image: Option<String>,
+    /// Docker: the engine's OCI runtime for the sandbox containers, e.g. `runsc` (gVisor), which
+    /// the engine must list (daemon.json `runtimes`) [default: the engine's default].
+    #[arg(long)]
+    pub runtime: Option<String>,
     /// bwrap: the command run inside the sandbox [default: /bin/sh].
     #[arg(long)]
     pub command: Option<String>,
@@ -233,6 +237,7 @@ impl Settings {
             drain,
             backend,
             image,
+            runtime,
             command,
             rootfs,
             format_command,
@@ -281,6 +286,8 @@ pub struct Config {
     pub drain: Duration,
     pub backend: Backend,
     pub image: String,
+    /// Docker's OCI runtime; `None`: the engine's default.
+    pub runtime: Option<String>,
     pub command: String,
     pub rootfs: Option<PathBuf>,
     pub format_command: Option<String>,
@@ -360,6 +367,7 @@ impl Config {
             drain: fixed!(drain).0,
             backend: fixed!(backend),
             image: fixed!(image),
+            runtime: s.runtime,
             command: fixed!(command),
             rootfs: s.rootfs,
             format_command: s.format_command,
@@ -448,6 +456,10 @@ impl Config {
             "max-connections must be at least 1",
         );
         need(!self.image.is_empty(), "image must not be empty");
+        need(
+            self.runtime.as_deref().is_none_or(valid_runtime_name),
+            "runtime must be the name of one of the engine's runtimes (letters, digits, . _ -)",
+        );
         need(!self.command.trim().is_empty(), "command must not be empty");
         need(
             !self.shutdown || !self.lifetime.is_zero(),
@@ -460,6 +472,14 @@ impl Config {
             );
         }
     }
+}
+
+/// A name the engine could list: its runtimes are daemon.json keys, never empty nor a path.
+fn valid_runtime_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// The checks of one set of limits; `at` names the table they come from.
@@ -714,5 +734,22 @@ mod tests {
         };
         let err = Config::from_settings(s).unwrap_err();
         assert!(err.contains("pids") && err.contains("cpus"), "{err}");
+    }
+
+    #[test]
+    fn runtime_is_a_name_the_engine_could_list() {
+        let with = |name: &str| {
+            let file: Settings = toml::from_str(&format!("runtime = {name:?}")).unwrap();
+            Config::from_settings(file).map(|c| c.runtime)
+        };
+        assert_eq!(with("runsc"), Ok(Some("runsc".to_owned())));
+        assert_eq!(
+            with("io.containerd.runc.v2"),
+            Ok(Some("io.containerd.runc.v2".into()))
+        );
+        for bad in ["", "/usr/bin/runsc", "runsc --network=none"] {
+            assert!(with(bad).unwrap_err().contains("runtime"), "{bad:?}");
+        }
+        assert_eq!(Config::default().runtime, None);
     }
 }

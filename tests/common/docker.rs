@@ -21,6 +21,22 @@ pub fn image() -> String {
     std::env::var("COMPILERD_TEST_IMAGE").unwrap_or_else(|_| "compilerd-test".to_owned())
 }
 
+/// The OCI runtime the tests' containers run under: COMPILERD_TEST_RUNTIME (e.g. `runsc`, so that
+/// the same suites run under gVisor), else the engine's default.
+pub fn runtime() -> Option<String> {
+    std::env::var("COMPILERD_TEST_RUNTIME")
+        .ok()
+        .filter(|r| !r.is_empty())
+}
+
+/// `opts` under the tests' runtime, unless they name one.
+pub fn with_runtime(mut opts: DockerOptions) -> DockerOptions {
+    if opts.runtime.is_none() {
+        opts.runtime = runtime();
+    }
+    opts
+}
+
 /// Small limits so the adversarial tests end quickly.
 pub fn limits() -> Limits {
     Limits {
@@ -154,7 +170,7 @@ pub async fn connect_opts(opts: DockerOptions, limits: Limits) -> (DockerSandbox
         empty: AtomicUsize::new(0),
         refills: AtomicUsize::new(0),
     });
-    let sandbox = DockerSandbox::connect(opts, limits, hooks.clone())
+    let sandbox = DockerSandbox::connect(with_runtime(opts), limits, hooks.clone())
         .await
         .expect("connect to the engine (is dockerd running and the test image built?)");
     (sandbox, hooks)

@@ -34,6 +34,10 @@ pub fn config(backend: Backend) -> Config {
         shutdown: false,
         drain: Duration::ZERO,
         image: test_image(),
+        // COMPILERD_TEST_RUNTIME=runsc: the Docker backend's suites run under gVisor.
+        runtime: std::env::var("COMPILERD_TEST_RUNTIME")
+            .ok()
+            .filter(|r| !r.is_empty()),
         rootfs: Some(test_rootfs()),
         max_concurrent_runs: 4,
         pool_size: 2,

@@ -68,6 +68,8 @@ pub(super) struct Engine {
     /// The output relay on the host, mounted into every container.
     relay: Arc<InstalledRelay>,
     pub limits: Limits,
+    /// The OCI runtime named to the engine; `None`: its default.
+    oci_runtime: Option<String>,
     pub instance: String,
     labels: HashMap<String, String>,
     pub events: Arc<Events>,
@@ -198,6 +200,7 @@ impl Engine {
         command: ImageCommand,
         relay: Arc<InstalledRelay>,
         limits: Limits,
+        oci_runtime: Option<String>,
     ) -> Arc<Engine> {
         // Random, so that names stay unique across restarts and across daemons on one engine.
         let instance = format!("{:012x}", rand::random::<u64>() >> 16);
@@ -213,6 +216,7 @@ impl Engine {
             command,
             relay,
             limits,
+            oci_runtime,
             instance,
             labels,
             events: Arc::new(Events::default()),
@@ -248,6 +252,7 @@ impl Engine {
             self.relay.path(),
             &self.limits,
             self.labels.clone(),
+            self.oci_runtime.as_deref(),
         );
         let create = CreateContainerOptionsBuilder::new()
             .name(&guard.name)

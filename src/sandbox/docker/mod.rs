@@ -6,6 +6,7 @@
 //! - `engine`: one container's life, from create to removal;
 //! - `run`: one program's run in a started container;
 //! - `pool`: pre-started containers waiting on stdin, refilled in the background;
+//! - `runtime`: the OCI runtime the containers run under (runc, or gVisor's runsc);
 //! - `events`: the engine's events about our containers (OOM kills, ended execs);
 //! - `sweep`: labels, owners, and removal of what a crashed daemon left behind.
 
@@ -13,6 +14,7 @@ mod engine;
 mod events;
 mod pool;
 mod run;
+mod runtime;
 pub mod settings;
 pub mod sweep;
 
@@ -49,6 +51,9 @@ pub struct DockerOptions {
     pub arm: bool,
     /// Replaces the image's Cmd, e.g. with a language's formatter; `None`: the image's.
     pub command: Option<Vec<String>>,
+    /// The engine's OCI runtime for the containers (`runsc`: gVisor); `None`: the engine's
+    /// default.
+    pub runtime: Option<String>,
 }
 
 impl DockerOptions {
@@ -58,6 +63,7 @@ impl DockerOptions {
             pool_size,
             arm: true,
             command: None,
+            runtime: None,
         }
     }
 }
@@ -146,6 +152,8 @@ impl DockerSandbox {
             ));
         };
 
+        let runtime = runtime::resolve(&docker, host, image, opts.runtime.as_deref()).await?;
+
         let swept = sweep::sweep_orphans(&docker).await.map_err(|e| {
             engine_error(
                 host,
@@ -163,9 +171,9 @@ impl DockerSandbox {
         }
 
         // The command is in it: the same image with another command (a formatter) answers the
-        // same program differently.
+        // same program differently; so is the runtime.
         let fingerprint = format!(
-            "backend=docker;image={image}@{image_id};command={:?};syscalls={};{}",
+            "backend=docker;image={image}@{image_id};command={:?};runtime={runtime};syscalls={};{}",
             command.argv,
             crate::sandbox::syscalls::fingerprint(),
             limits.fingerprint()
@@ -183,6 +191,7 @@ impl DockerSandbox {
             command,
             Arc::new(relay),
             limits,
+            opts.runtime.clone(),
         );
         let follower = engine
             .events
@@ -206,13 +215,14 @@ impl DockerSandbox {
                 // The caller is likely to exit on this error: remove what was created first.
                 let _ = tokio::time::timeout(ENGINE_TIMEOUT, engine.all_removed()).await;
                 follower.abort();
-                return Err(e);
+                return Err(runtime::explain_start_failure(&runtime, e));
             }
         };
         tracing::info!(
             host,
             image,
             image_id,
+            runtime,
             pool = opts.pool_size,
             instance = engine.instance,
             "docker sandbox ready"

@@ -17,7 +17,9 @@ use crate::sandbox::{Limits, SANDBOX_ENV};
 /// nobody:nogroup, the program's user. Numeric, so it works even in an image without
 /// /etc/passwd. The container itself runs as root with only `CONTAINER_CAPS`, so that the
 /// output relay (and docker-init) run as another uid than the program, which the relay drops to
-/// before it runs it (see `relay.c`): a program cannot kill or inspect its own relay.
+/// before it runs it (see `relay.c`): a program cannot kill or inspect its own relay. Once the
+/// program runs, the relay drops to a third user of its own with no capability (65533, fixed in
+/// `relay.c`); only docker-init stays root.
 pub const SANDBOX_USER: &str = "65534:65534";
 
 /// The container's user: root, for the relay alone (see `SANDBOX_USER`).
@@ -108,13 +110,15 @@ fn sandbox_env() -> Vec<String> {
 }
 
 /// Everything the engine needs to create one sandbox container from `image`, whose main process
-/// runs `command` under the relay at `relay` on the host, mounted read-only.
+/// runs `command` under the relay at `relay` on the host, mounted read-only, under the OCI
+/// `runtime` (`None`: the engine's default).
 pub fn container_body(
     image: &str,
     command: &ImageCommand,
     relay: &std::path::Path,
     limits: &Limits,
     labels: HashMap<String, String>,
+    runtime: Option<&str>,
 ) -> ContainerCreateBody {
     let memory = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);
     let tmpfs_bytes = i64::try_from(limits.tmpfs_bytes).unwrap_or(i64::MAX);
@@ -191,6 +195,7 @@ pub fn container_body(
             // Removal is ours, on every path, so that the exit code and OOM state can still be
             // read after the program ends.
             auto_remove: Some(false),
+            runtime: runtime.map(str::to_owned),
             ..Default::default()
         }),
         ..Default::default()
@@ -209,7 +214,14 @@ mod tests {
             working_dir: String::new(),
         };
         let relay = std::path::Path::new("/run/compilerd/relay");
-        let body = container_body("img", &command, relay, &limits, HashMap::new());
+        let body = container_body(
+            "img",
+            &command,
+            relay,
+            &limits,
+            HashMap::new(),
+            Some("runsc"),
+        );
         let host = body.host_config.unwrap();
         assert_eq!(host.network_mode.as_deref(), Some("none"));
         assert_eq!(host.memory, Some(128 << 20));
@@ -230,6 +242,7 @@ mod tests {
         assert_eq!(body.cmd, Some(vec!["sh".to_owned()]));
         assert_eq!(host.nano_cpus, Some(1_000_000_000));
         assert_eq!(host.readonly_rootfs, Some(true));
+        assert_eq!(host.runtime.as_deref(), Some("runsc"));
         assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
         assert_eq!(
             host.cap_add,
