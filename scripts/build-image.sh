@@ -38,7 +38,7 @@ fi
 # package, whose upstream version is the one /languages reports.
 output=
 case $lang in
-  go) packages=(golang-1.19-go golang-1.19-src tzdata); main=golang-1.19-go; name=go; output=go-faketime ;;
+  go) packages=(golang-1.19-go golang-1.19-src tzdata); main=golang-1.19-go; name=go; output=go-playground ;;
   python) packages=(python3); main=python3.11-minimal; name=python ;;
   c) packages=(gcc libc6-dev); main=gcc-12; name=gcc ;;
   sh) packages=(); main=busybox-static; name=busybox ;;
@@ -70,7 +70,9 @@ for d in "${debs[@]}"; do [ -s "$d" ] || { echo "download of $d failed" >&2; exi
 main_deb=$(printf '%s\n' "${debs[@]}" | grep "/${main}_")
 version=$(dpkg-deb -f "$main_deb" Version | sed -e 's/^[0-9]*://' -e 's/-[^-]*$//' -e 's/+.*//')
 version="$name $version"
-stamp=$( (cat "$0"; printf '%s\n' "${debs[@]##*/}") | sha256sum | cut -c1-16)
+go_runner_src=$(cd "$(dirname "$0")/../images/go/runner" && pwd)
+stamp=$( (cat "$0"; printf '%s\n' "${debs[@]##*/}"
+  [ "$lang" != go ] || cat "$go_runner_src"/*) | sha256sum | cut -c1-16)
 
 build_root() {
   local root=$1
@@ -93,27 +95,32 @@ build_root() {
   [ -d "$root/lib/x86_64-linux-gnu" ] && ldconfig -r "$root" 2>/dev/null || true
   printf 'language=%s\nversion=%s\nstamp=%s\n' "$lang" "$version" "$stamp" >"$root/etc/compilerd-language"
   [ -z "$output" ] || printf 'output=%s\n' "$output" >>"$root/etc/compilerd-language"
-  case $lang in
-    go) go_faketime_std "$root" ;;
-  esac
   write_commands "$root/usr/lib/compilerd"
+  case $lang in
+    go) go_build "$root" ;;
+  esac
 }
 
 # Go programs are built with the faketime tag, as on the Go playground: time starts at
 # 2009-11-10 23:00:00 UTC, sleeps cost nothing, and every write to stdout or stderr is framed with
-# the fake time it was made at (output=go-faketime: the daemon decodes the frames into events).
-# The standard library is compiled for it here, once, inside the root itself (so that its paths
-# are the sandbox's), without cgo as nothing links C; Debian's own precompiled std, built without
-# the tag, is dropped. The run command compiles against these packages (importcfg); the go
-# command finds them through -pkgdir.
+# the fake time it was made at. The standard library is compiled for it here, once, inside the
+# root itself (so that its paths are the sandbox's), without cgo as nothing links C; Debian's own
+# precompiled std, built without the tag, is dropped. The run command is our runner
+# (images/go/runner, built here with Debian's Go, without the tag): it reads the program as the
+# Go playground does (txtar, test mode, its error texts), writes one record saying how the build
+# went, then runs the program (output=go-playground: the daemon reads the record and decodes the
+# frames). A single-file program is compiled and linked directly against these packages
+# (importcfg); anything else goes through the go command, which finds them through -pkgdir.
 GO_FAKETIME_PKG=/usr/lib/compilerd/go-faketime
-go_faketime_std() {
+go_build() {
   local root=$1 goroot=/usr/lib/go-1.19
   command -v bwrap >/dev/null || { echo "bwrap is needed to build the Go standard library" >&2; exit 1; }
-  bwrap --bind "$root" / --proc /proc --dev /dev --tmpfs /tmp --unshare-all --die-with-parent \
-    --clearenv --setenv PATH /usr/bin:/bin --setenv HOME /tmp --setenv GOCACHE /tmp/gocache \
-    --setenv CGO_ENABLED 0 --setenv GOROOT $goroot \
-    $goroot/bin/go install -tags faketime -pkgdir $GO_FAKETIME_PKG std
+  bwrap --bind "$root" / --proc /proc --dev /dev --tmpfs /tmp --ro-bind "$go_runner_src" /tmp/runner \
+    --unshare-all --die-with-parent --clearenv --setenv PATH /usr/bin:/bin --setenv HOME /tmp \
+    --setenv GOCACHE /tmp/gocache --setenv CGO_ENABLED 0 --setenv GOROOT $goroot \
+    --setenv GOFLAGS -mod=mod --chdir /tmp/runner /bin/sh -ec "
+      $goroot/bin/go install -tags faketime -pkgdir $GO_FAKETIME_PKG std
+      $goroot/bin/go build -trimpath -ldflags='-s -w' -o /usr/lib/compilerd/run ."
   rm -rf "$root$goroot/pkg/linux_amd64"
   # Where each package is, for the compiler and linker: what `go build` works out on every run
   # (module loading, the build cache, its own checks) is fixed here.
@@ -149,25 +156,7 @@ write_commands() {
   local dir=$1
   case $lang in
     go)
-      cat >"$dir/run" <<'EOF'
-#!/bin/sh
-# A single-file program needs no go command: the compiler and linker are called directly, on the
-# standard library precompiled for fake time (importcfg). GOGC=400: both are short-lived and
-# collect less, but no less once near the run's memory limit (GOMEMLIMIT, soft; the limit is
-# 128 MiB by default).
-# The build's threads count against the run's process limit, whatever the host's core count.
-export GOROOT=/usr/lib/go-1.19
-tool=/usr/lib/go-1.19/pkg/tool/linux_amd64
-cfg=/usr/lib/compilerd/importcfg
-cd /tmp || exit 2
-cat >prog.go
-# The tools print their diagnostics on stdout (the go command moves them to stderr): so does this.
-GOGC=400 GOMEMLIMIT=64MiB GOMAXPROCS=2 $tool/compile -o prog.a -p main -complete -nolocalimports -pack -importcfg $cfg prog.go >&2 || exit 2
-# -s -w: no symbol table, no DWARF, which nothing in the sandbox reads.
-GOGC=400 GOMEMLIMIT=64MiB GOMAXPROCS=2 $tool/link -o prog -s -w -buildmode=exe -importcfg $cfg prog.a >&2 || exit 2
-rm -f prog.a
-exec ./prog
-EOF
+      # run: the runner, built by go_build.
       cat >"$dir/fmt" <<'EOF'
 #!/bin/sh
 # Messages name the program prog.go, as the Go playground's do.
@@ -200,7 +189,7 @@ exec /bin/sh -s
 EOF
       ;;
   esac
-  chmod 755 "$dir"/run
+  [ ! -e "$dir/run" ] || chmod 755 "$dir"/run
   [ ! -e "$dir/fmt" ] || chmod 755 "$dir/fmt"
 }
 

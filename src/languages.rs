@@ -10,7 +10,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::answer;
 use crate::backend::{self, Choice};
 use crate::compile::{self, CompileService, Options, SharedState};
 use crate::config::{Backend, Config, LanguageConfig};
@@ -227,7 +226,10 @@ impl Languages {
                 let name = o.config.name.clone();
                 let limits = &o.config.limits;
                 Arc::new(Language {
-                    compile: service(o.run, &name, limits, answer::answer as compile::Render),
+                    compile: {
+                        let render = crate::goplay::render_for(o.run.as_ref());
+                        service(o.run, &name, limits, render)
+                    },
                     format: o.format.map(|f| {
                         // Its own cache fingerprint (a formatter's answer to a program is not
                         // its run's); the same metric label as the language's runs.

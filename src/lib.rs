@@ -11,6 +11,7 @@ pub mod config;
 pub mod faketime;
 pub mod fdlimit;
 pub mod format;
+pub mod goplay;
 pub mod hooks;
 pub mod http;
 pub mod languages;

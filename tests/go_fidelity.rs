@@ -1,6 +1,7 @@
 //! Go programs behave as on the Go playground (issue 22), on both backends, through the request
 //! forms the playground's clients use (form, JSON, the socket) and the raw form: fake time and its
-//! framed output decoded into events, the zone database, localhost.
+//! framed output decoded into events, the zone database, localhost, txtar archives and their
+//! errors, test mode, the answer's fields, timeouts.
 //!
 //! Needs the Go image and rootfs of `scripts/build-image.sh go` (compilerd-go,
 //! /var/lib/compilerd/rootfs/go); a missing one fails the test.
@@ -241,8 +242,11 @@ async fn fake_time(backend: Backend) {
     let r = compile(&d, Form::Json, BUSY).await;
     assert!(started.elapsed() >= Duration::from_millis(3500));
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(r.errors(), "process took too long", "{}", r.text);
-    assert_eq!(events(&r)[0], ev("spinning\n", "stdout", 0), "{}", r.text);
+    assert_eq!(
+        r.text,
+        r#"{"Errors":"","Events":[{"Message":"timeout running program\n","Kind":"stderr","Delay":0},{"Message":"spinning\n","Kind":"stdout","Delay":0}],"Status":1,"IsTest":false,"TestsFailed":0}"#
+    );
+    assert_eq!(r.header("x-cache"), Some("MISS"));
     d.stop().await;
 }
 
@@ -307,6 +311,248 @@ async fn zone_and_localhost(backend: Backend) {
     d.stop().await;
 }
 
+/// An exact answer: the Go playground's fields in its order.
+async fn assert_answer(d: &TestDaemon, program: &str, want: &str) {
+    for form in [Form::Form, Form::Json] {
+        let r = compile(d, form, program).await;
+        assert_eq!((r.status, r.text.as_str()), (200, want), "{form:?}");
+    }
+}
+
+fn build_error(errors: &str) -> String {
+    format!(
+        r#"{{"Errors":{},"Events":null,"Status":0,"IsTest":false,"TestsFailed":0}}"#,
+        Value::from(errors)
+    )
+}
+
+const MULTI: &str = r#"-- go.mod --
+module play.ground
+
+-- prog.go --
+package main
+
+import (
+	"fmt"
+
+	"play.ground/foo"
+)
+
+func main() {
+	fmt.Println(foo.Bar)
+}
+-- foo/foo.go --
+package foo
+
+const Bar = "The Go Gopher"
+"#;
+
+async fn program_forms(backend: Backend) {
+    let (d, _one) = start(backend).await;
+    assert_answer(
+        &d,
+        "package main\n\nimport \"fmt\"\n\nfunc main() {\n\tfmt.Println(\"hi\")\n}\n",
+        r#"{"Errors":"","Events":[{"Message":"hi\n","Kind":"stdout","Delay":0}],"Status":0,"IsTest":false,"TestsFailed":0}"#,
+    )
+    .await;
+    assert_answer(
+        &d,
+        "package main\n\nfunc main() {\n\tx := 1\n}\n",
+        &build_error("./prog.go:4:2: x declared but not used\n"),
+    )
+    .await;
+    assert_answer(
+        &d,
+        "package foo\n\nfunc main() {}\n",
+        &build_error("package name must be main"),
+    )
+    .await;
+    assert_answer(
+        &d,
+        MULTI,
+        r#"{"Errors":"","Events":[{"Message":"The Go Gopher\n","Kind":"stdout","Delay":0}],"Status":0,"IsTest":false,"TestsFailed":0}"#,
+    )
+    .await;
+    // Without a go.mod the module is `play`; a subpackage may be of any package, and its errors
+    // keep their directory.
+    let default_mod = "package main\n\nimport \"play/foo\"\n\nfunc main() { foo.F() }\n-- foo/foo.go --\npackage foo\n\nfunc F() { y := 2 }\n";
+    assert_answer(
+        &d,
+        default_mod,
+        &build_error("foo/foo.go:3:12: y declared but not used\n"),
+    )
+    .await;
+    // Raw clients: the messages on stderr, status 2, as before.
+    let r = d
+        .compile("package main\n\nfunc main() {\n\tx := 1\n}\n")
+        .await;
+    assert_eq!(
+        r.text,
+        r#"{"Errors":"","Events":[{"Message":"./prog.go:4:2: x declared but not used\n","Kind":"stderr","Delay":0}],"Status":2}"#
+    );
+
+    // The archive's limits and name rules, with the Go playground's texts.
+    let many: String = (0..21)
+        .map(|i| format!("-- f{i}.go --\npackage main\n"))
+        .collect();
+    let long = format!("-- {}.go --\npackage main\n", "a".repeat(200));
+    let deep = format!("-- {}x.go --\npackage x\n", "d/".repeat(10));
+    let cases: Vec<(String, &str)> = vec![
+        (
+            many,
+            "too many files in txtar archive (21 exceeds limit of 20)",
+        ),
+        (long, "file name too long"),
+        (
+            "-- a\u{1}.go --\npackage main\n".into(),
+            r#"invalid file name "a\x01.go""#,
+        ),
+        (
+            "-- a\\b.go --\npackage main\n".into(),
+            r#"invalid file name "a\\b.go""#,
+        ),
+        (
+            "-- ./a.go --\npackage main\n".into(),
+            r#"invalid file name "./a.go""#,
+        ),
+        (
+            "-- /a.go --\npackage main\n".into(),
+            r#"invalid file name "/a.go""#,
+        ),
+        (deep, r#"file name "d/d/d/d/d/d/d/d/d/d/x.go" too deep"#),
+        (
+            "package main\n-- prog.go --\npackage main\n".into(),
+            r#"duplicate file name "prog.go""#,
+        ),
+        (
+            "-- a.go --\npackage main\n-- a.go --\npackage main\n".into(),
+            r#"duplicate file name "a.go""#,
+        ),
+    ];
+    for (program, errors) in cases {
+        assert_answer(&d, &program, &build_error(errors)).await;
+    }
+
+    // A module that is not in the image: the go command's offline error, as on the Go
+    // playground without network.
+    assert_answer(
+        &d,
+        "package main\n\nimport \"github.com/bradfitz/iter\"\n\nfunc main() { iter.N(1) }\n",
+        &build_error(
+            "go: finding module for package github.com/bradfitz/iter\nprog.go:3:8: cannot find module providing package github.com/bradfitz/iter: module lookup disabled by GOPROXY=off\n",
+        ),
+    )
+    .await;
+    d.stop().await;
+}
+
+const TESTS: &str = r#"package main
+
+import "testing"
+
+func TestPasses(t *testing.T) {}
+
+func TestFails(t *testing.T) {
+	t.Errorf("got %d, want %d", 1, 2)
+}
+"#;
+
+const EXAMPLE: &str = r#"package main
+
+import "fmt"
+
+func ExampleHello() {
+	fmt.Println("hello")
+	// Output: hello
+}
+"#;
+
+const FUZZ: &str = r#"package main
+
+import "testing"
+
+func FuzzReverse(f *testing.F) {
+	f.Add("abc")
+	f.Fuzz(func(t *testing.T, s string) {})
+}
+"#;
+
+async fn test_mode(backend: Backend) {
+    let (d, _one) = start(backend).await;
+    assert_answer(
+        &d,
+        TESTS,
+        r#"{"Errors":"","Events":[{"Message":"=== RUN   TestPasses\n--- PASS: TestPasses (0.00s)\n=== RUN   TestFails\n    prog_test.go:8: got 1, want 2\n--- FAIL: TestFails (0.00s)\nFAIL\n","Kind":"stdout","Delay":0}],"Status":1,"IsTest":true,"TestsFailed":1}"#,
+    )
+    .await;
+    assert_answer(
+        &d,
+        EXAMPLE,
+        r#"{"Errors":"","Events":[{"Message":"=== RUN   ExampleHello\n--- PASS: ExampleHello (0.00s)\nPASS\n","Kind":"stdout","Delay":0}],"Status":0,"IsTest":true,"TestsFailed":0}"#,
+    )
+    .await;
+    assert_answer(
+        &d,
+        FUZZ,
+        r#"{"Errors":"","Events":[{"Message":"=== RUN   FuzzReverse\n=== RUN   FuzzReverse/seed#0\n--- PASS: FuzzReverse (0.00s)\n    --- PASS: FuzzReverse/seed#0 (0.00s)\nPASS\n","Kind":"stdout","Delay":0}],"Status":0,"IsTest":true,"TestsFailed":0}"#,
+    )
+    .await;
+    // A test file that forgets testing: positions name prog_test.go.
+    assert_answer(
+        &d,
+        "package main\n\nfunc TestX(t *testing.T) {}\n",
+        &build_error("./prog_test.go:3:15: undefined: testing\n"),
+    )
+    .await;
+    // Tests next to a func main: an ordinary run.
+    let with_main = format!("{TESTS}\nfunc main() {{ println(\"main\") }}\n");
+    let r = compile(&d, Form::Json, &with_main).await;
+    assert_eq!(
+        (r.json["IsTest"].as_bool(), r.output().as_str()),
+        (Some(false), "main\n"),
+        "{}",
+        r.text
+    );
+    // Over the socket: the run's output, then how it ended.
+    let mut ws = Ws::connect(d.addr).await;
+    ws.run("t", TESTS).await;
+    let msgs = ws.until_end("t").await;
+    let (out, _, end) = summary(&msgs, "t");
+    assert!(
+        out.ends_with("--- FAIL: TestFails (0.00s)\nFAIL\n"),
+        "{out}"
+    );
+    assert_eq!(end, "exit status 1");
+    ws.run("e", "package main\n\nfunc main() {\n\tx := 1\n}\n")
+        .await;
+    let msgs = ws.until_end("e").await;
+    assert_eq!(
+        summary(&msgs, "e"),
+        (
+            String::new(),
+            "./prog.go:4:2: x declared but not used\n".into(),
+            "exit status 2".into()
+        )
+    );
+    d.stop().await;
+}
+
+/// A build still running at the deadline: the Go playground's build timeout.
+async fn build_timeout(backend: Backend) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut c = config(backend);
+    // The go command alone takes longer than this (about 0.5 s for the smallest package).
+    c.limits.timeout = Duration::from_millis(200);
+    let d = TestDaemon::start(c).await;
+    assert_answer(
+        &d,
+        MULTI,
+        r#"{"Errors":"timeout running go build","Events":null,"Status":0,"IsTest":false,"TestsFailed":0}"#,
+    )
+    .await;
+    d.stop().await;
+}
+
 macro_rules! both_backends {
     ($($check:ident),* $(,)?) => {
         $(
@@ -324,4 +570,11 @@ macro_rules! both_backends {
     };
 }
 
-both_backends!(fake_time, socket, zone_and_localhost);
+both_backends!(
+    fake_time,
+    socket,
+    zone_and_localhost,
+    program_forms,
+    test_mode,
+    build_timeout
+);

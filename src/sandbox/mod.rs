@@ -183,6 +183,11 @@ pub trait Sandbox: Send + Sync + 'static {
         live: Option<LiveOutput>,
     ) -> Result<RunOutcome, SandboxError>;
 
+    /// How the program's output is framed, when its image says (`faketime`); `None`: plain.
+    fn output_framing(&self) -> Option<&'static str> {
+        None
+    }
+
     /// A short state line for logs and STATUS=, e.g. "pool 2/2".
     fn status(&self) -> String {
         String::new()

@@ -1,0 +1,3 @@
+module compilerd.local/gorun
+
+go 1.19
