@@ -135,8 +135,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_configured_backend_is_taken_as_it_is() {
-        let mut config = Config::default();
-        config.backend = Backend::Bwrap;
+        let config = Config {
+            backend: Backend::Bwrap,
+            ..Config::default()
+        };
         assert_eq!(choose(&config).await, Choice::configured(Backend::Bwrap));
     }
 }

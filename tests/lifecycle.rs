@@ -526,10 +526,7 @@ async fn no_halt_is_scheduled_unless_asked_for() {
     d.stop().await;
 
     // Asked for, it is scheduled within the lifetime and shown.
-    let d = FirstCommand::start(
-        &["--shutdown", "true", "--lifetime", "1h"],
-        Some(NO_ENGINE),
-    );
+    let d = FirstCommand::start(&["--shutdown", "true", "--lifetime", "1h"], Some(NO_ENGINE));
     d.notify.wait_for("READY=1");
     let status = d.notify.wait_for_status("serving:");
     assert!(status.contains("halting in"), "{status}");
