@@ -129,3 +129,48 @@ pub(super) fn bwrap_args(
     args.extend(command.iter().map(OsString::from));
     args
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filters_and_userns_refusal_come_before_the_command() {
+        let filters = Filters::compile().unwrap();
+        let seccomp = seccomp_fds(&filters);
+        assert_eq!(
+            seccomp.iter().map(|d| d.fd).collect::<Vec<_>>(),
+            [3, 4],
+            "one descriptor per program, above stderr"
+        );
+        let command = ["/bin/sh".to_owned()];
+        let args = bwrap_args(
+            None,
+            Path::new("/r"),
+            &command,
+            &Limits::default(),
+            &seccomp,
+            true,
+        );
+        let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
+        let end = args.iter().position(|a| *a == "--").unwrap();
+        let options = &args[..end];
+        assert!(options.contains(&"--disable-userns"), "{args:?}");
+        assert!(
+            options
+                .windows(4)
+                .any(|w| w == ["--add-seccomp-fd", "3", "--add-seccomp-fd", "4"]),
+            "{args:?}"
+        );
+        assert_eq!(&args[end + 1..], [BWRAP_RELAY_PATH, "/bin/sh"]);
+        let without = bwrap_args(
+            None,
+            Path::new("/r"),
+            &command,
+            &Limits::default(),
+            &[],
+            false,
+        );
+        assert!(!without.iter().any(|a| a == "--disable-userns"));
+    }
+}

@@ -132,3 +132,28 @@ pub(super) async fn spawn(mut command: Command) -> io::Result<Child> {
         .await
         .map_err(|_| io::Error::other("the bwrap fork thread dropped a request"))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_fds_travel_as_hex_on_the_launchers_command_line() {
+        let data = [DataFd::new(3, &[0x00, 0x0a, 0xff])];
+        let launch = Launch {
+            cgroup_procs: Vec::new(),
+            rlimits: Vec::new(),
+            drop_to: None,
+            data_fds: &data,
+        };
+        let cmd = launch.command(Path::new("/relay"), Path::new("/bwrap"), &["-x".into()]);
+        let args: Vec<String> = cmd
+            .as_std()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let at = args.iter().position(|a| a == "--data-fd").unwrap();
+        assert_eq!(args[at + 1], "3:000aff");
+        assert_eq!(&args[args.len() - 3..], ["--", "/bwrap", "-x"]);
+    }
+}
