@@ -7,6 +7,8 @@
 //! The decoded output's first chunk is always the record (`faketime`), empty when the run ended
 //! before the runner wrote it, that is during the build.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +31,28 @@ pub struct Record {
     pub errors: String,
     #[serde(rename = "IsTest", default)]
     pub is_test: bool,
+    /// Vet ran (the request asked for it); what it found, empty when nothing.
+    #[serde(rename = "Vetted", default)]
+    pub vetted: bool,
+    #[serde(rename = "VetErrors", default)]
+    pub vet_errors: String,
+}
+
+/// Leads the program when the request asks for vet; the runner takes it off. Being part of the
+/// program, it is part of the cache key. A NUL byte cannot be in Go source, so no program starts
+/// so by itself.
+pub const VET_MARKER: &[u8] = b"\0vet\n";
+
+/// The program as the language's sandbox gets it: with the vet marker when vet is asked for
+/// and the language is a Go playground image; other languages ignore the flag.
+pub fn with_vet(run: &Arc<dyn Sandbox>, program: Bytes, vet: bool) -> Bytes {
+    if !vet || run.output_framing() != Some(GO_PLAYGROUND) {
+        return program;
+    }
+    let mut marked = Vec::with_capacity(VET_MARKER.len() + program.len());
+    marked.extend_from_slice(VET_MARKER);
+    marked.extend_from_slice(&program);
+    Bytes::from(marked)
 }
 
 impl Record {
@@ -58,6 +82,10 @@ struct Body<'a> {
     is_test: bool,
     #[serde(rename = "TestsFailed")]
     tests_failed: usize,
+    #[serde(rename = "VetErrors", skip_serializing_if = "str::is_empty")]
+    vet_errors: &'a str,
+    #[serde(rename = "VetOK", skip_serializing_if = "std::ops::Not::not")]
+    vet_ok: bool,
 }
 
 #[derive(Serialize)]
@@ -143,6 +171,8 @@ fn playground(ran: &RunOutcome, record: Option<Record>, output: &[Chunk], limits
             status: 0,
             is_test: false,
             tests_failed: 0,
+            vet_errors: "",
+            vet_ok: false,
         };
         row(&body, cacheable, metric)
     };
@@ -156,7 +186,7 @@ fn playground(ran: &RunOutcome, record: Option<Record>, output: &[Chunk], limits
         (RunOutcome::Exited { status, .. }, record) => {
             let record = record.unwrap_or_default();
             row(
-                &run_body(output, *status, record.is_test),
+                &run_body(output, *status, &record),
                 true,
                 metric_of(*status),
             )
@@ -180,7 +210,7 @@ fn playground(ran: &RunOutcome, record: Option<Record>, output: &[Chunk], limits
                     },
                 ),
             }
-            row(&run_body(&output, 1, r.is_test), false, RunResult::Timeout)
+            row(&run_body(&output, 1, &r), false, RunResult::Timeout)
         }
         // The daemon's own notices for the cap and the memory limit, as for every language.
         (ran, _) => answer::answer(
@@ -191,7 +221,7 @@ fn playground(ran: &RunOutcome, record: Option<Record>, output: &[Chunk], limits
     }
 }
 
-fn run_body(output: &[Chunk], status: i64, is_test: bool) -> Body<'static> {
+fn run_body<'a>(output: &[Chunk], status: i64, record: &'a Record) -> Body<'a> {
     let events: Vec<Event> = output
         .iter()
         .zip(answer::delays(output))
@@ -209,8 +239,10 @@ fn run_body(output: &[Chunk], status: i64, is_test: bool) -> Body<'static> {
         errors: "",
         events: (!events.is_empty()).then_some(events),
         status,
-        is_test,
+        is_test: record.is_test,
         tests_failed,
+        vet_errors: &record.vet_errors,
+        vet_ok: record.vetted && record.vet_errors.is_empty(),
     }
 }
 
@@ -291,6 +323,27 @@ mod tests {
             text(&both(&silent).1),
             r#"{"Errors":"","Events":null,"Status":0,"IsTest":false,"TestsFailed":0}"#
         );
+    }
+
+    #[test]
+    fn vet_findings() {
+        let found = RunOutcome::Exited {
+            status: 0,
+            output: vec![record(
+                r#"{"Errors":"","IsTest":false,"Vetted":true,"VetErrors":"./prog.go:5:2: x\n"}"#,
+            )],
+        };
+        assert_eq!(
+            text(&both(&found).1),
+            r#"{"Errors":"","Events":null,"Status":0,"IsTest":false,"TestsFailed":0,"VetErrors":"./prog.go:5:2: x\n"}"#
+        );
+        let clean = RunOutcome::Exited {
+            status: 0,
+            output: vec![record(
+                r#"{"Errors":"","IsTest":false,"Vetted":true,"VetErrors":""}"#,
+            )],
+        };
+        assert!(text(&both(&clean).1).ends_with(r#""TestsFailed":0,"VetOK":true}"#));
     }
 
     #[test]

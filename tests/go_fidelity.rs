@@ -54,6 +54,10 @@ enum Form {
 }
 
 async fn compile(d: &TestDaemon, form: Form, program: &str) -> Reply {
+    compile_with(d, form, program, false).await
+}
+
+async fn compile_with(d: &TestDaemon, form: Form, program: &str, vet: bool) -> Reply {
     let req = d.client.post(d.url("/compile"));
     let req = match form {
         Form::Form => req
@@ -61,10 +65,10 @@ async fn compile(d: &TestDaemon, form: Form, program: &str) -> Reply {
                 "content-type",
                 "application/x-www-form-urlencoded; charset=UTF-8",
             )
-            .body(format!("version=2&body={}&withVet=false", percent(program))),
+            .body(format!("version=2&body={}&withVet={vet}", percent(program))),
         Form::Json => req
             .header("content-type", "application/json")
-            .body(json!({"Body": program, "WithVet": false}).to_string()),
+            .body(json!({"Body": program, "WithVet": vet}).to_string()),
     };
     Reply::read(req.send().await.unwrap()).await
 }
@@ -553,6 +557,46 @@ async fn build_timeout(backend: Backend) {
     d.stop().await;
 }
 
+const PRINTF: &str =
+    "package main\n\nimport \"fmt\"\n\nfunc main() {\n\tfmt.Printf(\"%v\\n\")\n}\n";
+
+async fn vet(backend: Backend) {
+    let (d, _one) = start(backend).await;
+    for form in [Form::Form, Form::Json] {
+        let r = compile_with(&d, form, PRINTF, true).await;
+        assert_eq!(
+            r.text,
+            r#"{"Errors":"","Events":[{"Message":"%!v(MISSING)\n","Kind":"stdout","Delay":0}],"Status":0,"IsTest":false,"TestsFailed":0,"VetErrors":"./prog.go:6:2: fmt.Printf format %v reads arg #1, but call has 0 args\n"}"#,
+            "{form:?}"
+        );
+    }
+    // Without vet: another answer, so another cache entry.
+    let r = compile_with(&d, Form::Form, PRINTF, false).await;
+    assert_eq!(r.header("x-cache"), Some("MISS"));
+    assert_eq!(
+        r.text,
+        r#"{"Errors":"","Events":[{"Message":"%!v(MISSING)\n","Kind":"stdout","Delay":0}],"Status":0,"IsTest":false,"TestsFailed":0}"#
+    );
+    let r = compile_with(&d, Form::Json, MULTI, true).await;
+    assert_eq!(
+        r.text,
+        r#"{"Errors":"","Events":[{"Message":"The Go Gopher\n","Kind":"stdout","Delay":0}],"Status":0,"IsTest":false,"TestsFailed":0,"VetOK":true}"#
+    );
+    // A build that fails is not vetted.
+    let r = compile_with(
+        &d,
+        Form::Form,
+        "package main\n\nfunc main() {\n\tx := 1\n}\n",
+        true,
+    )
+    .await;
+    assert_eq!(
+        r.text,
+        build_error("./prog.go:4:2: x declared but not used\n")
+    );
+    d.stop().await;
+}
+
 macro_rules! both_backends {
     ($($check:ident),* $(,)?) => {
         $(
@@ -576,5 +620,6 @@ both_backends!(
     zone_and_localhost,
     program_forms,
     test_mode,
-    build_timeout
+    build_timeout,
+    vet
 );

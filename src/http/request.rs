@@ -95,6 +95,9 @@ pub fn read_bound(kind: ContentKind, max: usize) -> usize {
 pub struct Decoded {
     pub program: Bytes,
     pub form: RequestForm,
+    /// The client asked for vet (`withVet=true`, `"WithVet": true`), as the Go playground's
+    /// frontend does.
+    pub vet: bool,
 }
 
 /// Says what is wrong with a form or JSON request; answered 400, never run.
@@ -106,6 +109,7 @@ pub fn decode(kind: ContentKind, body: Bytes) -> Result<Decoded, Malformed> {
         Ok(Decoded {
             program: body,
             form: RequestForm::Raw,
+            vet: false,
         })
     };
     match kind {
@@ -127,12 +131,15 @@ pub fn decode(kind: ContentKind, body: Bytes) -> Result<Decoded, Malformed> {
                 Ok(Decoded {
                     program: Bytes::from(program),
                     form: RequestForm::Form,
+                    // As Go's server reads it: the first withVet field, exactly "true".
+                    vet: form_field(&body, b"withVet").is_some_and(|v| decodes_to(v, b"true")),
                 })
             }
         },
-        ContentKind::Json => decode_json(&body).map(|program| Decoded {
+        ContentKind::Json => decode_json(&body).map(|(program, vet)| Decoded {
             program,
             form: RequestForm::Json,
+            vet,
         }),
     }
 }
@@ -221,7 +228,7 @@ fn hex(b: &u8) -> Option<u8> {
 
 /// `{"Body": "…", "WithVet": bool}`: the field names matched as Go's decoder matches them (exact
 /// first, else ignoring case); other fields are ignored.
-fn decode_json(body: &[u8]) -> Result<Bytes, Malformed> {
+fn decode_json(body: &[u8]) -> Result<(Bytes, bool), Malformed> {
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| Malformed(format!("Malformed JSON request: {e}.")))?;
     let serde_json::Value::Object(mut fields) = value else {
@@ -239,15 +246,17 @@ fn decode_json(body: &[u8]) -> Result<Bytes, Malformed> {
                 .cloned()
         }
     };
-    if let Some(k) = field(&fields, "WithVet")
-        && !fields[&k].is_boolean()
-    {
-        return Err(Malformed(
-            "Malformed JSON request: WithVet must be true or false.".into(),
-        ));
-    }
+    let vet = match field(&fields, "WithVet").map(|k| &fields[&k]) {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(Malformed(
+                "Malformed JSON request: WithVet must be true or false.".into(),
+            ));
+        }
+    };
     match field(&fields, "Body").and_then(|k| fields.remove(&k)) {
-        Some(serde_json::Value::String(program)) => Ok(Bytes::from(program)),
+        Some(serde_json::Value::String(program)) => Ok((Bytes::from(program), vet)),
         Some(_) => Err(Malformed(
             "Malformed JSON request: Body must be a string (the program).".into(),
         )),
@@ -303,6 +312,27 @@ mod tests {
         // The first body field wins; the key is compared decoded; bytes need not be UTF-8.
         let d = decoded(ContentKind::Form, b"b%6Fdy=%FF%00&body=second");
         assert_eq!(&d.program[..], b"\xff\x00");
+    }
+
+    #[test]
+    fn vet_is_asked_for_as_the_go_server_reads_it() {
+        let vet = |kind, body: &[u8]| decoded(kind, body).vet;
+        assert!(!vet(ContentKind::Form, b"version=2&body=x&withVet=false"));
+        assert!(vet(ContentKind::Form, b"version=2&body=x&withVet=true"));
+        assert!(vet(
+            ContentKind::Form,
+            b"body=x&with%56et=tru%65&withVet=false"
+        ));
+        assert!(!vet(ContentKind::Form, b"body=x&withVet=1"));
+        assert!(!vet(ContentKind::Form, b"body=x"));
+        assert!(vet(ContentKind::Json, br#"{"Body": "x", "WithVet": true}"#));
+        assert!(vet(ContentKind::Json, br#"{"Body": "x", "withvet": true}"#));
+        assert!(!vet(
+            ContentKind::Json,
+            br#"{"Body": "x", "WithVet": null}"#
+        ));
+        assert!(!vet(ContentKind::Json, br#"{"Body": "x"}"#));
+        assert!(!vet(ContentKind::Other, b"withVet=true"));
     }
 
     #[test]

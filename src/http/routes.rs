@@ -144,7 +144,8 @@ async fn compile(app: &App, req: Request<Incoming>, started: Instant) -> Resp {
             let (form, answer) =
                 match read_bounded(&parts.headers, body, bound, app.read_timeout).await {
                     Ok(bytes) => match request::decode(kind, bytes) {
-                        Ok(Decoded { program, form }) => {
+                        Ok(Decoded { program, form, vet }) => {
+                            let program = crate::goplay::with_vet(compile.sandbox(), program, vet);
                             (form, compile.compile_as(program, form.dialect()).await)
                         }
                         Err(Malformed(why)) => {

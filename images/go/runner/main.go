@@ -38,11 +38,18 @@ const (
 )
 
 // record is what the daemon learns of the build: Errors, as the Go playground's answer has it
-// (non-empty: the build failed and nothing runs), and IsTest.
+// (non-empty: the build failed and nothing runs), IsTest, and vet's findings when it was asked
+// for (Vetted).
 type record struct {
-	Errors string
-	IsTest bool
+	Errors    string
+	IsTest    bool
+	Vetted    bool
+	VetErrors string
 }
+
+// vetMarker leads the program when the request asked for vet (the daemon adds it; a NUL byte
+// cannot be part of Go source).
+const vetMarker = "\x00vet\n"
 
 // writeRecord: "\0\0CD", the JSON's length (4 bytes, big-endian), the JSON.
 func writeRecord(r record) {
@@ -64,6 +71,8 @@ func main() {
 		fmt.Fprintln(os.Stderr, "reading the program:", err)
 		os.Exit(2)
 	}
+	vet := bytes.HasPrefix(src, []byte(vetMarker))
+	src = bytes.TrimPrefix(src, []byte(vetMarker))
 	files, err := splitFiles(src)
 	if err != nil {
 		failBuild(err.Error())
@@ -87,10 +96,10 @@ func main() {
 		}
 	}
 	test := isTestProg(prog)
-	if !test && len(files) == 1 && files[0].name == progName && stdOnly(prog) {
+	if !vet && !test && len(files) == 1 && files[0].name == progName && stdOnly(prog) {
 		runSingle(prog)
 	}
-	runPackage(files, test)
+	runPackage(files, test, vet)
 }
 
 // stdOnly says whether every import of the program is a package of the precompiled standard
@@ -143,10 +152,10 @@ func runSingle(prog []byte) {
 		}
 	}
 	os.Remove("/tmp/prog.a")
-	start(progBinary, false)
+	start(progBinary, record{})
 }
 
-func runPackage(files []file, test bool) {
+func runPackage(files []file, test, vet bool) {
 	hasMod := false
 	for _, f := range files {
 		name := f.name
@@ -173,6 +182,25 @@ func runPackage(files []file, test bool) {
 	if test {
 		args = []string{"test", "-c", "-o", progBinary}
 	}
+	if out, err := goCommand(args...); err != nil {
+		failBuild(cleanBuildOutput(string(out)))
+	}
+	r := record{IsTest: test}
+	if vet {
+		// After a build that worked, before the run, as the Go playground does; what it finds
+		// is reported, the program runs anyway.
+		r.Vetted = true
+		if out, err := goCommand("vet"); err != nil {
+			r.VetErrors = cleanBuildOutput(string(out))
+		}
+	}
+	os.RemoveAll("/tmp/gocache")
+	start(progBinary, r)
+}
+
+// goCommand runs `go <args> -tags=faketime -pkgdir=… -mod=mod .` in the build directory, offline,
+// with the standard library precompiled for faketime.
+func goCommand(args ...string) ([]byte, error) {
 	args = append(args, "-tags=faketime", "-pkgdir="+pkgdir, "-mod=mod", ".")
 	cmd := exec.Command(goroot+"/bin/go", args...)
 	cmd.Dir = workDir
@@ -181,11 +209,7 @@ func runPackage(files []file, test bool) {
 		"GOPATH=/tmp/gopath", "CGO_ENABLED=0", "GO111MODULE=on", "GOPROXY=off",
 		"GOFLAGS=", "GOMAXPROCS=2", "GOGC=400", "GOMEMLIMIT=64MiB",
 	}
-	if out, err := cmd.CombinedOutput(); err != nil {
-		failBuild(cleanBuildOutput(string(out)))
-	}
-	os.RemoveAll("/tmp/gocache")
-	start(progBinary, test)
+	return cmd.CombinedOutput()
 }
 
 // cleanBuildOutput makes the go command's messages the Go playground's: no build directory, no
@@ -202,10 +226,10 @@ func cleanBuildOutput(out string) string {
 }
 
 // start tells the daemon the build is done, then becomes the program.
-func start(path string, test bool) {
-	writeRecord(record{IsTest: test})
+func start(path string, r record) {
+	writeRecord(r)
 	argv := []string{path}
-	if test {
+	if r.IsTest {
 		argv = append(argv, "-test.v")
 	}
 	os.Chdir("/tmp")
