@@ -7,7 +7,8 @@
  * accept or fault on (so a call that is not refused shows as 0, EFAULT, EINVAL, EBADF...), and
  * never EPERM or ENOSYS for the calls the filter is about.
  *
- * Then "works NAME ok" for what a normal program does: threads, fork and exec, a pipe, a socket.
+ * Then "works NAME ok" for what a normal program does: threads, fork and exec, a pipe, a socket;
+ * first, "kernel release RELEASE", the kernel it runs on (gVisor's, under runsc).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -23,6 +24,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -211,6 +213,9 @@ static void works(void) {
 
 int main(void) {
     setvbuf(stdout, 0, _IOLBF, 0);
+    struct utsname uts;
+    if (uname(&uts) == 0)
+        printf("kernel release %s\n", uts.release);
 #define P(name) probe(#name, c_##name)
     P(unshare_user);
     P(unshare_ns);
