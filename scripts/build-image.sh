@@ -45,6 +45,13 @@ case $lang in
   *) echo "unknown language $lang: choose go, python, c or sh" >&2; exit 2 ;;
 esac
 packages+=(busybox-static)
+# Go modules a program may import without network: Debian's golang-*-dev packages, made into a
+# read-only module cache (go_build). The operator's choice; GET /languages lists them.
+go_module_packages=()
+if [ "$lang" = go ]; then
+  read -r -a go_module_packages <<<"${COMPILERD_GO_MODULES-golang-github-google-go-cmp-dev golang-golang-x-text-dev golang-golang-x-exp-dev}"
+  packages+=("${go_module_packages[@]}")
+fi
 # Dependencies a sandbox never uses (package management, perl for mailcap, docs tooling).
 skip='^(dpkg|install-info|tar|perl|perl-base|perl-modules-.*|libperl.*|mailcap|mime-support|debconf|libgdbm-compat4)$'
 
@@ -70,9 +77,9 @@ for d in "${debs[@]}"; do [ -s "$d" ] || { echo "download of $d failed" >&2; exi
 main_deb=$(printf '%s\n' "${debs[@]}" | grep "/${main}_")
 version=$(dpkg-deb -f "$main_deb" Version | sed -e 's/^[0-9]*://' -e 's/-[^-]*$//' -e 's/+.*//')
 version="$name $version"
-go_runner_src=$(cd "$(dirname "$0")/../images/go/runner" && pwd)
+go_src=$(cd "$(dirname "$0")/../images/go" && pwd)
 stamp=$( (cat "$0"; printf '%s\n' "${debs[@]##*/}"
-  [ "$lang" != go ] || cat "$go_runner_src"/*) | sha256sum | cut -c1-16)
+  [ "$lang" != go ] || cat "$go_src"/*/*) | sha256sum | cut -c1-16)
 
 build_root() {
   local root=$1
@@ -112,21 +119,57 @@ build_root() {
 # frames). A single-file program is compiled and linked directly against these packages
 # (importcfg); anything else goes through the go command, which finds them through -pkgdir.
 GO_FAKETIME_PKG=/usr/lib/compilerd/go-faketime
+# The modules, unpacked as the go command keeps them, read-only: a build reads them in place (no
+# copy in the run's small /tmp), and its cache/download is the proxy the build asks.
+GO_MODCACHE=/usr/lib/compilerd/gomodcache
 go_build() {
   local root=$1 goroot=/usr/lib/go-1.19
   command -v bwrap >/dev/null || { echo "bwrap is needed to build the Go standard library" >&2; exit 1; }
-  bwrap --bind "$root" / --proc /proc --dev /dev --tmpfs /tmp --ro-bind "$go_runner_src" /tmp/runner \
+  go_module_roots >"$root/tmp/go-module-roots"
+  bwrap --bind "$root" / --proc /proc --dev /dev --tmpfs /tmp --ro-bind "$go_src" /tmp/src \
+    --ro-bind "$root/tmp/go-module-roots" /tmp/roots \
     --unshare-all --die-with-parent --clearenv --setenv PATH /usr/bin:/bin --setenv HOME /tmp \
     --setenv GOCACHE /tmp/gocache --setenv CGO_ENABLED 0 --setenv GOROOT $goroot \
-    --setenv GOFLAGS -mod=mod --chdir /tmp/runner /bin/sh -ec "
+    --setenv GOFLAGS -mod=mod --chdir /tmp/src /bin/sh -ec "
       $goroot/bin/go install -tags faketime -pkgdir $GO_FAKETIME_PKG std
-      $goroot/bin/go build -trimpath -ldflags='-s -w' -o /usr/lib/compilerd/run ."
-  rm -rf "$root$goroot/pkg/linux_amd64"
+      cd /tmp/src/runner && $goroot/bin/go build -trimpath -ldflags='-s -w' -o /usr/lib/compilerd/run .
+      cd /tmp/src/modproxy && $goroot/bin/go build -o /tmp/modproxy .
+      /tmp/modproxy /tmp/goproxy </tmp/roots >/usr/lib/compilerd/go-modules
+      cd /tmp && for m in \$(cat /usr/lib/compilerd/go-modules); do
+        GOMODCACHE=$GO_MODCACHE GOPROXY=file:///tmp/goproxy GOSUMDB=off $goroot/bin/go mod download \$m
+      done
+      [ ! -d $GO_MODCACHE ] || chmod -R a-w $GO_MODCACHE"
+  rm -f "$root/tmp/go-module-roots"
+  rm -rf "$root$goroot/pkg/linux_amd64" "$root/usr/share/gocode"
+  local modules
+  modules=$(paste -sd, "$root/usr/lib/compilerd/go-modules")
+  [ -z "$modules" ] || printf 'modules=%s\n' "$modules" >>"$root/etc/compilerd-language"
   # Where each package is, for the compiler and linker: what `go build` works out on every run
   # (module loading, the build cache, its own checks) is fixed here.
   (cd "$root$GO_FAKETIME_PKG" && find . -name '*.a' | sed 's|^\./||; s|\.a$||' | sort |
     while read -r p; do printf 'packagefile %s=%s/%s.a\n' "$p" "$GO_FAKETIME_PKG" "$p"; done) \
     >"$root/usr/lib/compilerd/importcfg"
+}
+
+# "ROOT VERSION" for each module of the chosen golang-*-dev packages: ROOT, in the sandbox, is a
+# directory with a go.mod; VERSION, the module version of the package's upstream version
+# (0.7.0 -> v0.7.0; a snapshot 0.0~git20221028.83b7d23 -> the pseudo-version
+# v0.0.0-20221028000000-83b7d2300000, its hash padded to the 12 digits the format wants).
+go_module_roots() {
+  local p deb v date hash
+  for p in "${go_module_packages[@]}"; do
+    deb=$(printf '%s\n' "${debs[@]}" | grep "/${p}_")
+    v=$(dpkg-deb -f "$deb" Version | sed -e 's/^[0-9]*://' -e 's/-[^-]*$//' -e 's/+.*//')
+    case $v in
+      *~git*.*)
+        date=${v#*~git}; hash=${date#*.}; date=${date%%.*}
+        hash=$(printf '%s000000000000' "$hash" | cut -c1-12)
+        v="v0.0.0-${date}000000-$hash" ;;
+      *) v="v$v" ;;
+    esac
+    dpkg-deb -c "$deb" | awk '{print $6}' | sed -n 's|^\./\(usr/share/gocode/src/.*\)/go\.mod$|/\1|p' |
+      while read -r dir; do echo "$dir $v"; done
+  done
 }
 
 # What a sandbox never uses of the toolchain: tests, test data, and tools no build runs.
@@ -216,6 +259,7 @@ if [ -n "$tag" ]; then
       trap 'rm -rf "$src"' EXIT
       build_root "$src"
     fi
+    modules=$(sed -n 's/^modules=//p' "$src/etc/compilerd-language")
     tar -C "$src" -c . | docker import \
       --change 'CMD ["/usr/lib/compilerd/run"]' \
       --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
@@ -223,6 +267,7 @@ if [ -n "$tag" ]; then
       --change "LABEL compilerd.version=\"$version\"" \
       --change "LABEL compilerd.stamp=$stamp" \
       ${output:+--change "LABEL compilerd.output=$output"} \
+      ${modules:+--change "LABEL compilerd.modules=$modules"} \
       - "$tag" >/dev/null
     echo "image $tag built ($version)"
   fi

@@ -300,11 +300,17 @@ pub struct FakeTimeSandbox {
     inner: Arc<dyn Sandbox>,
     /// `GO_FAKETIME` or `GO_PLAYGROUND`.
     framing: &'static str,
+    /// The modules the image serves to programs (`module@version`), as it declares them.
+    modules: Vec<String>,
 }
 
 impl FakeTimeSandbox {
     pub fn new(inner: Arc<dyn Sandbox>, framing: &'static str) -> Self {
-        FakeTimeSandbox { inner, framing }
+        FakeTimeSandbox {
+            inner,
+            framing,
+            modules: Vec::new(),
+        }
     }
 
     fn record(&self) -> bool {
@@ -379,6 +385,10 @@ impl Sandbox for FakeTimeSandbox {
         Some(self.framing)
     }
 
+    fn modules(&self) -> &[String] {
+        &self.modules
+    }
+
     fn status(&self) -> String {
         self.inner.status()
     }
@@ -394,27 +404,43 @@ pub async fn wrap(
     backend: Backend,
     lang: &LanguageConfig,
 ) -> Arc<dyn Sandbox> {
-    match declared_output(backend, lang).await.as_deref() {
-        Some(GO_FAKETIME) => Arc::new(FakeTimeSandbox::new(run, GO_FAKETIME)),
-        Some(GO_PLAYGROUND) => Arc::new(FakeTimeSandbox::new(run, GO_PLAYGROUND)),
-        _ => run,
-    }
+    let declared = |key| declared(backend, lang, key);
+    let framing = match declared("output").await.as_deref() {
+        Some(GO_FAKETIME) => GO_FAKETIME,
+        Some(GO_PLAYGROUND) => GO_PLAYGROUND,
+        _ => return run,
+    };
+    let modules = declared("modules")
+        .await
+        .map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    Arc::new(FakeTimeSandbox {
+        inner: run,
+        framing,
+        modules,
+    })
 }
 
-/// `output=` of the rootfs's `/etc/compilerd-language`, or the image's `compilerd.output` label.
-async fn declared_output(backend: Backend, lang: &LanguageConfig) -> Option<String> {
+/// `KEY=` of the rootfs's `/etc/compilerd-language`, or the image's `compilerd.KEY` label.
+async fn declared(backend: Backend, lang: &LanguageConfig, key: &str) -> Option<String> {
     if backend == Backend::Docker {
         let docker = match std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()) {
             Some(host) => bollard::Docker::connect_with_host(&host).ok()?,
             None => bollard::Docker::connect_with_local_defaults().ok()?,
         };
         let info = docker.inspect_image(&lang.image).await.ok()?;
-        return info.config?.labels?.remove("compilerd.output");
+        return info.config?.labels?.remove(&format!("compilerd.{key}"));
     }
     let root = lang.rootfs.as_deref().unwrap_or(Path::new("/"));
     let text = std::fs::read_to_string(root.join("etc/compilerd-language")).ok()?;
     text.lines()
-        .find_map(|l| l.strip_prefix("output="))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
         .map(|v| v.trim().to_owned())
 }
 

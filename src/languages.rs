@@ -189,6 +189,9 @@ struct Listed<'a> {
     default: bool,
     format: bool,
     limits: ListedLimits,
+    /// What programs may import besides the standard library, when the image declares it.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    modules: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -254,6 +257,7 @@ impl Languages {
                     backend_reason: &backend.reason,
                     default: i == default,
                     format: l.format.is_some(),
+                    modules: l.compile.sandbox().modules(),
                     limits: ListedLimits {
                         timeout_ms: limits.timeout.as_millis(),
                         memory_bytes: limits.memory_bytes,

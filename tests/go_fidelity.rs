@@ -351,6 +351,22 @@ package foo
 const Bar = "The Go Gopher"
 "#;
 
+/// Imports of the modules scripts/build-image.sh serves by default.
+const MODULES: &str = r#"package main
+
+import (
+	"fmt"
+
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/exp/slices"
+	"golang.org/x/text/language"
+)
+
+func main() {
+	fmt.Println(cmp.Equal([]int{1}, []int{1}), slices.Contains([]int{1}, 1), language.English)
+}
+"#;
+
 async fn program_forms(backend: Backend) {
     let (d, _one) = start(backend).await;
     assert_answer(
@@ -437,6 +453,25 @@ async fn program_forms(backend: Backend) {
         assert_answer(&d, &program, &build_error(errors)).await;
     }
 
+    // Modules the image serves from Debian's packages, listed by /languages.
+    let r = Reply::read(d.client.get(d.url("/languages")).send().await.unwrap()).await;
+    let modules: Vec<&str> = r.json[0]["modules"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no modules listed: {}", r.text))
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert!(
+        modules.contains(&"github.com/google/go-cmp@v0.5.9"),
+        "{modules:?}"
+    );
+    assert!(modules.contains(&"golang.org/x/text@v0.7.0"), "{modules:?}");
+    assert_answer(
+        &d,
+        MODULES,
+        r#"{"Errors":"","Events":[{"Message":"true true en\n","Kind":"stdout","Delay":0}],"Status":0,"IsTest":false,"TestsFailed":0}"#,
+    )
+    .await;
     // A module that is not in the image: the go command's offline error, as on the Go
     // playground without network.
     assert_answer(

@@ -188,6 +188,11 @@ pub trait Sandbox: Send + Sync + 'static {
         None
     }
 
+    /// The libraries the image offers to programs (`module@version`), as it declares them.
+    fn modules(&self) -> &[String] {
+        &[]
+    }
+
     /// A short state line for logs and STATUS=, e.g. "pool 2/2".
     fn status(&self) -> String {
         String::new()

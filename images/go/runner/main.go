@@ -35,6 +35,10 @@ const (
 	// The multi-file build's directory; its path is cut from the build's messages.
 	workDir    = "/tmp/play"
 	progBinary = "/tmp/prog"
+	// The image's modules, read-only, and the proxy the go command asks for them (the cache's
+	// download directory has a proxy's layout).
+	modCache = "/usr/lib/compilerd/gomodcache"
+	proxyDir = modCache + "/cache/download"
 )
 
 // record is what the daemon learns of the build: Errors, as the Go playground's answer has it
@@ -206,10 +210,21 @@ func goCommand(args ...string) ([]byte, error) {
 	cmd.Dir = workDir
 	cmd.Env = []string{
 		"PATH=/usr/bin:/bin", "HOME=/tmp", "GOROOT=" + goroot, "GOCACHE=/tmp/gocache",
-		"GOPATH=/tmp/gopath", "CGO_ENABLED=0", "GO111MODULE=on", "GOPROXY=off",
-		"GOFLAGS=", "GOMAXPROCS=2", "GOGC=400", "GOMEMLIMIT=64MiB",
+		"GOPATH=/tmp/gopath", "CGO_ENABLED=0", "GO111MODULE=on", "GOPROXY=" + goproxy(),
+		// One compile at a time: two of a large package (golang.org/x/text) at once pass the
+		// run's memory limit.
+		"GOMODCACHE=" + modCache, "GOSUMDB=off", "GOFLAGS=-p=1", "GOMAXPROCS=2", "GOGC=400", "GOMEMLIMIT=64MiB",
 	}
 	return cmd.CombinedOutput()
+}
+
+// goproxy: the image's modules (scripts/build-image.sh makes them from Debian's golang-*-dev
+// packages), then nothing: any other module fails with the go command's offline error.
+func goproxy() string {
+	if _, err := os.Stat(proxyDir); err == nil {
+		return "file://" + proxyDir + ",off"
+	}
+	return "off"
 }
 
 // cleanBuildOutput makes the go command's messages the Go playground's: no build directory, no

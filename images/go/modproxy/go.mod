@@ -1,0 +1,3 @@
+module compilerd.local/modproxy
+
+go 1.19
