@@ -1,7 +1,8 @@
 //! Go programs behave as on the Go playground (issue 22), on both backends, through the request
 //! forms the playground's clients use (form, JSON, the socket) and the raw form: fake time and its
 //! framed output decoded into events, the zone database, localhost, txtar archives and their
-//! errors, test mode, the answer's fields, timeouts.
+//! errors, test mode, the answer's fields, timeouts, vet, modules; and the page at `/` (headless
+//! Chromium) with images, form feeds, test and build endings.
 //!
 //! Needs the Go image and rootfs of `scripts/build-image.sh go` (compilerd-go,
 //! /var/lib/compilerd/rootfs/go); a missing one fails the test.
@@ -11,6 +12,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::cdp::Browser;
 use common::ws::{Ws, summary};
 use common::{Reply, TestDaemon};
 use compilerd::config::{Backend, Config, LanguageSettings};
@@ -632,6 +634,117 @@ async fn vet(backend: Backend) {
     d.stop().await;
 }
 
+/// The Go playground's "Clear" example in short: each Printf starts with a form feed.
+const CLEAR: &str = r#"package main
+
+import (
+	"fmt"
+	"time"
+)
+
+func main() {
+	for i := 0; i < 3; i++ {
+		fmt.Printf("\x0c[%d]", i)
+		time.Sleep(100 * time.Millisecond)
+	}
+	fmt.Printf("\x0cDone!\n")
+}
+"#;
+
+/// The "Display image" example in short: a PNG as `IMAGE:` and base64.
+const IMAGE: &str = r#"package main
+
+import (
+	"bytes"
+	"encoding/base64"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+)
+
+func main() {
+	m := image.NewRGBA(image.Rect(0, 0, 40, 20))
+	for x := 0; x < 40; x++ {
+		for y := 0; y < 20; y++ {
+			m.Set(x, y, color.RGBA{uint8(x * 6), uint8(y * 12), 200, 255})
+		}
+	}
+	var buf bytes.Buffer
+	png.Encode(&buf, m)
+	fmt.Println("IMAGE:" + base64.StdEncoding.EncodeToString(buf.Bytes()))
+}
+"#;
+
+async fn run_in_page(b: &mut Browser, program: &str) -> (String, String) {
+    b.type_into("#code", program).await;
+    b.click("#run").await;
+    b.wait_for("document.body.dataset.state === 'done'").await;
+    let v = b
+        .eval("[document.getElementById('output').textContent, document.getElementById('status').textContent]")
+        .await;
+    (
+        v[0].as_str().unwrap().to_owned(),
+        v[1].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn page(backend: Backend) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // The browser competes with the builds for the machine's cores: the deadline has room for
+    // a test build (the go command) on a loaded machine.
+    let mut c = config(backend);
+    c.limits.timeout = Duration::from_secs(10);
+    let d = TestDaemon::start(c).await;
+    let mut b = Browser::start().await;
+    b.open(&d.url("/")).await;
+    // The language list comes from /languages; the editor gets the language's first program.
+    b.wait_for("document.getElementById('lang').options.length === 1")
+        .await;
+    let code = b.eval("document.getElementById('code').value").await;
+    assert!(code.as_str().unwrap().starts_with("package main"), "{code}");
+    for transport in ["socket", "http"] {
+        b.eval(&format!(
+            "document.getElementById('transport').value = {}",
+            json!(transport)
+        ))
+        .await;
+        let (out, status) = run_in_page(&mut b, CLEAR).await;
+        assert_eq!(
+            (out.as_str(), status.as_str()),
+            ("Done!\n", "Program exited."),
+            "{transport}"
+        );
+        let (_, status) = run_in_page(&mut b, IMAGE).await;
+        assert_eq!(status, "Program exited.");
+        b.wait_for("(() => { const i = document.querySelector('#output img'); return i && i.complete && i.naturalWidth === 40; })()")
+            .await;
+        b.screenshot(&format!("go-page-{backend}-{transport}-image"))
+            .await;
+    }
+    let (out, status) = run_in_page(&mut b, TESTS).await;
+    assert!(out.contains("--- FAIL: TestFails"), "{out}");
+    assert_eq!(status, "1 test failed.");
+    let (out, status) = run_in_page(&mut b, "package main\n\nfunc main() {\n\tx := 1\n}\n").await;
+    assert_eq!(
+        (out.as_str(), status.as_str()),
+        (
+            "./prog.go:4:2: x declared but not used\n",
+            "Go build failed."
+        )
+    );
+    b.eval("document.getElementById('vet').checked = true")
+        .await;
+    let (out, status) = run_in_page(&mut b, PRINTF).await;
+    assert_eq!(
+        out,
+        "./prog.go:6:2: fmt.Printf format %v reads arg #1, but call has 0 args\nGo vet exited.\n\n%!v(MISSING)\n"
+    );
+    assert_eq!(status, "Program exited.");
+    b.screenshot(&format!("go-page-{backend}-vet")).await;
+    d.stop().await;
+}
+
 macro_rules! both_backends {
     ($($check:ident),* $(,)?) => {
         $(
@@ -656,5 +769,6 @@ both_backends!(
     program_forms,
     test_mode,
     build_timeout,
-    vet
+    vet,
+    page
 );

@@ -4,6 +4,10 @@
 // - "http": POST /compile, form-encoded as the Go playground's page sends it
 //   (version=2&body=...), answered with Events replayed at the pace of their Delays.
 // <body data-state> is "running" during a run and "done" after it, for people and tests alike.
+// As on the Go playground's page: output that starts with "IMAGE:" is a base64 PNG shown as an
+// image, a form feed clears the output (what follows the last one stays), and the end of a run
+// says how its build, vet and tests went. The language comes from GET /languages; a language
+// other than the default one runs over POST /compile?lang=NAME (the socket runs the default).
 'use strict';
 
 (function () {
@@ -11,8 +15,19 @@
   var runButton = document.getElementById('run');
   var killButton = document.getElementById('kill');
   var transportSelect = document.getElementById('transport');
+  var langSelect = document.getElementById('lang');
+  var langLabel = document.getElementById('lang-label');
+  var vetBox = document.getElementById('vet');
   var output = document.getElementById('output');
   var status = document.getElementById('status');
+
+  // A first program per language, shown when the editor still holds another language's.
+  var SAMPLES = {
+    go: 'package main\n\nimport "fmt"\n\nfunc main() {\n\tfmt.Println("Hello, 世界")\n}\n',
+    python: 'print("Hello from compilerd")\n',
+    c: '#include <stdio.h>\n\nint main(void) {\n\tputs("Hello from compilerd");\n\treturn 0;\n}\n',
+  };
+  var defaultLanguage = '';
 
   var OUTPUT_TOO_LARGE = 'Program output too large.';
   var TOOK_TOO_LONG = 'process took too long';
@@ -21,10 +36,23 @@
   var current = null;
 
   function write(kind, text) {
-    var span = document.createElement('span');
-    span.className = kind === 'stdout' || kind === 'stderr' ? kind : 'system';
-    span.textContent = text;
-    output.appendChild(span);
+    if (kind === 'stdout' && text.indexOf('IMAGE:') === 0) {
+      var img = document.createElement('img');
+      img.src = 'data:image/png;base64,' + text.substr(6).trim();
+      img.alt = 'image written by the program';
+      output.appendChild(img);
+    } else {
+      // A form feed clears what was shown; the text after the last one stays.
+      var parts = text.split('\x0c');
+      if (parts.length > 1) {
+        output.textContent = '';
+        text = parts.pop();
+      }
+      var span = document.createElement('span');
+      span.className = kind === 'stdout' || kind === 'stderr' ? kind : 'system';
+      span.textContent = text;
+      output.appendChild(span);
+    }
     var section = output.parentNode;
     section.scrollTop = section.scrollHeight;
   }
@@ -128,7 +156,9 @@
       },
     };
     var xhr = new XMLHttpRequest();
-    xhr.open('POST', '/compile');
+    var lang = langSelect.value;
+    xhr.open('POST', lang && lang !== defaultLanguage
+      ? '/compile?lang=' + encodeURIComponent(lang) : '/compile');
     xhr.setRequestHeader('Content-Type', 'application/x-www-form-urlencoded; charset=UTF-8');
     xhr.setRequestHeader('Accept', 'application/json, text/javascript, */*; q=0.01');
     xhr.setRequestHeader('X-Requested-With', 'XMLHttpRequest');
@@ -142,8 +172,22 @@
       }
       var events = (data.Events || []).slice();
       var errors = data.Errors || '';
+      if (data.VetErrors) {
+        write('stderr', data.VetErrors);
+        write('system', 'Go vet exited.\n\n');
+      }
+      // A build that failed: its messages, and nothing ran.
+      if (errors && errors !== TOOK_TOO_LONG && events.length === 0 && 'IsTest' in data) {
+        write('stderr', errors);
+        return finish('Go build failed.', true);
+      }
       (function next() {
         if (current !== run) return;
+        if (events.length === 0 && data.IsTest && !errors) {
+          var failed = data.TestsFailed || 0;
+          if (failed === 0) return finish('All tests passed.', false);
+          return finish(failed + (failed === 1 ? ' test failed.' : ' tests failed.'), true);
+        }
         if (events.length === 0) return ended(errors, data.Status || 0);
         var e = events.shift();
         // The daemon's own notices (an output flood, a memory kill) say how the run ended, as
@@ -157,7 +201,7 @@
     xhr.onerror = function () {
       if (current === run) finish('Error communicating with remote server.', true);
     };
-    xhr.send(formEncode({ version: 2, body: body }));
+    xhr.send(formEncode({ version: 2, body: body, withVet: vetBox.checked }));
     return run;
   }
 
@@ -165,8 +209,43 @@
     if (current) current.kill();
     start();
     var body = code.value;
-    current = transportSelect.value === 'http' ? runHttp(body) : runSocket(body);
+    var http = transportSelect.value === 'http' || vetBox.checked ||
+      (langSelect.value && langSelect.value !== defaultLanguage);
+    current = http ? runHttp(body) : runSocket(body);
   }
+
+  // --- Languages -----------------------------------------------------------------------------
+  function sampleOf(lang) {
+    return SAMPLES[lang] || '';
+  }
+
+  function loadLanguages() {
+    var xhr = new XMLHttpRequest();
+    xhr.open('GET', '/languages');
+    xhr.onload = function () {
+      var list = null;
+      try { list = JSON.parse(xhr.responseText); } catch (e) { return; }
+      if (!Array.isArray(list) || list.length === 0) return;
+      list.forEach(function (l) {
+        var opt = document.createElement('option');
+        opt.value = l.name;
+        opt.textContent = l.version ? l.name + ' (' + l.version + ')' : l.name;
+        if (l.default) { opt.selected = true; defaultLanguage = l.name; }
+        langSelect.appendChild(opt);
+      });
+      langLabel.hidden = list.length < 2;
+      var sample = sampleOf(defaultLanguage);
+      if (sample && code.dataset.edited !== 'yes') code.value = sample;
+    };
+    xhr.send();
+  }
+
+  code.addEventListener('input', function () { code.dataset.edited = 'yes'; });
+  langSelect.addEventListener('change', function () {
+    var sample = sampleOf(langSelect.value);
+    if (sample && code.dataset.edited !== 'yes') code.value = sample;
+  });
+  loadLanguages();
 
   runButton.addEventListener('click', run);
   killButton.addEventListener('click', function () { if (current) current.kill(); });
