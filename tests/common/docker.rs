@@ -29,6 +29,11 @@ pub fn runtime() -> Option<String> {
         .filter(|r| !r.is_empty())
 }
 
+/// Whether the tests run under gVisor, where a few things differ by design (see README, "gVisor").
+pub fn gvisor() -> bool {
+    runtime().as_deref() == Some("runsc")
+}
+
 /// `opts` under the tests' runtime, unless they name one.
 pub fn with_runtime(mut opts: DockerOptions) -> DockerOptions {
     if opts.runtime.is_none() {

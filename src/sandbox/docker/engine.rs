@@ -44,6 +44,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::events::Events;
+use super::runtime::Runtime;
 use super::settings::{self, ImageCommand};
 use super::sweep::{LABEL_INSTANCE, LABEL_MANAGED, LABEL_OWNER, current_owner};
 use crate::sandbox::relay::InstalledRelay;
@@ -68,8 +69,8 @@ pub(super) struct Engine {
     /// The output relay on the host, mounted into every container.
     relay: Arc<InstalledRelay>,
     pub limits: Limits,
-    /// The OCI runtime named to the engine; `None`: its default.
-    oci_runtime: Option<String>,
+    /// The OCI runtime of the containers.
+    oci_runtime: Runtime,
     pub instance: String,
     labels: HashMap<String, String>,
     pub events: Arc<Events>,
@@ -200,7 +201,7 @@ impl Engine {
         command: ImageCommand,
         relay: Arc<InstalledRelay>,
         limits: Limits,
-        oci_runtime: Option<String>,
+        oci_runtime: Runtime,
     ) -> Arc<Engine> {
         // Random, so that names stay unique across restarts and across daemons on one engine.
         let instance = format!("{:012x}", rand::random::<u64>() >> 16);
@@ -252,7 +253,7 @@ impl Engine {
             self.relay.path(),
             &self.limits,
             self.labels.clone(),
-            self.oci_runtime.as_deref(),
+            &self.oci_runtime,
         );
         let create = CreateContainerOptionsBuilder::new()
             .name(&guard.name)

@@ -14,7 +14,7 @@ mod engine;
 mod events;
 mod pool;
 mod run;
-mod runtime;
+pub mod runtime;
 pub mod settings;
 pub mod sweep;
 
@@ -173,8 +173,9 @@ impl DockerSandbox {
         // The command is in it: the same image with another command (a formatter) answers the
         // same program differently; so is the runtime.
         let fingerprint = format!(
-            "backend=docker;image={image}@{image_id};command={:?};runtime={runtime};syscalls={};{}",
+            "backend=docker;image={image}@{image_id};command={:?};runtime={};syscalls={};{}",
             command.argv,
+            runtime.name,
             crate::sandbox::syscalls::fingerprint(),
             limits.fingerprint()
         );
@@ -191,7 +192,7 @@ impl DockerSandbox {
             command,
             Arc::new(relay),
             limits,
-            opts.runtime.clone(),
+            runtime.clone(),
         );
         let follower = engine
             .events
@@ -222,7 +223,8 @@ impl DockerSandbox {
             host,
             image,
             image_id,
-            runtime,
+            runtime = runtime.name,
+            gvisor = runtime.gvisor,
             pool = opts.pool_size,
             instance = engine.instance,
             "docker sandbox ready"

@@ -10,6 +10,7 @@ use bollard::models::{
     ImageConfig, ResourcesUlimits,
 };
 
+use super::runtime::Runtime;
 use crate::sandbox::relay::DOCKER_RELAY_PATH;
 use crate::sandbox::syscalls;
 use crate::sandbox::{Limits, SANDBOX_ENV};
@@ -111,14 +112,14 @@ fn sandbox_env() -> Vec<String> {
 
 /// Everything the engine needs to create one sandbox container from `image`, whose main process
 /// runs `command` under the relay at `relay` on the host, mounted read-only, under the OCI
-/// `runtime` (`None`: the engine's default).
+/// `runtime`.
 pub fn container_body(
     image: &str,
     command: &ImageCommand,
     relay: &std::path::Path,
     limits: &Limits,
     labels: HashMap<String, String>,
-    runtime: Option<&str>,
+    runtime: &Runtime,
 ) -> ContainerCreateBody {
     let memory = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);
     let tmpfs_bytes = i64::try_from(limits.tmpfs_bytes).unwrap_or(i64::MAX);
@@ -154,7 +155,9 @@ pub fn container_body(
             memory_swap: Some(memory),
             binds: Some(vec![format!("{}:{DOCKER_RELAY_PATH}:ro", relay.display())]),
             // The init and the relay count, as in any container.
-            pids_limit: Some(i64::from(limits.pids)),
+            // Under gVisor the program's processes are bounded by RLIMIT_NPROC instead (see
+            // `Runtime`).
+            pids_limit: Some(runtime.host_pids(limits.pids)),
             nano_cpus: Some((limits.cpus * 1e9).round() as i64),
             readonly_rootfs: Some(true),
             // Compiled languages build and run their binary in /tmp. Docker mounts a tmpfs
@@ -183,7 +186,12 @@ pub fn container_body(
             // it matters more: orphans of the program are reparented to PID 1, and without init
             // that would be the idle main process, which never reaps them.
             init: Some(true),
-            ulimits: Some(vec![ulimit("nofile", 1024), ulimit("core", 0)]),
+            ulimits: Some(
+                [ulimit("nofile", 1024), ulimit("core", 0)]
+                    .into_iter()
+                    .chain(runtime.process_ulimit(limits.pids))
+                    .collect(),
+            ),
             // Under host memory pressure the kernel should pick a sandbox, never the daemon.
             oom_score_adj: Some(1000),
             // Output reaches us through the attach or exec stream; a log driver would only copy
@@ -195,7 +203,7 @@ pub fn container_body(
             // Removal is ours, on every path, so that the exit code and OOM state can still be
             // read after the program ends.
             auto_remove: Some(false),
-            runtime: runtime.map(str::to_owned),
+            runtime: runtime.named.clone(),
             ..Default::default()
         }),
         ..Default::default()
@@ -220,7 +228,7 @@ mod tests {
             relay,
             &limits,
             HashMap::new(),
-            Some("runsc"),
+            &Runtime::engine_default(),
         );
         let host = body.host_config.unwrap();
         assert_eq!(host.network_mode.as_deref(), Some("none"));
@@ -242,7 +250,7 @@ mod tests {
         assert_eq!(body.cmd, Some(vec!["sh".to_owned()]));
         assert_eq!(host.nano_cpus, Some(1_000_000_000));
         assert_eq!(host.readonly_rootfs, Some(true));
-        assert_eq!(host.runtime.as_deref(), Some("runsc"));
+        assert_eq!(host.runtime, None);
         assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
         assert_eq!(
             host.cap_add,
@@ -260,6 +268,33 @@ mod tests {
         assert!(tmp.split(',').any(|o| o == "exec"), "{tmp}");
         assert_eq!(body.user.as_deref(), Some("0:0"));
         assert_eq!(body.env.unwrap().len(), SANDBOX_ENV.len());
+    }
+
+    #[test]
+    fn gvisor_bounds_processes_by_rlimit() {
+        let limits = Limits::default();
+        let command = ImageCommand {
+            argv: vec!["sh".into()],
+            working_dir: String::new(),
+        };
+        let runsc = Runtime {
+            name: "runsc".into(),
+            named: Some("runsc".into()),
+            gvisor: true,
+        };
+        let relay = std::path::Path::new("/run/compilerd/relay");
+        let body = container_body("img", &command, relay, &limits, HashMap::new(), &runsc);
+        let host = body.host_config.unwrap();
+        assert_eq!(host.runtime.as_deref(), Some("runsc"));
+        // Room for gVisor's own threads; the program's processes are its NPROC.
+        assert!(host.pids_limit.unwrap() > 64 * 9, "{:?}", host.pids_limit);
+        let nproc = host
+            .ulimits
+            .unwrap()
+            .into_iter()
+            .find(|u| u.name.as_deref() == Some("nproc"))
+            .unwrap();
+        assert_eq!((nproc.soft, nproc.hard), (Some(64), Some(64)));
     }
 
     #[test]

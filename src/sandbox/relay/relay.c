@@ -23,7 +23,8 @@
  * The program gets one SOCK_SEQPACKET socket as stdout and another as stderr. The kernel stamps
  * each write as it is queued, so writes keep their boundaries and their time; the relay always
  * forwards the pending write with the smallest stamp across both sockets (peeking both first), so
- * a later write never overtakes an earlier one. Each write leaves the relay on its own stdout as a
+ * a later write never overtakes an earlier one. Where writes arrive unstamped (gVisor), stdout and
+ * stderr are instead two datagram sockets sending to one queue (see `make_queue`). Each write leaves the relay on its own stdout as a
  * frame: one kind byte ('o' stdout, 'e' stderr, 'x' exit), a 4-byte big-endian length, the payload.
  * The exit frame's payload is the program's status (exit code, or 128+signal) and the number of
  * OOM kills the sandbox's memory cgroup counted during the run (0xffffffff: unknown), both 4-byte
@@ -35,9 +36,11 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,10 +48,12 @@
 #include <grp.h>
 #include <linux/capability.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/syscall.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -156,6 +161,17 @@ static int earlier(const struct timespec *a, const struct timespec *b) {
     return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
 }
 
+/* Makes `*buf` hold at least `len` bytes. */
+static void room(char **buf, size_t *cap, size_t len) {
+    if (len <= *cap)
+        return;
+    free(*buf);
+    *cap = len;
+    *buf = malloc(*cap);
+    if (!*buf)
+        die("allocating");
+}
+
 /* Forwards every write queued now, oldest first; returns how many. */
 static int drain(struct stream *st, char **buf, size_t *cap) {
     int moved = 0;
@@ -176,13 +192,7 @@ static int drain(struct stream *st, char **buf, size_t *cap) {
             s = &st[1];
         else
             return moved;
-        if (s->len > *cap) {
-            free(*buf);
-            *cap = s->len;
-            *buf = malloc(*cap);
-            if (!*buf)
-                die("allocating");
-        }
+        room(buf, cap, s->len);
         ssize_t n = recv(s->fd, *buf, s->len ? s->len : 1, MSG_DONTWAIT);
         if (n < 0)
             die("reading the program's output");
@@ -191,14 +201,152 @@ static int drain(struct stream *st, char **buf, size_t *cap) {
     }
 }
 
+/* Raises the send buffer of `fd` as far as allowed (see SEND_BUFFER). SO_SNDBUFFORCE needs
+ * CAP_NET_ADMIN on Linux; gVisor accepts it without any effect, so the size is checked. */
+static void big_send_buffer(int fd) {
+    int size = SEND_BUFFER, got = 0;
+    socklen_t len = sizeof got;
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof size) < 0 ||
+        getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &got, &len) < 0 || got < size)
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+}
+
 static void pair(int sv[2]) {
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
         die("socketpair");
-    int one = 1, size = SEND_BUFFER;
+    int one = 1;
     if (setsockopt(sv[0], SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one) < 0)
         die("SO_TIMESTAMPNS");
-    if (setsockopt(sv[1], SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof size) < 0)
-        setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+    big_send_buffer(sv[1]);
+}
+
+/* Whether the kernel stamps a write as it is queued. Linux does; gVisor (runsc) accepts
+ * SO_TIMESTAMPNS but its writes arrive without a stamp, and without one two streams' writes cannot
+ * be put back in order: then the relay uses the queue below instead. */
+static int stamps_arrive(void) {
+    int sv[2];
+    pair(sv);
+    char byte = 0;
+    if (send(sv[1], &byte, 1, 0) != 1)
+        die("probing the socket stamps");
+    char control[CMSG_SPACE(sizeof(struct timespec))];
+    struct iovec iov = {&byte, 1};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
+                         .msg_controllen = sizeof control};
+    int stamped = recvmsg(sv[0], &msg, 0) == 1 && CMSG_FIRSTHDR(&msg) != NULL;
+    close(sv[0]);
+    close(sv[1]);
+    return stamped;
+}
+
+/* The queue, where writes carry no stamp: one datagram socket receives the writes of both streams,
+ * each stream a datagram socket of its own connected to it, so the kernel queues the writes of
+ * both in the order they were made and says which socket sent each. Exact for writes made one
+ * after another, as the stamps are. A datagram socket has no end of stream: the program's output is
+ * over instead once none of its processes is left (see `program_left`). */
+static int queue_fd = -1;
+static struct sockaddr_un sender_name[2];
+static socklen_t sender_len[2];
+
+/* An abstract socket name, unique to this relay (the network namespace holds them). */
+static socklen_t abstract_name(struct sockaddr_un *a, unsigned long long nonce, char tag) {
+    memset(a, 0, sizeof *a);
+    a->sun_family = AF_UNIX;
+    int n = snprintf(a->sun_path + 1, sizeof a->sun_path - 1, "compilerd-relay/%d/%016llx/%c",
+                     (int)getpid(), nonce, tag);
+    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+}
+
+/* Makes the queue; returns the program's stdout and stderr in `fds`. */
+static void make_queue(int fds[2]) {
+    unsigned long long nonce;
+    if (getrandom(&nonce, sizeof nonce, 0) != sizeof nonce)
+        die("getrandom");
+    struct sockaddr_un q;
+    socklen_t qlen = abstract_name(&q, nonce, 'q');
+    queue_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (queue_fd < 0 || bind(queue_fd, (struct sockaddr *)&q, qlen) < 0)
+        die("making the output queue");
+    for (int i = 0; i < 2; i++) {
+        sender_len[i] = abstract_name(&sender_name[i], nonce, "oe"[i]);
+        fds[i] = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (fds[i] < 0 || bind(fds[i], (struct sockaddr *)&sender_name[i], sender_len[i]) < 0 ||
+            connect(fds[i], (struct sockaddr *)&q, qlen) < 0)
+            die("connecting a stream to the output queue");
+        big_send_buffer(fds[i]);
+    }
+}
+
+/* Forwards every write queued now, in queue order; datagrams from any other sender (the program
+ * can find the queue's name) are dropped. */
+static void drain_queue(char **buf, size_t *cap) {
+    for (;;) {
+        struct sockaddr_un from;
+        char byte;
+        struct iovec iov = {&byte, 0};
+        struct msghdr msg = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = &iov,
+                             .msg_iovlen = 1};
+        ssize_t n = recvmsg(queue_fd, &msg, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                return;
+            die("reading the program's output");
+        }
+        room(buf, cap, (size_t)n);
+        iov.iov_base = *buf;
+        iov.iov_len = n ? (size_t)n : 1;
+        msg.msg_namelen = sizeof from;
+        n = recvmsg(queue_fd, &msg, MSG_DONTWAIT);
+        if (n < 0)
+            die("reading the program's output");
+        for (int i = 0; i < 2; i++)
+            if (msg.msg_namelen == sender_len[i] && memcmp(&from, &sender_name[i], sender_len[i]) == 0)
+                frame("oe"[i], *buf, (uint32_t)n);
+    }
+}
+
+/* The processes there were before the program (the engine's init, the relay, in a pooled
+ * container the other relay and its command); -1 when there were too many to keep. */
+static pid_t before[64];
+static int n_before = 0;
+
+/* Calls `each` for every process in /proc (this pid namespace's) but this one; stops when it
+ * returns nonzero and returns that, or -1 when /proc cannot be read. */
+static int each_process(int (*each)(pid_t)) {
+    DIR *d = opendir("/proc");
+    if (!d)
+        return -1;
+    int found = 0;
+    struct dirent *entry;
+    while (!found && (entry = readdir(d))) {
+        char *end;
+        long pid = strtol(entry->d_name, &end, 10);
+        if (*end == 0 && pid > 0 && pid != getpid())
+            found = each((pid_t)pid);
+    }
+    closedir(d);
+    return found;
+}
+
+static int remember(pid_t pid) {
+    if (n_before == (int)(sizeof before / sizeof *before))
+        return 1;
+    before[n_before++] = pid;
+    return 0;
+}
+
+static int is_new(pid_t pid) {
+    for (int i = 0; i < n_before; i++)
+        if (before[i] == pid)
+            return 0;
+    return 1;
+}
+
+/* Whether a process the program started may still write (one that came after it, which neither
+ * gVisor's kernel nor the relay's would let it hide). gVisor has no PR_SET_CHILD_SUBREAPER, so
+ * the relay cannot count them as its children. Unknown counts as yes: the grace period ends it. */
+static int program_left(void) {
+    return n_before < 0 || each_process(is_new) != 0;
 }
 
 static long long now_ms(void) {
@@ -309,9 +457,21 @@ int main(int argc, char **argv) {
     /* Only watched for its end, never read: the program reads its stdin itself. */
     int in_fd = drop ? fcntl(0, F_DUPFD_CLOEXEC, 3) : -1;
     long long oom_before = oom_kills();
+    /* The program's stdout and stderr (o[1], e[1]), and what the relay reads them from. */
     int o[2], e[2];
-    pair(o);
-    pair(e);
+    int queued = !stamps_arrive();
+    if (queued) {
+        int fds[2];
+        make_queue(fds);
+        o[0] = e[0] = -1;
+        o[1] = fds[0];
+        e[1] = fds[1];
+        if (each_process(remember) != 0)
+            n_before = -1;
+    } else {
+        pair(o);
+        pair(e);
+    }
 
     int refused[2] = {-1, -1};
     if (drop) {
@@ -368,14 +528,19 @@ int main(int argc, char **argv) {
     if (!buf)
         die("allocating");
     int status = -1, signalled = 0;
+    /* With the queue: no process of the program is left. */
+    int all_gone = 0;
     long long exited_at = 0;
     for (;;) {
-        drain(st, &buf, &cap);
-        if (status >= 0 && ((st[0].fd < 0 && st[1].fd < 0) ||
-                            now_ms() - exited_at >= LEFTOVER_GRACE_MS))
+        if (queued)
+            drain_queue(&buf, &cap);
+        else
+            drain(st, &buf, &cap);
+        int ended = queued ? all_gone : st[0].fd < 0 && st[1].fd < 0;
+        if (status >= 0 && (ended || now_ms() - exited_at >= LEFTOVER_GRACE_MS))
             break;
         struct pollfd p[3] = {{.fd = sigfd, .events = POLLIN},
-                              {.fd = st[0].fd, .events = POLLIN},
+                              {.fd = queued ? queue_fd : st[0].fd, .events = POLLIN},
                               {.fd = st[1].fd, .events = POLLIN}};
         int timeout = -1;
         if (status >= 0) {
@@ -398,6 +563,7 @@ int main(int argc, char **argv) {
                     exited_at = now_ms();
                 }
             }
+            all_gone = status >= 0 && queued && !program_left();
         }
     }
     long long oom_after = oom_kills();
