@@ -257,12 +257,12 @@ async fn no_network() {
         echo hi | nc -w 1 127.0.0.1 80; echo \"lo=$?\"";
         let (status, out, err) = exited(sb.run(program).await);
         assert_eq!(status, 0);
-        // gVisor's netstack shows no interface in /sys, and has no route at all.
-        let (interfaces, refusal) = match gvisor() {
-            true => ("", "No route to host"),
-            false => ("lo\n", "Network is unreachable"),
+        // gVisor's netstack has no route at all.
+        let refusal = match gvisor() {
+            true => "No route to host",
+            false => "Network is unreachable",
         };
-        assert_eq!(out, format!("{interfaces}out=1\nlo=1\n"), "stderr: {err}");
+        assert_eq!(out, "lo\nout=1\nlo=1\n", "stderr: {err}");
         assert!(err.contains(refusal), "{err}");
         sb.finish().await;
     }
@@ -353,7 +353,10 @@ async fn runs_as_nobody_without_capabilities() {
             }
             assert_eq!(fields.get(cap), Some(&"0000000000000000"), "{cap} in {out}");
         }
-        assert_eq!(fields.get("NoNewPrivs"), Some(&"1"), "{out}");
+        // gVisor's /proc has no NoNewPrivs line (the engine sets it all the same).
+        if !gvisor() || fields.contains_key("NoNewPrivs") {
+            assert_eq!(fields.get("NoNewPrivs"), Some(&"1"), "{out}");
+        }
         // The program (an exec, or a child of the container's init) is filtered exactly as the
         // container's init is.
         assert!(fields.contains_key("Seccomp"), "{out}");
@@ -819,7 +822,10 @@ kill -9 -1; sleep 0.2; echo after";
             }
             assert_eq!(fields.get(cap), Some(&"0000000000000000"), "{cap}: {out}");
         }
-        assert_eq!(fields.get("NoNewPrivs"), Some(&"1"), "{out}");
+        // gVisor's /proc has no NoNewPrivs line (the engine sets it all the same).
+        if !gvisor() || fields.contains_key("NoNewPrivs") {
+            assert_eq!(fields.get("NoNewPrivs"), Some(&"1"), "{out}");
+        }
         // docker-init alone; the relay and the program are not root.
         assert!(out.contains("\nroots=1\n"), "{mode:?}: {out}");
         assert!(out.ends_with("after\n"), "{mode:?}: {out}");
