@@ -723,7 +723,7 @@ async fn page(backend: Backend) {
             .await;
     }
     let (out, status) = run_in_page(&mut b, TESTS).await;
-    assert!(out.contains("--- FAIL: TestFails"), "{out}");
+    assert!(out.contains("--- FAIL: TestFails"), "{out} / {status}");
     assert_eq!(status, "1 test failed.");
     let (out, status) = run_in_page(&mut b, "package main\n\nfunc main() {\n\tx := 1\n}\n").await;
     assert_eq!(
