@@ -154,7 +154,7 @@ impl DockerSandbox {
 
         let runtime = runtime::resolve(&docker, host, image, opts.runtime.as_deref()).await?;
 
-        let swept = sweep::sweep_orphans(&docker).await.map_err(|e| {
+        let orphans = sweep::orphans(&docker).await.map_err(|e| {
             engine_error(
                 host,
                 image,
@@ -163,11 +163,21 @@ impl DockerSandbox {
                 e,
             )
         })?;
-        if swept > 0 {
-            tracing::info!(
-                count = swept,
-                "removed sandbox containers left by a previous daemon"
-            );
+        // In the background: the engine may be unable to remove one (a wedged runtime, e.g. a
+        // gVisor sandbox stopped under ptrace), and then the call waits out the client's whole
+        // timeout; startup (once per sandbox, i.e. per language and formatter) must not wait
+        // with it. Orphans are dead daemons' containers, so nothing here needs them gone first.
+        if !orphans.is_empty() {
+            let docker = docker.clone();
+            tokio::spawn(async move {
+                let swept = sweep::remove_all(&docker, orphans).await;
+                if swept > 0 {
+                    tracing::info!(
+                        count = swept,
+                        "removed sandbox containers left by a previous daemon"
+                    );
+                }
+            });
         }
 
         // The command is in it: the same image with another command (a formatter) answers the

@@ -55,9 +55,9 @@ fn start_time(pid: u32) -> Option<String> {
     Some(stat.starttime.to_string())
 }
 
-/// Removes the containers with our label whose owner is gone; returns how many it removed.
-pub async fn sweep_orphans(docker: &Docker) -> Result<usize, bollard::errors::Error> {
-    let orphans = list(docker, &format!("{LABEL_MANAGED}=true"))
+/// The containers with our label whose owner is gone.
+pub async fn orphans(docker: &Docker) -> Result<Vec<String>, bollard::errors::Error> {
+    Ok(list(docker, &format!("{LABEL_MANAGED}=true"))
         .await?
         .into_iter()
         .filter(|c| {
@@ -65,8 +65,7 @@ pub async fn sweep_orphans(docker: &Docker) -> Result<usize, bollard::errors::Er
             !owner.is_some_and(|o| owner_alive(o))
         })
         .filter_map(|c| c.id)
-        .collect();
-    Ok(remove_all(docker, orphans).await)
+        .collect())
 }
 
 /// Removes every container of one sandbox instance, whatever its state: at shutdown, the ones
@@ -95,7 +94,8 @@ async fn list(
     docker.list_containers(Some(options)).await
 }
 
-async fn remove_all(docker: &Docker, ids: Vec<String>) -> usize {
+/// Removes the containers `ids`, whatever their state; returns how many it removed.
+pub async fn remove_all(docker: &Docker, ids: Vec<String>) -> usize {
     let force = RemoveContainerOptionsBuilder::new()
         .force(true)
         .v(true)
