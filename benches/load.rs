@@ -240,8 +240,67 @@ fn engine_floor(
 /// namespaces, the read-only root, /proc, /dev, a /tmp tmpfs, as nobody without capabilities — the
 /// floor a sandboxed run is compared with. (success, stdout).
 fn bwrap_direct(root: &str, command: &[&str], program: &str) -> (bool, String) {
+    bwrap_spawn(root, command, program, None)
+}
+
+/// A memfd holding `bytes`, read from offset 0, closed on exec (the child gets a dup2 of it),
+/// numbered 10 or above, clear of the numbers a child's copies take.
+fn memfd_with(bytes: &[u8]) -> std::os::fd::OwnedFd {
+    use std::io::{Seek, Write};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: a fresh descriptor from memfd_create, owned by the File from here on.
+    let fd = unsafe { libc::memfd_create(c"bench-seccomp".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.write_all(bytes).unwrap();
+    file.rewind().unwrap();
+    // SAFETY: duplicates a descriptor we own; the copy is owned by the returned value.
+    let high = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    assert!(
+        high >= 0,
+        "F_DUPFD_CLOEXEC: {}",
+        std::io::Error::last_os_error()
+    );
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(high) }
+}
+
+/// `bwrap_direct`, with `filters` installed as the daemon installs them (each program from a
+/// descriptor of its own, from 3 up, and `--disable-userns`) when there are some.
+fn bwrap_spawn(
+    root: &str,
+    command: &[&str],
+    program: &str,
+    filters: Option<&compilerd::sandbox::syscalls::Filters>,
+) -> (bool, String) {
     use std::io::Write;
-    let mut child = Command::new("bwrap")
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fds: Vec<std::os::fd::OwnedFd> = filters
+        .map(|f| f.programs().iter().map(|p| memfd_with(p)).collect())
+        .unwrap_or_default();
+    let mut cmd = Command::new("bwrap");
+    let mut filter_args: Vec<String> = Vec::new();
+    if !fds.is_empty() {
+        filter_args.push("--disable-userns".into());
+        let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        for target in 3..3 + raw.len() as i32 {
+            filter_args.extend(["--add-seccomp-fd".into(), target.to_string()]);
+        }
+        // SAFETY: only dup2 between fork and exec. The sources are 10 and above, the targets 3
+        // and 4, so no dup2 overwrites a source still to be placed, and each copy is a new
+        // descriptor, inheritable.
+        unsafe {
+            cmd.pre_exec(move || {
+                for (i, &src) in raw.iter().enumerate() {
+                    if libc::dup2(src, 3 + i as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd
         .args([
             "--unshare-all",
             "--unshare-user",
@@ -273,14 +332,16 @@ fn bwrap_direct(root: &str, command: &[&str], program: &str) -> (bool, String) {
             "65534",
             "--cap-drop",
             "ALL",
-            "--",
         ])
+        .args(&filter_args)
+        .arg("--")
         .args(command)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("bwrap");
+    drop(fds);
     let _ = child.stdin.take().unwrap().write_all(program.as_bytes());
     let out = child.wait_with_output().unwrap();
     (
@@ -778,12 +839,21 @@ fn main() {
             run_ours,
         );
         let (burst, burst_err) = sequential(n, "burst", || (), run_ours);
-        // The floor: a bare bwrap spawn of `sh -c true` in the same root, as many, just after.
+        // The floor: a bare bwrap spawn of `sh -c true` in the same root, as many, just after;
+        // then as many with the daemon's syscall filters (compiled once, as the daemon does),
+        // which says what the filters cost a spawn.
         let (bare, bare_err) = sequential(
             n,
             "bare",
             || (),
             |_| bwrap_direct(&root, &["/bin/sh", "-c", "true"], "").0,
+        );
+        let filters = compilerd::sandbox::syscalls::Filters::compile().unwrap();
+        let (filtered, filtered_err) = sequential(
+            n,
+            "bare+filter",
+            || (),
+            |_| bwrap_spawn(&root, &["/bin/sh", "-c", "true"], "", Some(&filters)).0,
         );
         let (bwall, berrs) = concurrent(wide_n, 8, |i| {
             post(&client, &burl, wide("bwrap", i)).0 == 200
@@ -812,6 +882,7 @@ fn main() {
             burst_err,
         );
         line("bare `bwrap ... /bin/sh -c true`", &bare, bare_err);
+        line("the same with the syscall filters", &filtered, filtered_err);
         let (p50, bare50) = (percentile(&light, 0.5), percentile(&bare, 0.5));
         println!(
             "    light-load p50 {:.1} ms vs bare spawn {:.1} ms: {}",
@@ -869,6 +940,18 @@ fn main() {
             "    bare `bwrap ... /bin/sh -c true`, 8 at a time: {bare_rps:.0} spawns/s  errors {bare_errs}  CPU per spawn {:.2} ms; compilerd sustains {:.0}% of it",
             (all1 - all0) as f64 * tick_ms / bare_n.max(1) as f64,
             sustained.rps / bare_rps * 100.0
+        );
+        // The same with the filters, as long: the CPU a spawn pays for them.
+        let all0 = machine();
+        let (fil_n, fil_errs, fil_s) = for_a_while(8, seconds, |i| {
+            let p = format!("{i}");
+            bwrap_spawn(&root, &["/bin/sh", "-c", "true"], &p, Some(&filters)).0
+        });
+        let all1 = machine();
+        println!(
+            "    the same with the syscall filters: {:.0} spawns/s  errors {fil_errs}  CPU per spawn {:.2} ms",
+            fil_n as f64 / fil_s,
+            (all1 - all0) as f64 * tick_ms / fil_n.max(1) as f64,
         );
         drop(b);
     }
