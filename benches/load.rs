@@ -12,9 +12,12 @@
 //!   (g, h) Go hello world, cold, vs `docker run` and the image's own commands under bare bwrap;
 //!   (s) live output: the time from a program's first write to a WebSocket client of /socket
 //!       receiving it, on Docker and on bubblewrap.
+//!   (p) Go as on the playground, on bubblewrap: hello world (fake time) vs the bare spawn of the
+//!       image's run command, a two-package txtar, and hello world with vet.
 //! Run: `cargo bench --bench load` (root, Docker engine, wrk, bubblewrap, the test image).
-//! `BENCH_QUICK=1` shortens every phase for a smoke test; `BENCH_PHASES=c` (any of `abcwdghs`, w
-//! for bubblewrap, g for Go, h for Go without Docker, s for /socket) runs only the phases named.
+//! `BENCH_QUICK=1` shortens every phase for a smoke test; `BENCH_PHASES=c` (any of `abcwdghps`, w
+//! for bubblewrap, g for Go, h for Go without Docker, p for the Go playground's features, s for
+//! /socket) runs only the phases named.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -1043,6 +1046,9 @@ fn main() {
         }
     }
 
+    if phase('p') {
+        go_playground(quick(), &client);
+    }
     if phase('s') {
         let n = if quick() { 10 } else { 50 };
         println!("\n(s) live output over /socket, {n} sequential runs: first write -> client");
@@ -1162,4 +1168,110 @@ fn socket_lags(d: &Daemon, n: usize, tag: &str) -> Vec<Duration> {
     });
     lags.sort();
     lags
+}
+
+/// (p): a distinct two-package txtar archive (go.mod and a package of its own).
+fn go_txtar(i: usize) -> String {
+    format!(
+        "package main\n\nimport \"play.ground/greet\"\n\n// txtar {i} {}\nfunc main() {{\n\tgreet.Print()\n}}\n-- go.mod --\nmodule play.ground\n-- greet/greet.go --\npackage greet\n\nimport \"fmt\"\n\nfunc Print() {{\n\tfmt.Println(\"Hello, 世界\")\n}}\n",
+        std::process::id()
+    )
+}
+
+/// (p): the Go playground's form, as its page posts it.
+fn post_form(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    program: &str,
+    vet: bool,
+) -> (u16, String) {
+    let body = format!(
+        "version=2&body={}&withVet={vet}",
+        program
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' =>
+                    (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    );
+    match client
+        .post(url)
+        .header(
+            "content-type",
+            "application/x-www-form-urlencoded; charset=UTF-8",
+        )
+        .body(body)
+        .send()
+    {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            (s, r.text().unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// (p): Go programs as on the playground, on bubblewrap, interleaved one of each per round so
+/// that the machine's load drifts over all of them: hello world (fake time on) next to the bare
+/// spawn of the image's run command with the same program (the reference), a two-package txtar
+/// archive (the go command), and hello world with vet (the go command and vet).
+fn go_playground(quick: bool, client: &reqwest::blocking::Client) {
+    let n = if quick { 5 } else { 20 };
+    let go_root =
+        std::env::var("BENCH_GO_ROOTFS").unwrap_or_else(|_| "/var/lib/compilerd/rootfs/go".into());
+    let b = Daemon::start(&[
+        "--backend",
+        "bwrap",
+        "--rootfs",
+        &go_root,
+        "--command",
+        "/usr/lib/compilerd/run",
+        "--timeout",
+        "10s",
+    ]);
+    let url = b.url();
+    let greeted = |(status, body): (u16, String)| status == 200 && body.contains("Hello, 世界");
+    let mut rows: Vec<(&str, Vec<Duration>, usize)> = vec![
+        ("compilerd hello      ", Vec::new(), 0),
+        ("bwrap + run cmd hello", Vec::new(), 0),
+        ("compilerd txtar      ", Vec::new(), 0),
+        ("compilerd hello + vet", Vec::new(), 0),
+    ];
+    for i in 0..n {
+        let runs: [&dyn Fn() -> bool; 4] = [
+            &|| greeted(post_form(client, &url, &go_hello("pg", i), false)),
+            &|| {
+                let (ok, out) = bwrap_direct(
+                    &go_root,
+                    &["/usr/lib/compilerd/run"],
+                    &go_hello("pgdirect", i),
+                );
+                ok && out.contains("Hello")
+            },
+            &|| greeted(post_form(client, &url, &go_txtar(i), false)),
+            &|| {
+                let (status, body) = post_form(client, &url, &go_hello("pgvet", i), true);
+                greeted((status, body.clone())) && body.contains("\"VetOK\":true")
+            },
+        ];
+        for (row, run) in rows.iter_mut().zip(runs) {
+            let t = Instant::now();
+            if !run() {
+                row.2 += 1;
+            }
+            row.1.push(t.elapsed());
+        }
+    }
+    drop(b);
+    println!("\n(p) Go as on the playground, bubblewrap, {n} rounds of distinct programs:");
+    for (name, t, e) in &mut rows {
+        t.sort();
+        println!(
+            "    {name}  p50 {:>7.1} ms  p90 {:>7.1} ms  errors {e}",
+            ms(percentile(t, 0.5)),
+            ms(percentile(t, 0.9))
+        );
+    }
 }
