@@ -498,6 +498,77 @@ impl CompileService {
     }
 }
 
+/// How a dialect of run requests (Piston's) renders a run, and what it answers when no run slot
+/// is free.
+pub struct RunRender<'a> {
+    /// In the cache key: each dialect caches its own bytes.
+    pub dialect: &'static str,
+    pub render: &'a (dyn Fn(&Result<crate::run::RunResult, SandboxError>) -> Row + Sync),
+    pub overloaded: Row,
+}
+
+impl CompileService {
+    /// Answers a run request (`run`): from the cache, or from a run of its stages under this
+    /// service's admission, with the same metrics as `compile`. The key covers the whole request
+    /// (files, stdin, arguments, the run's own limits), the language's stages and fingerprint.
+    pub async fn execute(
+        &self,
+        req: &crate::run::RunRequest,
+        stages: &crate::run::Stages,
+        limits: (&crate::run::StageLimits, &crate::run::StageLimits),
+        how: RunRender<'_>,
+    ) -> Answer {
+        let mut keyed = Vec::with_capacity(128);
+        keyed.extend_from_slice(how.dialect.as_bytes());
+        keyed.push(0);
+        keyed.extend_from_slice(format!("{stages:?}").as_bytes());
+        keyed.push(0);
+        keyed.extend_from_slice(&req.digest());
+        let key = self.key(&keyed);
+        if let Some(stored) = self.cache.get(&key) {
+            return Answer {
+                status: stored.status,
+                body: stored.body,
+                cache: Some(CacheStatus::Hit),
+                retry_after: None,
+                result: None,
+                key: Some(key),
+            };
+        }
+        let Ok(_slot) = self.admission.acquire().await else {
+            self.hooks.overload_rejected();
+            return self.answer_of(how.overloaded, None);
+        };
+        let started = Instant::now();
+        let result =
+            crate::run::execute(self.sandbox.as_ref(), stages, req, limits.0, limits.1, None).await;
+        if let Err(e) = &result {
+            self.hooks.sandbox_error(e.kind.as_str());
+            tracing::error!(kind = e.kind.as_str(), error = %e.message, "sandbox failed");
+        }
+        let row = (how.render)(&result);
+        self.hooks.run_finished(
+            &self.language,
+            row.metric.unwrap_or(RunResult::SandboxError),
+            started.elapsed(),
+        );
+        if row.cacheable {
+            self.cache.insert(
+                key,
+                Stored {
+                    status: row.status,
+                    body: row.body.clone(),
+                    playground: row.body.clone(),
+                },
+            );
+        }
+        Answer {
+            key: Some(key),
+            ..self.answer_of(row, Some(CacheStatus::Miss))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

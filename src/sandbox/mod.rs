@@ -6,6 +6,7 @@
 
 pub mod bwrap;
 pub mod docker;
+pub mod job;
 pub mod output;
 pub mod relay;
 pub mod scripted;
@@ -192,6 +193,14 @@ pub trait Sandbox: Send + Sync + 'static {
     fn modules(&self) -> &[String] {
         &[]
     }
+
+    /// Runs one stage of a run request (files, stdin, arguments, its own limits; see `job`) in a
+    /// fresh sandbox, with the same guarantees as `run`, and reports its measurements.
+    async fn run_job(
+        &self,
+        job: job::Job,
+        live: Option<LiveOutput>,
+    ) -> Result<job::StageOutcome, SandboxError>;
 
     /// A short state line for logs and STATUS=, e.g. "pool 2/2".
     fn status(&self) -> String {

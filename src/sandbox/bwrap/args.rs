@@ -125,6 +125,7 @@ pub(super) fn bwrap_args(
         "ALL",
         "--",
         BWRAP_RELAY_PATH,
+        "--stdin-header",
     ]);
     args.extend(command.iter().map(OsString::from));
     args

@@ -21,7 +21,7 @@ use super::spawn::{self, DataFd, Launch, Resource};
 use super::{COMPLAINTS_CAP, COMPLAINTS_WAIT, SETUP_FAILED, err, exit_status, own_threads};
 use crate::sandbox::output::OutputCollector;
 use crate::sandbox::relay::InstalledRelay;
-use crate::sandbox::supervise::{Ending, supervise};
+use crate::sandbox::supervise::{Ending, Report, supervise};
 use crate::sandbox::{Limits, LiveOutput, RunOutcome, SandboxError, SandboxErrorKind};
 
 /// Everything needed to set up a sandbox; shared by the request path and the pool's filler.
@@ -138,13 +138,19 @@ impl Prepared {
     /// cgroup. That teardown (the namespaces' end costs the kernel milliseconds) goes to
     /// `teardowns` once the outcome is known, so the answer need not wait for it; without
     /// `teardowns` it is done before returning.
+    ///
+    /// `input` is what the relay reads (its header, then a legacy program); `resize` gives the
+    /// run its own memory and process limits first; `report` gets the job's measurements, with
+    /// the peak memory read from the run's cgroup.
     pub(super) async fn serve(
         self,
-        program: Bytes,
+        input: Bytes,
         timeout: Duration,
         live: Option<LiveOutput>,
         max_output_bytes: usize,
         teardowns: Option<&Teardowns>,
+        resize: Option<(u64, u32)>,
+        report: &mut Report,
     ) -> Result<RunOutcome, SandboxError> {
         let Prepared {
             child,
@@ -153,16 +159,40 @@ impl Prepared {
             stdout,
             complaints,
         } = self;
+        let resized = match (resize, &cg) {
+            (Some((memory, pids)), Some(c)) => c.set_limits(memory, pids),
+            _ => Ok(()),
+        };
+        if let Err(e) = resized {
+            complaints.abort();
+            let _ = take_down(child, cg).await;
+            return Err(err(
+                SandboxErrorKind::Start,
+                format!("cannot set the run's own limits on its cgroup: {e}"),
+            ));
+        }
         let started = tokio::time::Instant::now();
         // A program need not read its input: a broken pipe just ends the feeding.
         let feed = async move {
             let mut stdin = stdin;
-            let _ = stdin.write_all(&program).await;
+            let _ = stdin.write_all(&input).await;
         };
         let mut output = OutputCollector::new(max_output_bytes, live);
-        let ending = supervise(frames_of(stdout), &mut output, started + timeout, feed).await;
+        let ending = supervise(
+            frames_of(stdout),
+            &mut output,
+            report,
+            started + timeout,
+            feed,
+        )
+        .await;
         // The kernel counts an OOM kill before its victim's exit can be reported.
         let oom = cg.as_ref().is_some_and(RunCgroup::oom_killed);
+        if let Some(m) = report.measures.as_mut()
+            && m.peak_memory.is_none()
+        {
+            m.peak_memory = cg.as_ref().and_then(RunCgroup::peak_memory);
+        }
         // After a normal exit too: the namespace is empty by then, and this proves it.
         let teardown = take_down(child, cg);
         let ending = match ending {

@@ -379,6 +379,21 @@ impl Engine {
         }
     }
 
+    /// Gives a started container a run's own memory and process limits, before its program.
+    pub async fn resize(&self, name: &str, limits: &Limits) -> Result<(), SandboxError> {
+        let memory = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);
+        let body = bollard::models::ContainerUpdateBody {
+            memory: Some(memory),
+            memory_swap: Some(memory),
+            pids_limit: Some(i64::from(limits.pids)),
+            ..Default::default()
+        };
+        self.docker
+            .update_container(name, body)
+            .await
+            .map_err(|e| self.error(SandboxErrorKind::Start, "setting a run's own limits", e))
+    }
+
     /// SIGKILL now; removal follows when the guard drops. Errors are ignored: a container that
     /// already exited is what we wanted, and removal kills it anyway.
     pub async fn kill(&self, name: &str) {
