@@ -16,6 +16,10 @@
  * 1 CPU, 2 wall), u64 cpu_us, u64 wall_us, u64 peak memory bytes (all ones: unknown)) and, after
  * an exit with status 0, one 'f' frame per kept file (u32 len, path, u32 mode, content).
  *
+ * The relay stops a stage at its CPU or wall time: as pid 1 under bwrap it kills every process
+ * (kill(-1)); under Docker (--user) it runs as a user of its own that cannot signal the program's,
+ * so it reports the stage killed (SIGKILL, the limit) and the daemon removes the container.
+ *
  * CPU time is that of every process of the stage: the relay reaps them all (it is pid 1 under
  * bwrap, a child subreaper under Docker), so its children's rusage holds the finished ones and
  * /proc the running ones. Peak memory is the sandbox cgroup's own high-water mark where the
@@ -66,9 +70,6 @@ struct job {
     char **keep;
     uint64_t keep_max;
     int drop;
-    uid_t uid;
-    gid_t gid;
-    job_become_fn become;
     long long cpu_base_us;
     long long started_us, ended_us;
     enum limit hit;
@@ -131,7 +132,7 @@ static uint32_t count(int fd) {
     return n;
 }
 
-struct job *job_read(int drop, uid_t uid, gid_t gid, job_become_fn become) {
+struct job *job_read(int drop) {
     unsigned char head[8];
     if (!read_exact(0, head, sizeof head, 1))
         return NULL;
@@ -170,9 +171,6 @@ struct job *job_read(int drop, uid_t uid, gid_t gid, job_become_fn become) {
         j->keep[i] = bytes(0, u32(0), 1);
     j->keep_max = u64(0);
     j->drop = drop;
-    j->uid = uid;
-    j->gid = gid;
-    j->become = become;
     /* Orphans of the stage come back to the relay, which reaps them and so counts their CPU. */
     prctl(PR_SET_CHILD_SUBREAPER, 1);
     return j;
@@ -331,37 +329,28 @@ int job_poll_ms(struct job *job) {
     return ms;
 }
 
-/* Kills every process of the stage. Under bwrap the relay is pid 1 and kill(-1) reaches all the
- * others; under Docker they run as another user, whom only that user (or CAP_KILL) can signal. */
-static void kill_all(struct job *job, pid_t child) {
+/* Kills every process of the stage where the relay can: as pid 1 (bwrap) kill(-1) reaches all the
+ * others. 1: it cannot (see the top). */
+static int kill_all(struct job *job, pid_t child) {
     job->killed = 1;
-    if (job->drop) {
-        pid_t killer = fork();
-        if (killer == 0) {
-            job->become(job->uid, job->gid);
-            kill(-1, SIGKILL);
-            _exit(0);
-        }
-        if (killer > 0)
-            while (waitpid(killer, NULL, 0) < 0 && errno == EINTR) {
-            }
-    } else if (getpid() == 1) {
-        kill(-1, SIGKILL);
-    } else {
-        kill(child, SIGKILL);
-    }
+    if (job->drop)
+        return 1;
+    kill(getpid() == 1 ? -1 : child, SIGKILL);
+    return 0;
 }
 
-void job_check(struct job *job, pid_t child) {
+int job_check(struct job *job, pid_t child) {
     if (job->ended_us || job->killed)
-        return;
+        return 0;
     if (job->wall_ms && now_us() - job->started_us >= (long long)job->wall_ms * 1000) {
         job->hit = LIMIT_WALL;
-        kill_all(job, child);
-    } else if (job->cpu_ms && cpu_us() - job->cpu_base_us >= (long long)job->cpu_ms * 1000) {
-        job->hit = LIMIT_CPU;
-        kill_all(job, child);
+        return kill_all(job, child);
     }
+    if (job->cpu_ms && cpu_us() - job->cpu_base_us >= (long long)job->cpu_ms * 1000) {
+        job->hit = LIMIT_CPU;
+        return kill_all(job, child);
+    }
+    return 0;
 }
 
 void job_reaped(struct job *job) { job->ended_us = now_us(); }

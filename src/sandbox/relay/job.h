@@ -6,12 +6,9 @@ struct job;
 
 /* Emits one frame to the daemon (relay.c's `frame`). */
 typedef void (*job_emit_fn)(char kind, const void *data, uint32_t len);
-/* Drops the calling process to UID:GID for good (relay.c's `become`). */
-typedef void (*job_become_fn)(uid_t uid, gid_t gid);
-
 /* Reads the header from fd 0. NULL: a legacy run, the program follows on stdin (also on an empty
  * stdin); else the job. Exits with status 125 on a malformed header. */
-struct job *job_read(int drop, uid_t uid, gid_t gid, job_become_fn become);
+struct job *job_read(int drop);
 /* The command line to exec instead of the relay's own arguments. */
 char **job_argv(struct job *job);
 /* Called before the fork: the CPU clock's base. */
@@ -20,8 +17,10 @@ void job_before_fork(struct job *job);
 void job_enter(struct job *job);
 /* The poll timeout while the stage runs (-1: none). */
 int job_poll_ms(struct job *job);
-/* After each wake-up while the stage runs: kills it when it is over its CPU or wall time. */
-void job_check(struct job *job, pid_t child);
+/* After each wake-up while the stage runs: kills it when it is over its CPU or wall time. 1: the
+ * relay cannot kill it (it runs as another user, with --user) and must report the stage as
+ * killed now; the daemon then removes the container, and everything in it. */
+int job_check(struct job *job, pid_t child);
 /* When the stage's main process is reaped. */
 void job_reaped(struct job *job);
 /* Before the exit frame: the measurements ('m') and, after a clean exit, the kept files ('f'). */

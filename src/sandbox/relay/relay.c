@@ -466,7 +466,7 @@ int main(int argc, char **argv) {
         die("signalfd");
     /* Only watched for its end, never read: the program reads its stdin itself. */
     int in_fd = drop ? fcntl(0, F_DUPFD_CLOEXEC, 3) : -1;
-    struct job *job = header ? job_read(drop, (uid_t)uid, (gid_t)gid, become) : NULL;
+    struct job *job = header ? job_read(drop) : NULL;
     char **command = job ? job_argv(job) : argv + 1;
     long long oom_before = oom_kills();
     /* The program's stdout and stderr (o[1], e[1]), and what the relay reads them from. */
@@ -565,8 +565,12 @@ int main(int argc, char **argv) {
         }
         if (poll(p, 3, timeout) < 0 && errno != EINTR)
             die("poll");
-        if (job && status < 0)
-            job_check(job, child);
+        if (job && status < 0 && job_check(job, child)) {
+            drain(st, &buf, &cap);
+            status = 128 + SIGKILL;
+            signalled = 1;
+            break;
+        }
         if (p[0].revents & POLLIN) {
             struct signalfd_siginfo info;
             while (read(sigfd, &info, sizeof info) > 0) {
