@@ -63,9 +63,9 @@ fn version_matches(want: &str, version: &str) -> bool {
         return true;
     }
     let have: Vec<&str> = version.split('.').collect();
-    want.split('.').enumerate().all(|(i, w)| {
-        matches!(w, "x" | "X" | "*") || have.get(i).is_some_and(|h| *h == w)
-    })
+    want.split('.')
+        .enumerate()
+        .all(|(i, w)| matches!(w, "x" | "X" | "*") || have.get(i).is_some_and(|h| *h == w))
 }
 
 fn runtimes_body(app: &App) -> Bytes {
@@ -91,7 +91,8 @@ fn message(status: u16, text: &str) -> Resp {
 
 fn not_allowed(allow: &'static str) -> Resp {
     let mut r = message(405, "Method not allowed");
-    r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    r.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
     r
 }
 
@@ -164,7 +165,9 @@ fn decode_content(i: usize, f: &Map<String, Value>) -> Result<Bytes, String> {
         "hex" => hex_decode(content)
             .map(Bytes::from)
             .ok_or_else(|| format!("files[{i}].content is not valid hex")),
-        other => Err(format!("files[{i}].encoding {other:?} is none of utf8, base64, hex")),
+        other => Err(format!(
+            "files[{i}].encoding {other:?} is none of utf8, base64, hex"
+        )),
     }
 }
 
@@ -217,8 +220,7 @@ fn limit(body: &Map<String, Value>, name: &str) -> Result<Option<u64>, String> {
 }
 
 fn decode<'a>(app: &'a App, body: &[u8], bounds: &Bounds) -> Result<Decoded<'a>, String> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))?;
     let Value::Object(body) = value else {
         return Err("the request must be a JSON object".into());
     };
@@ -325,10 +327,17 @@ async fn execute(app: &App, body: &[u8], bounds: &Bounds, started: Instant) -> R
         req.compile_limits.resolve(
             base,
             &maxima,
-            ["compile_timeout", "compile_cpu_time", "compile_memory_limit"],
+            [
+                "compile_timeout",
+                "compile_cpu_time",
+                "compile_memory_limit",
+            ],
         ),
-        req.run_limits
-            .resolve(base, &maxima, ["run_timeout", "run_cpu_time", "run_memory_limit"]),
+        req.run_limits.resolve(
+            base,
+            &maxima,
+            ["run_timeout", "run_cpu_time", "run_memory_limit"],
+        ),
     ) {
         (Ok(c), Ok(r)) => (c, r),
         (Err(e), _) | (_, Err(e)) => return message(400, &e.0),

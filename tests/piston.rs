@@ -1,0 +1,279 @@
+//! Piston's v2 API with its published clients (piston-client from npm under Debian's nodejs,
+//! aiopyston from PyPI), on real bwrap sandboxes with the toolchains of scripts/build-image.sh:
+//! runtimes, Python with stdin and args, an alias without a version, C with a compile stage and a
+//! compile error, a timeout, an unknown runtime, per-run limits, measurements and bad input.
+//!
+//! Needs /var/lib/compilerd/rootfs/{python,c} and the clients scripts/setup-test-host.sh
+//! installs under /var/lib/compilerd-test/clients; a missing one fails the test.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::TestDaemon;
+use compilerd::config::{Backend, LanguageSettings};
+use serde_json::{Value, json};
+
+const CLIENTS: &str = "/var/lib/compilerd-test/clients";
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn start() -> (TestDaemon, tokio::sync::MutexGuard<'static, ()>) {
+    let guard = ONE_AT_A_TIME.lock().await;
+    let table = |toml: &str| -> LanguageSettings { toml::from_str(toml).unwrap() };
+    let mut c = common::config(Backend::Bwrap);
+    c.limits.timeout = Duration::from_millis(5000);
+    c.limits.memory_bytes = 128 << 20;
+    c.pool_size = 1;
+    c.language_tables = BTreeMap::from([
+        (
+            "python".to_owned(),
+            table("main-file = \"main.py\"\nrun-command = \"/usr/bin/python3 -B main.py\""),
+        ),
+        (
+            "c".to_owned(),
+            table(
+                "main-file = \"main.c\"\ncompile-command = \"/usr/bin/gcc -O2 -o prog main.c -lm\"\n\
+                 compile-keep = \"prog\"\nrun-command = \"./prog\"",
+            ),
+        ),
+    ]);
+    c.default_language = Some("python".to_owned());
+    (TestDaemon::start(c).await, guard)
+}
+
+fn origin(d: &TestDaemon) -> String {
+    d.url("").trim_end_matches('/').to_owned()
+}
+
+/// Runs a script of piston-client (`client` is bound to the daemon) and returns what it printed.
+fn node(d: &TestDaemon, script: &str) -> Value {
+    let program = format!(
+        "import {{ piston }} from '{CLIENTS}/node_modules/piston-client/index.js';\n\
+         const client = piston({{server: {:?}}});\n{script}",
+        origin(d)
+    );
+    // An ES module: top-level await, an absolute import (NODE_PATH does not apply to those).
+    let out = std::process::Command::new("node")
+        .args(["--input-type=module", "-e"])
+        .arg(program)
+        .output()
+        .expect("nodejs runs (scripts/setup-test-host.sh)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Runs a script of aiopyston (`c` is a PystonClient bound to the daemon).
+fn pyston(d: &TestDaemon, script: &str) -> Value {
+    let program = format!(
+        "import asyncio, json\nfrom pyston import PystonClient, File\n\
+         async def main():\n    c = PystonClient(base_url={:?})\n    try:\n{}\n    finally:\n        await c.close_session()\nasyncio.run(main())\n",
+        format!("{}/api/v2/", origin(d)),
+        script
+            .lines()
+            .map(|l| format!("        {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let out = std::process::Command::new(format!("{CLIENTS}/venv/bin/python"))
+        .arg("-c")
+        .arg(program)
+        .output()
+        .expect("aiopyston's venv (scripts/setup-test-host.sh)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+async fn execute(d: &TestDaemon, body: Value) -> (u16, Value) {
+    let r = d
+        .client
+        .post(d.url("/api/v2/execute"))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
+    assert_eq!(ct, "application/json");
+    (status, r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn published_clients() {
+    let (d, _g) = start().await;
+    let d2 = &d;
+    let (runtimes, py) = tokio::task::block_in_place(|| {
+        let runtimes = pyston(
+            d2,
+            "rs = await c.runtimes()\nprint(json.dumps(sorted([r.language for r in rs])))",
+        );
+        let py = pyston(
+            d2,
+            "out = await c.execute('python', [File('import sys\\nprint(input(), sys.argv[1:])')], stdin='hi', args=['a', 'b'])\nprint(json.dumps(out.raw_json))",
+        );
+        (runtimes, py)
+    });
+    assert_eq!(runtimes, json!(["c", "python"]));
+    assert_eq!(py["run"]["stdout"], "hi ['a', 'b']\n", "{py}");
+    assert_eq!(py["run"]["code"], 0);
+    assert_eq!(py["language"], "python");
+    let (alias, c_ok, c_bad, timeout) = tokio::task::block_in_place(|| {
+        let listed = node(d2, "console.log(JSON.stringify(await client.runtimes()));");
+        assert!(
+            listed
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["aliases"].as_array().unwrap().contains(&json!("py")))
+        );
+        (
+            node(
+                d2,
+                "console.log(JSON.stringify(await client.execute('py', 'print(input())', {stdin: 'x'})));",
+            ),
+            node(
+                d2,
+                "console.log(JSON.stringify(await client.execute('c', '#include <stdio.h>\\nint main(int c, char **v){printf(\"%d %s\\\\n\", c, v[1]); return 0;}')));",
+            ),
+            node(
+                d2,
+                "console.log(JSON.stringify(await client.execute('gcc', 'int main(){ return nope; }')));",
+            ),
+            node(
+                d2,
+                "console.log(JSON.stringify(await client.execute('python', 'while True: pass', {runTimeout: 500})));",
+            ),
+        )
+    });
+    assert_eq!(alias["run"]["stdout"], "x\n", "{alias}");
+    // piston-client's default args are ["1", "2", "3"].
+    assert_eq!(c_ok["run"]["stdout"], "4 1\n", "{c_ok}");
+    assert_eq!(c_ok["compile"]["code"], 0, "{c_ok}");
+    assert_eq!(c_bad["compile"]["code"], 1, "{c_bad}");
+    assert!(
+        c_bad["compile"]["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("nope"),
+        "{c_bad}"
+    );
+    assert_eq!(
+        c_bad["run"], c_bad["compile"],
+        "a failed compile's run mirrors it"
+    );
+    assert_eq!(timeout["run"]["status"], "TO", "{timeout}");
+    assert_eq!(timeout["run"]["signal"], "SIGKILL", "{timeout}");
+    assert_eq!(timeout["run"]["code"], Value::Null);
+    let unknown = tokio::task::block_in_place(|| {
+        node(
+            d2,
+            "console.log(JSON.stringify(await client.execute('cobol', 'x')));",
+        )
+    });
+    assert_eq!(
+        unknown["message"], "cobol-* runtime is unknown",
+        "{unknown}"
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn limits_and_measurements() {
+    let (d, _g) = start().await;
+    let py = |code: &str, extra: Value| {
+        let mut b = json!({"language": "python", "version": "*", "files": [{"content": code}]});
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        b
+    };
+    let burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass";
+    let (s, r) = execute(&d, py(burn, json!({}))).await;
+    assert_eq!(s, 200, "{r}");
+    let cpu = r["run"]["cpu_time"].as_f64().unwrap();
+    assert!((280.0..1000.0).contains(&cpu), "cpu_time {cpu}: {r}");
+    assert!(r["run"]["wall_time"].as_f64().unwrap() >= cpu * 0.9, "{r}");
+    let hold = "b = bytearray(50 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1";
+    let (_, r) = execute(&d, py(hold, json!({}))).await;
+    let mem = r["run"]["memory"].as_u64().expect("memory measured");
+    assert!(mem >= 50 << 20, "memory {mem}: {r}");
+    let (_, r) = execute(&d, py("while True: pass", json!({"run_cpu_time": 300}))).await;
+    assert_eq!(
+        (&r["run"]["status"], &r["run"]["message"]),
+        (&json!("TO"), &json!("CPU time limit exceeded")),
+        "{r}"
+    );
+    let (_, r) = execute(
+        &d,
+        py(
+            "b = bytearray(100 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1",
+            json!({"run_memory_limit": 32 << 20}),
+        ),
+    )
+    .await;
+    assert_eq!(r["run"]["message"], "Memory limit exceeded", "{r}");
+    let (_, r) = execute(&d, py("print('x' * 5000)", json!({"output_max_size": 100}))).await;
+    assert_eq!(r["run"]["status"], "OL", "{r}");
+    assert_eq!(r["run"]["stdout"].as_str().unwrap().len(), 100, "{r}");
+    let (s, r) = execute(&d, py("print(1)", json!({"run_memory_limit": 1u64 << 40}))).await;
+    assert_eq!(s, 400);
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot exceed the configured limit"),
+        "{r}"
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_nothing_runs() {
+    let (d, _g) = start().await;
+    // Every run of every language and outcome.
+    let runs = || -> f64 {
+        d.metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("compilerd_runs_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    let before = runs();
+    let file = |name: &str| json!({"name": name, "content": "print(1)"});
+    let cases = [
+        json!({"language": "python", "files": [file("../x.py")]}),
+        json!({"language": "python", "files": [file("main.py"), file("/etc/passwd")]}),
+        json!({"language": "python", "files": (0..40).map(|i| file(&format!("f{i}.py"))).collect::<Vec<_>>()}),
+        json!({"language": "python", "files": [file("main.py")], "stdin": "x".repeat(2 << 20)}),
+        json!({"language": "python", "files": [file("main.py")], "args": ["a\u{0}b"]}),
+        json!({"language": "python"}),
+    ];
+    for body in cases {
+        let (s, r) = execute(&d, body).await;
+        assert_eq!(s, 400, "{r}");
+        assert!(r["message"].is_string(), "{r}");
+    }
+    let r = d
+        .client
+        .post(d.url("/api/v2/execute/"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert_eq!(runs(), before);
+    d.stop().await;
+}
