@@ -210,7 +210,7 @@ fn limit(body: &Map<String, Value>, name: &str) -> Result<Option<u64>, String> {
     match body.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_f64() {
-            Some(v) if v == -1.0 => Ok(None),
+            Some(-1.0) => Ok(None),
             Some(v) if v < 0.0 => Err(format!("{name} must be non-negative")),
             Some(v) => Ok(Some(v as u64)),
             None => Err(format!("{name} must be a number")),

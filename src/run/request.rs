@@ -67,7 +67,8 @@ impl RunRequest {
         }
         let mut total = 0usize;
         for (i, f) in self.files.iter().enumerate() {
-            if !(i == 0 && f.path.is_empty()) && !valid_path(&f.path) {
+            let unnamed_main = i == 0 && f.path.is_empty();
+            if !unnamed_main && !valid_path(&f.path) {
                 return fail(format!(
                     "files[{i}].name {:?} is not a relative path inside the sandbox (no .., no leading /)",
                     f.path

@@ -47,7 +47,7 @@ use tokio::sync::watch;
 use self::args::{bwrap_args, has_disable_userns, seccomp_fds};
 use self::cgroup::{Cgroups, Controller};
 use self::pool::Pool;
-use self::run::{Busy, Spawner, Teardowns};
+use self::run::{Busy, RunBounds, Spawner, Teardowns};
 use self::spawn::Resource;
 use super::job::{Job, StageOutcome, legacy_input};
 use super::relay::InstalledRelay;
@@ -425,22 +425,17 @@ impl BwrapSandbox {
     ) -> Result<RunOutcome, SandboxError> {
         let _busy = Busy::new(&self.busy);
         let teardowns = answer_first.then_some(&self.teardowns);
-        let max_output = limits.max_output_bytes;
         let own = &self.spawner.limits;
-        let resize = (limits.memory_bytes != own.memory_bytes || limits.pids != own.pids)
-            .then_some((limits.memory_bytes, limits.pids));
+        let bounds = RunBounds {
+            timeout,
+            max_output_bytes: limits.max_output_bytes,
+            resize: (limits.memory_bytes != own.memory_bytes || limits.pids != own.pids)
+                .then_some((limits.memory_bytes, limits.pids)),
+        };
         if let Some(sandbox) = self.pool.as_ref().and_then(Pool::take) {
             trace.extend(sandbox.dirs().iter().cloned());
             match sandbox
-                .serve(
-                    input.clone(),
-                    timeout,
-                    live.clone(),
-                    max_output,
-                    teardowns,
-                    resize,
-                    report,
-                )
+                .serve(input.clone(), bounds, live.clone(), teardowns, report)
                 .await
             {
                 // Its relay never reported: the sandbox was gone before the program reached it
@@ -454,9 +449,7 @@ impl BwrapSandbox {
         }
         let sandbox = self.spawner.prepare().await?;
         trace.extend(sandbox.dirs().iter().cloned());
-        sandbox
-            .serve(input, timeout, live, max_output, teardowns, resize, report)
-            .await
+        sandbox.serve(input, bounds, live, teardowns, report).await
     }
 }
 

@@ -42,6 +42,15 @@ pub(super) struct Spawner {
     pub seccomp: Vec<DataFd>,
 }
 
+/// How long a run may take, how much it may write, and its own memory and process limits when
+/// they are not the sandbox's.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RunBounds {
+    pub timeout: Duration,
+    pub max_output_bytes: usize,
+    pub resize: Option<(u64, u32)>,
+}
+
 /// A sandbox whose command waits for its program on stdin.
 pub(super) struct Prepared {
     child: Child,
@@ -145,13 +154,16 @@ impl Prepared {
     pub(super) async fn serve(
         self,
         input: Bytes,
-        timeout: Duration,
+        bounds: RunBounds,
         live: Option<LiveOutput>,
-        max_output_bytes: usize,
         teardowns: Option<&Teardowns>,
-        resize: Option<(u64, u32)>,
         report: &mut Report,
     ) -> Result<RunOutcome, SandboxError> {
+        let RunBounds {
+            timeout,
+            max_output_bytes,
+            resize,
+        } = bounds;
         let Prepared {
             child,
             cg,
