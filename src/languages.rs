@@ -15,7 +15,7 @@ use crate::compile::{self, CompileService, Options, SharedState};
 use crate::config::{Backend, Config, LanguageConfig};
 use crate::format;
 use crate::hooks::Hooks;
-use crate::run::Stages;
+use crate::run::{Maxima, Stages};
 use crate::sandbox::bwrap::{BwrapOptions, BwrapSandbox};
 use crate::sandbox::docker::{DockerOptions, DockerSandbox};
 use crate::sandbox::{Limits, Sandbox, SandboxError};
@@ -202,6 +202,8 @@ pub struct Language {
     pub version: String,
     pub pool_size: usize,
     pub stages: Option<Stages>,
+    /// How far a run request may raise the language's limits.
+    pub maxima: Maxima,
     pub compile: Arc<CompileService>,
     /// `None`: the language has no formatter.
     pub format: Option<Arc<CompileService>>,
@@ -284,6 +286,7 @@ impl Languages {
                     version: o.version,
                     pool_size: o.config.pool_size,
                     stages: o.stages,
+                    maxima: o.config.maxima,
                 })
             })
             .collect();

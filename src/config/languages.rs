@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{ByteSize, Config, HumanDuration};
+use crate::run::Maxima;
 use crate::sandbox::Limits;
 
 /// One `[languages.NAME]` table: its sandbox and, optionally, its own limits; what it leaves out
@@ -55,6 +56,8 @@ pub struct LanguageConfig {
     /// fill what is left out).
     pub stages: [Option<String>; 4],
     pub limits: Limits,
+    /// How far a run request may raise `limits` (the flat settings').
+    pub maxima: Maxima,
     pub pool_size: usize,
     /// Docker's OCI runtime, the flat setting's for every language; `None`: the engine's default.
     pub runtime: Option<String>,
@@ -90,6 +93,7 @@ impl Config {
                 format_command: self.format_command.clone(),
                 stages: Default::default(),
                 limits: self.limits.clone(),
+                maxima: self.maxima,
                 pool_size: self.pool_size,
                 runtime: self.runtime.clone(),
             }];
@@ -128,6 +132,7 @@ impl Config {
                         cpus: t.cpus.unwrap_or(g.cpus),
                         tmpfs_bytes: t.tmpfs_size.map_or(g.tmpfs_bytes, |b| b.0),
                     },
+                    maxima: self.maxima,
                     pool_size: t.pool_size.unwrap_or(self.pool_size),
                     runtime: self.runtime.clone(),
                 }

@@ -22,7 +22,7 @@ use crate::answer::Row;
 use crate::compile::RunRender;
 use crate::hooks::RunResult as Metric;
 use crate::languages::Language;
-use crate::run::{Bounds, Maxima, RunLimits, RunRequest, RunResult};
+use crate::run::{Bounds, RunLimits, RunRequest, RunResult};
 use crate::sandbox::job::{JobFile, LimitHit, StageOutcome, signal_name};
 use crate::sandbox::{RunOutcome, SandboxError, StreamKind};
 
@@ -321,7 +321,7 @@ async fn execute(app: &App, body: &[u8], bounds: &Bounds, started: Instant) -> R
         }
     };
     let stages = lang.stages.as_ref().expect("found languages have stages");
-    let maxima = Maxima::default();
+    let maxima = lang.maxima;
     let base = lang.limits();
     let limits = match (
         req.compile_limits.resolve(

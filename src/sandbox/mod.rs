@@ -40,10 +40,19 @@ pub struct Limits {
     pub tmpfs_bytes: u64,
 }
 
-/// The defaults live in `config::DEFAULTS`, with every other setting's.
+/// The sandbox owns its limits and their defaults (the config builds on the sandbox, never the
+/// other way round); `config::DEFAULTS` writes the same values, and a test there holds the two
+/// together.
 impl Default for Limits {
     fn default() -> Self {
-        crate::config::Config::default().limits
+        Limits {
+            timeout: Duration::from_millis(3500),
+            max_output_bytes: 65536,
+            memory_bytes: 128 << 20,
+            pids: 64,
+            cpus: 1.0,
+            tmpfs_bytes: 16 << 20,
+        }
     }
 }
 
