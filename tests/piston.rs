@@ -1,9 +1,9 @@
 //! Piston's v2 API with its published clients (piston-client from npm under Debian's nodejs,
-//! aiopyston from PyPI), on real bwrap sandboxes with the toolchains of scripts/build-image.sh:
+//! aiopyston from PyPI), on real bwrap and Docker sandboxes with the toolchains of scripts/build-image.sh:
 //! runtimes, Python with stdin and args, an alias without a version, C with a compile stage and a
 //! compile error, a timeout, an unknown runtime, per-run limits, measurements and bad input.
 //!
-//! Needs /var/lib/compilerd/rootfs/{python,c} and the clients scripts/setup-test-host.sh
+//! Needs /var/lib/compilerd/rootfs/{python,c}, the images compilerd-{python,c} and the clients scripts/setup-test-host.sh
 //! installs under /var/lib/compilerd-test/clients; a missing one fails the test.
 
 mod common;
@@ -19,10 +19,10 @@ const CLIENTS: &str = "/var/lib/compilerd-test/clients";
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn start() -> (TestDaemon, tokio::sync::MutexGuard<'static, ()>) {
+async fn start(backend: Backend) -> (TestDaemon, tokio::sync::MutexGuard<'static, ()>) {
     let guard = ONE_AT_A_TIME.lock().await;
     let table = |toml: &str| -> LanguageSettings { toml::from_str(toml).unwrap() };
-    let mut c = common::config(Backend::Bwrap);
+    let mut c = common::config(backend);
     c.limits.timeout = Duration::from_millis(5000);
     c.limits.memory_bytes = 128 << 20;
     c.pool_size = 1;
@@ -109,9 +109,29 @@ async fn execute(d: &TestDaemon, body: Value) -> (u16, Value) {
     (status, r.json().await.unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn published_clients() {
-    let (d, _g) = start().await;
+/// One test per backend.
+macro_rules! both {
+    ($name:ident, $flavor:literal) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = $flavor)]
+            async fn bwrap() {
+                super::$name(Backend::Bwrap).await
+            }
+            #[tokio::test(flavor = $flavor)]
+            async fn docker() {
+                super::$name(Backend::Docker).await
+            }
+        }
+    };
+}
+
+both!(published_clients, "multi_thread");
+both!(limits_and_measurements, "current_thread");
+both!(bad_input_is_refused_and_nothing_runs, "current_thread");
+
+async fn published_clients(backend: Backend) {
+    let (d, _g) = start(backend).await;
     let d2 = &d;
     let (runtimes, py) = tokio::task::block_in_place(|| {
         let runtimes = pyston(
@@ -188,9 +208,8 @@ async fn published_clients() {
     d.stop().await;
 }
 
-#[tokio::test]
-async fn limits_and_measurements() {
-    let (d, _g) = start().await;
+async fn limits_and_measurements(backend: Backend) {
+    let (d, _g) = start(backend).await;
     let py = |code: &str, extra: Value| {
         let mut b = json!({"language": "python", "version": "*", "files": [{"content": code}]});
         b.as_object_mut()
@@ -238,9 +257,8 @@ async fn limits_and_measurements() {
     d.stop().await;
 }
 
-#[tokio::test]
-async fn bad_input_is_refused_and_nothing_runs() {
-    let (d, _g) = start().await;
+async fn bad_input_is_refused_and_nothing_runs(backend: Backend) {
+    let (d, _g) = start(backend).await;
     // Every run of every language and outcome.
     let runs = || -> f64 {
         d.metrics
