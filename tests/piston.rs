@@ -245,6 +245,42 @@ async fn limits_and_measurements(backend: Backend) {
     let (_, r) = execute(&d, py("print('x' * 5000)", json!({"output_max_size": 100}))).await;
     assert_eq!(r["run"]["status"], "OL", "{r}");
     assert_eq!(r["run"]["stdout"].as_str().unwrap().len(), 100, "{r}");
+    // The cache answers the same request again, and only the same: stdin and args are in the key.
+    let echo = |stdin: &str, args: Value| {
+        py(
+            "import sys\nprint(input(), sys.argv[1:])",
+            json!({"stdin": stdin, "args": args}),
+        )
+    };
+    let cache = |body: Value| {
+        let d = &d;
+        async move {
+            let r = d
+                .client
+                .post(d.url("/api/v2/execute"))
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            let hit = r.headers()["x-cache"].to_str().unwrap().to_owned();
+            let out: Value = r.json().await.unwrap();
+            (hit, out["run"]["stdout"].as_str().unwrap().to_owned())
+        }
+    };
+    let first = cache(echo("a", json!(["x"]))).await;
+    assert_eq!(first, ("MISS".into(), "a ['x']\n".into()));
+    assert_eq!(
+        cache(echo("a", json!(["x"]))).await,
+        ("HIT".into(), first.1)
+    );
+    assert_eq!(
+        cache(echo("b", json!(["x"]))).await,
+        ("MISS".into(), "b ['x']\n".into())
+    );
+    assert_eq!(
+        cache(echo("a", json!(["y"]))).await,
+        ("MISS".into(), "a ['y']\n".into())
+    );
     let (s, r) = execute(&d, py("print(1)", json!({"run_memory_limit": 1u64 << 40}))).await;
     assert_eq!(s, 400);
     assert!(

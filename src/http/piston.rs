@@ -22,7 +22,7 @@ use crate::answer::Row;
 use crate::compile::RunRender;
 use crate::hooks::RunResult as Metric;
 use crate::languages::Language;
-use crate::run::{Bounds, RunLimits, RunRequest, RunResult};
+use crate::run::{Bounds, RunJob, RunLimits, RunRequest, RunResult};
 use crate::sandbox::job::{JobFile, LimitHit, StageOutcome, signal_name};
 use crate::sandbox::{RunOutcome, SandboxError, StreamKind};
 
@@ -344,27 +344,26 @@ async fn execute(app: &App, body: &[u8], bounds: &Bounds, started: Instant) -> R
     };
     let version = semver(&lang.version);
     let name = lang.name.clone();
-    let render = move |r: &Result<RunResult, SandboxError>| render(&name, &version, r);
-    let overloaded = Row {
-        status: 503,
-        body: Bytes::from_static(br#"{"message":"the server is busy; try again later"}"#),
-        cacheable: false,
-        metric: None,
-        retry_after: true,
+    let how = RunRender {
+        dialect: "piston",
+        render: std::sync::Arc::new(move |r: &Result<RunResult, SandboxError>| {
+            render(&name, &version, r)
+        }),
+        overloaded: Row {
+            status: 503,
+            body: Bytes::from_static(br#"{"message":"the server is busy; try again later"}"#),
+            cacheable: false,
+            metric: None,
+            retry_after: true,
+        },
     };
-    let answer = lang
-        .compile
-        .execute(
-            &req,
-            stages,
-            (&limits.0, &limits.1),
-            RunRender {
-                dialect: "piston",
-                render: &render,
-                overloaded,
-            },
-        )
-        .await;
+    let job = RunJob {
+        req,
+        stages: stages.clone(),
+        compile: limits.0,
+        run: limits.1,
+    };
+    let answer = lang.compile.execute(job, how).await;
     tracing::info!(
         request_id = id,
         dialect = "piston",

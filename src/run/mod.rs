@@ -43,15 +43,28 @@ pub struct StageLimits {
     pub cpu_time: Option<Duration>,
 }
 
-/// Runs `req` in `sandbox` stage by stage. `live` gets the run stage's output as it is written.
+/// A checked run request with how its language runs it and each stage's resolved limits.
+#[derive(Clone, Debug)]
+pub struct RunJob {
+    pub req: RunRequest,
+    pub stages: Stages,
+    pub compile: StageLimits,
+    pub run: StageLimits,
+}
+
+/// Runs a request in `sandbox` stage by stage. `live` gets the run stage's output as it is
+/// written.
 pub async fn execute(
     sandbox: &dyn Sandbox,
-    stages: &Stages,
-    req: &RunRequest,
-    compile_limits: &StageLimits,
-    run_limits: &StageLimits,
+    job: &RunJob,
     live: Option<LiveOutput>,
 ) -> Result<RunResult, SandboxError> {
+    let RunJob {
+        req,
+        stages,
+        compile: compile_limits,
+        run: run_limits,
+    } = job;
     let mut files = req.files_named(&stages.main_file);
     let compile = match &stages.compile {
         Some(argv) => {
