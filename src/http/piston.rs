@@ -413,7 +413,7 @@ fn stage_json(s: &StageOutcome) -> Value {
         None => s.signal(),
     };
     let m = s.measures;
-    let ms = |d: Duration| (d.as_micros() as f64 / 1000.0).round();
+    let ms = |d: Duration| (d.as_micros() + 500) / 1000;
     json!({
         "stdout": String::from_utf8_lossy(&stdout),
         "stderr": String::from_utf8_lossy(&stderr),
