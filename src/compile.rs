@@ -569,13 +569,28 @@ impl CompileService {
         }
     }
 
+    /// A run slot for a live run of a run request (Piston's WebSocket), which does not go through
+    /// the cache; `None` when the queue is full (counted as an overload).
+    pub async fn admit(&self) -> Option<crate::admission::Slot> {
+        let slot = self.admission.acquire().await.ok();
+        if slot.is_none() {
+            self.hooks.overload_rejected();
+        }
+        slot
+    }
+
+    /// Counts a live run in the run metrics.
+    pub fn record_run(&self, result: RunResult, elapsed: Duration) {
+        self.hooks.run_finished(&self.language, result, elapsed);
+    }
+
     async fn run_job(&self, key: Key, job: crate::run::RunJob, how: RunRender) -> Answer {
         let Ok(_slot) = self.admission.acquire().await else {
             self.hooks.overload_rejected();
             return self.answer_of(how.overloaded, None);
         };
         let started = Instant::now();
-        let result = crate::run::execute(self.sandbox.as_ref(), &job, None).await;
+        let result = crate::run::execute(self.sandbox.as_ref(), &job, None, None).await;
         if let Err(e) = &result {
             self.hooks.sandbox_error(e.kind.as_str());
             tracing::error!(kind = e.kind.as_str(), error = %e.message, "sandbox failed");

@@ -396,8 +396,9 @@ impl Sandbox for FakeTimeSandbox {
         &self,
         job: crate::sandbox::job::Job,
         live: Option<LiveOutput>,
+        input: Option<crate::sandbox::job::LiveInput>,
     ) -> Result<crate::sandbox::job::StageOutcome, SandboxError> {
-        let mut stage = self.inner.run_job(job, live).await?;
+        let mut stage = self.inner.run_job(job, live, input).await?;
         stage.outcome = match stage.outcome {
             RunOutcome::Exited { status, output } => RunOutcome::Exited {
                 status,

@@ -331,3 +331,233 @@ async fn bad_input_is_refused_and_nothing_runs(backend: Backend) {
     assert_eq!(runs(), before);
     d.stop().await;
 }
+
+/// A client of Piston's WebSocket protocol.
+struct Connect {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+/// What the server sent: a message, or the close with its code.
+#[derive(Debug, PartialEq)]
+enum Got {
+    Msg(Value),
+    Closed(u16),
+}
+
+impl Connect {
+    async fn open(d: &TestDaemon) -> Connect {
+        let url = d.url("/api/v2/connect").replacen("http://", "ws://", 1);
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Connect { ws }
+    }
+
+    async fn send(&mut self, v: Value) {
+        use futures_util::SinkExt;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::text(v.to_string()))
+            .await
+            .unwrap();
+    }
+
+    async fn next(&mut self) -> Got {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = Duration::from_secs(60);
+        loop {
+            let m = tokio::time::timeout(deadline, self.ws.next())
+                .await
+                .expect("the server answers");
+            match m {
+                Some(Ok(Message::Text(t))) => return Got::Msg(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Close(Some(f)))) => return Got::Closed(f.code.into()),
+                Some(Ok(Message::Close(None))) | None => return Got::Closed(1005),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// Messages up to the first that `until` accepts (included).
+    async fn until(&mut self, until: impl Fn(&Got) -> bool) -> Vec<Got> {
+        let mut got = Vec::new();
+        loop {
+            let g = self.next().await;
+            let done = until(&g) || matches!(g, Got::Closed(_));
+            got.push(g);
+            if done {
+                return got;
+            }
+        }
+    }
+
+    /// Output of one stream until `text` has appeared in it.
+    async fn wait_for(&mut self, text: &str) -> String {
+        let mut seen = String::new();
+        while !seen.contains(text) {
+            match self.next().await {
+                Got::Msg(m) if m["type"] == "data" => seen.push_str(m["data"].as_str().unwrap()),
+                Got::Msg(_) => {}
+                Got::Closed(c) => panic!("closed ({c}) before {text:?}; saw {seen:?}"),
+            }
+        }
+        seen
+    }
+}
+
+fn init(code: &str, args: Value) -> Value {
+    json!({"type": "init", "language": "python", "files": [{"content": code}], "args": args})
+}
+
+/// The exit message and the close code at the end of a session.
+async fn ending(c: &mut Connect) -> (Value, u16) {
+    let got = c
+        .until(|g| matches!(g, Got::Msg(m) if m["type"] == "exit"))
+        .await;
+    let exit = match got.last() {
+        Some(Got::Msg(m)) => m.clone(),
+        other => panic!("no exit: {other:?} in {got:?}"),
+    };
+    (
+        exit,
+        match c.next().await {
+            Got::Closed(code) => code,
+            other => panic!("{other:?}"),
+        },
+    )
+}
+
+both!(live_stdin, "current_thread");
+
+async fn live_stdin(backend: Backend) {
+    let (d, _g) = start(backend).await;
+    // Reads two lines while it runs.
+    let mut c = Connect::open(&d).await;
+    c.send(init(
+        "a = input()\nprint('got', a, flush=True)\nb = input()\nprint('got', b, flush=True)",
+        json!([]),
+    ))
+    .await;
+    let first = c.next().await;
+    assert_eq!(
+        first,
+        Got::Msg(json!({"type": "runtime", "language": "python", "version": "3.11.2"}))
+    );
+    assert_eq!(
+        c.next().await,
+        Got::Msg(json!({"type": "stage", "stage": "run"}))
+    );
+    c.send(json!({"type": "data", "stream": "stdin", "data": "one\n"}))
+        .await;
+    c.wait_for("got one\n").await;
+    c.send(json!({"type": "data", "stream": "stdin", "data": "two\n"}))
+        .await;
+    c.wait_for("got two\n").await;
+    let (exit, code) = ending(&mut c).await;
+    assert_eq!(
+        exit,
+        json!({"type": "exit", "stage": "run", "code": 0, "signal": null})
+    );
+    assert_eq!(code, 4999);
+
+    // The client ends stdin.
+    let mut c = Connect::open(&d).await;
+    c.send(init("import sys\nprint(len(sys.stdin.read()))", json!([])))
+        .await;
+    c.send(json!({"type": "data", "stream": "stdin", "data": "abc"}))
+        .await;
+    c.send(json!({"type": "eof"})).await;
+    c.wait_for("3\n").await;
+    let (exit, _) = ending(&mut c).await;
+    assert_eq!(exit["code"], 0);
+
+    // A signal reaches the program.
+    let mut c = Connect::open(&d).await;
+    c.send(init(
+        "import signal, sys, time\n\
+         signal.signal(signal.SIGINT, lambda *a: (print('got INT', flush=True), sys.exit(3)))\n\
+         print('ready', flush=True)\ntime.sleep(30)",
+        json!([]),
+    ))
+    .await;
+    c.wait_for("ready").await;
+    c.send(json!({"type": "signal", "signal": "SIGINT"})).await;
+    c.wait_for("got INT").await;
+    let (exit, _) = ending(&mut c).await;
+    assert_eq!(exit["code"], 3, "{exit}");
+
+    // A compiled language: the compile stage, then the run with live stdin.
+    let mut c = Connect::open(&d).await;
+    c.send(json!({"type": "init", "language": "c", "files": [{"content":
+        "#include <stdio.h>\nint main(void){char s[64]; if(fgets(s,64,stdin)) printf(\"c:%s\", s); return 0;}"}]}))
+        .await;
+    let got = c
+        .until(|g| matches!(g, Got::Msg(m) if m["type"] == "stage" && m["stage"] == "run"))
+        .await;
+    assert!(
+        got.contains(&Got::Msg(
+            json!({"type": "exit", "stage": "compile", "code": 0, "signal": null})
+        )),
+        "{got:?}"
+    );
+    c.send(json!({"type": "data", "stream": "stdin", "data": "hi\n"}))
+        .await;
+    c.wait_for("c:hi\n").await;
+    assert_eq!(ending(&mut c).await.0["code"], 0);
+
+    // A client that vanishes leaves nothing running.
+    let marker = format!("vanish-{}", std::process::id());
+    let mut c = Connect::open(&d).await;
+    c.send(init(
+        "import time\nprint('ready', flush=True)\ntime.sleep(60)",
+        json!([marker]),
+    ))
+    .await;
+    c.wait_for("ready").await;
+    let running = || {
+        procfs::process::all_processes()
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter_map(|p| p.cmdline().ok())
+            .any(|args| args.iter().any(|a| a == &marker))
+    };
+    assert!(running(), "the program runs while its client is there");
+    drop(c);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the program outlived its client"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    d.wait_metric("compilerd_runs_in_flight", |v| v == 0.0)
+        .await;
+
+    // Protocol errors: no init in time, an unknown signal, an unknown runtime.
+    let mut c = Connect::open(&d).await;
+    assert_eq!(c.next().await, Got::Closed(4001));
+    let mut c = Connect::open(&d).await;
+    c.send(init(
+        "import time\nprint('ready', flush=True)\ntime.sleep(60)",
+        json!([]),
+    ))
+    .await;
+    c.wait_for("ready").await;
+    c.send(json!({"type": "signal", "signal": "SIGNOPE"})).await;
+    let got = c.until(|_| false).await;
+    assert_eq!(got.last(), Some(&Got::Closed(4005)), "{got:?}");
+    let mut c = Connect::open(&d).await;
+    c.send(json!({"type": "init", "language": "cobol", "files": [{"content": "x"}]}))
+        .await;
+    let got = c.until(|_| false).await;
+    assert_eq!(
+        got,
+        vec![
+            Got::Msg(json!({"type": "error", "message": "cobol-* runtime is unknown"})),
+            Got::Closed(4002)
+        ]
+    );
+    d.stop().await;
+}

@@ -7,6 +7,7 @@ pub mod cors;
 mod form;
 mod langs;
 mod piston;
+mod piston_ws;
 mod preface;
 pub mod request;
 mod routes;

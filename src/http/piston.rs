@@ -6,6 +6,7 @@
 //! text/plain), a missing `version` is `*` (piston-client leaves it out for aliases), and every
 //! error is 400 `{"message"}` as application/json.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -22,9 +23,10 @@ use crate::answer::Row;
 use crate::compile::RunRender;
 use crate::hooks::RunResult as Metric;
 use crate::languages::Language;
+use crate::run::limits::OverMaximum;
 use crate::run::{Bounds, RunJob, RunLimits, RunRequest, RunResult};
 use crate::sandbox::job::{JobFile, LimitHit, StageOutcome, signal_name};
-use crate::sandbox::{RunOutcome, SandboxError, StreamKind};
+use crate::sandbox::{SandboxError, StreamKind};
 
 /// Room in a request body for the JSON around the files and stdin.
 const BODY_SLACK: usize = 64 << 10;
@@ -45,7 +47,7 @@ fn aliases(name: &str) -> &'static [&'static str] {
 }
 
 /// The semver of a toolchain version as the image records it (`python 3.11.2` → `3.11.2`).
-fn semver(version: &str) -> String {
+pub(super) fn semver(version: &str) -> String {
     let last = version.split_whitespace().last().unwrap_or("");
     let v: String = last
         .trim_start_matches(|c: char| !c.is_ascii_digit())
@@ -140,9 +142,9 @@ pub async fn handle(app: &App, which: &'static str, req: Request<Incoming>) -> R
 }
 
 /// A decoded request: its language and run request.
-struct Decoded<'a> {
-    lang: &'a std::sync::Arc<Language>,
-    req: RunRequest,
+pub(super) struct Decoded<'a> {
+    pub lang: &'a Arc<Language>,
+    pub req: RunRequest,
 }
 
 fn find<'a>(app: &'a App, name: &str, version: &str) -> Option<&'a std::sync::Arc<Language>> {
@@ -219,7 +221,11 @@ fn limit(body: &Map<String, Value>, name: &str) -> Result<Option<u64>, String> {
     }
 }
 
-fn decode<'a>(app: &'a App, body: &[u8], bounds: &Bounds) -> Result<Decoded<'a>, String> {
+pub(super) fn decode<'a>(
+    app: &'a App,
+    body: &[u8],
+    bounds: &Bounds,
+) -> Result<Decoded<'a>, String> {
     let value: Value = serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))?;
     let Value::Object(body) = value else {
         return Err("the request must be a JSON object".into());
@@ -311,6 +317,37 @@ fn decode<'a>(app: &'a App, body: &[u8], bounds: &Bounds) -> Result<Decoded<'a>,
     Ok(Decoded { lang, req })
 }
 
+/// The run of a decoded request: its stages with each stage's limits, the request's own within the
+/// operator's maxima.
+pub(super) fn prepare(d: Decoded<'_>) -> Result<(Arc<Language>, RunJob), OverMaximum> {
+    let Decoded { lang, req } = d;
+    let stages = lang.stages.clone().expect("found languages have stages");
+    let base = lang.limits();
+    let compile = req.compile_limits.resolve(
+        base,
+        &lang.maxima,
+        [
+            "compile_timeout",
+            "compile_cpu_time",
+            "compile_memory_limit",
+        ],
+    )?;
+    let run = req.run_limits.resolve(
+        base,
+        &lang.maxima,
+        ["run_timeout", "run_cpu_time", "run_memory_limit"],
+    )?;
+    Ok((
+        lang.clone(),
+        RunJob {
+            req,
+            stages,
+            compile,
+            run,
+        },
+    ))
+}
+
 async fn execute(app: &App, body: &[u8], bounds: &Bounds, started: Instant) -> Resp {
     let id = app.next_request_id.fetch_add(1, Ordering::Relaxed);
     let Decoded { lang, req } = match decode(app, body, bounds) {
@@ -320,27 +357,9 @@ async fn execute(app: &App, body: &[u8], bounds: &Bounds, started: Instant) -> R
             return message(400, &why);
         }
     };
-    let stages = lang.stages.as_ref().expect("found languages have stages");
-    let maxima = lang.maxima;
-    let base = lang.limits();
-    let limits = match (
-        req.compile_limits.resolve(
-            base,
-            &maxima,
-            [
-                "compile_timeout",
-                "compile_cpu_time",
-                "compile_memory_limit",
-            ],
-        ),
-        req.run_limits.resolve(
-            base,
-            &maxima,
-            ["run_timeout", "run_cpu_time", "run_memory_limit"],
-        ),
-    ) {
-        (Ok(c), Ok(r)) => (c, r),
-        (Err(e), _) | (_, Err(e)) => return message(400, &e.0),
+    let (lang, job) = match prepare(Decoded { lang, req }) {
+        Ok(p) => p,
+        Err(e) => return message(400, &e.0),
     };
     let version = semver(&lang.version);
     let name = lang.name.clone();
@@ -357,12 +376,6 @@ async fn execute(app: &App, body: &[u8], bounds: &Bounds, started: Instant) -> R
             retry_after: true,
         },
     };
-    let job = RunJob {
-        req,
-        stages: stages.clone(),
-        compile: limits.0,
-        run: limits.1,
-    };
     let answer = lang.compile.execute(job, how).await;
     tracing::info!(
         request_id = id,
@@ -375,6 +388,21 @@ async fn execute(app: &App, body: &[u8], bounds: &Bounds, started: Instant) -> R
         "execute"
     );
     answer_response(answer)
+}
+
+/// A stage's `code` and `signal` as Piston writes them: a limit's kill is SIGKILL, and a stage a
+/// signal ended has no code.
+pub(super) fn stage_exit(s: &StageOutcome) -> (Option<i64>, Option<String>) {
+    let signal = match s.limit_hit() {
+        Some(_) => Some(libc::SIGKILL),
+        None => s.signal(),
+    };
+    let code = if signal.is_some() {
+        None
+    } else {
+        s.exit_code()
+    };
+    (code, signal.map(signal_name))
 }
 
 /// One stage as Piston writes it.
@@ -406,20 +434,15 @@ fn stage_json(s: &StageOutcome) -> Value {
             (None, None) => (Some("XX"), None),
         },
     };
-    let signal = match hit {
-        Some(LimitHit::Time | LimitHit::Cpu | LimitHit::Output | LimitHit::Memory) => {
-            Some(libc::SIGKILL)
-        }
-        None => s.signal(),
-    };
+    let (code, signal) = stage_exit(s);
     let m = s.measures;
     let ms = |d: Duration| (d.as_micros() + 500) / 1000;
     json!({
         "stdout": String::from_utf8_lossy(&stdout),
         "stderr": String::from_utf8_lossy(&stderr),
         "output": String::from_utf8_lossy(&output),
-        "code": if signal.is_some() { None } else { s.exit_code() },
-        "signal": signal.map(signal_name),
+        "code": code,
+        "signal": signal,
         "message": message,
         "status": status,
         "cpu_time": m.map(|m| ms(m.cpu)),
@@ -452,15 +475,6 @@ fn render(language: &str, version: &str, r: &Result<RunResult, SandboxError>) ->
     if let Some(c) = compile {
         out.insert("compile".into(), c);
     }
-    let last = ran.run.as_ref().or(ran.compile.as_ref());
-    let metric = match last.map(|s| &s.outcome) {
-        Some(RunOutcome::Exited { status: 0, .. }) => Metric::Ok,
-        Some(RunOutcome::Exited { .. }) => Metric::ExitNonzero,
-        Some(RunOutcome::OutputTooLarge { .. }) => Metric::OutputTooLarge,
-        Some(RunOutcome::TimedOut { .. }) => Metric::Timeout,
-        Some(RunOutcome::OutOfMemory { .. }) => Metric::Oom,
-        None => Metric::SandboxError,
-    };
     let limited = [&ran.compile, &ran.run]
         .into_iter()
         .flatten()
@@ -469,11 +483,7 @@ fn render(language: &str, version: &str, r: &Result<RunResult, SandboxError>) ->
         status: 200,
         body: Bytes::from(serde_json::to_vec(&Value::Object(out)).expect("serializes")),
         cacheable: !limited,
-        metric: Some(if limited && metric == Metric::ExitNonzero {
-            Metric::Timeout
-        } else {
-            metric
-        }),
+        metric: Some(RunResult::metric(r)),
         retry_after: false,
     }
 }

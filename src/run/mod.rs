@@ -9,8 +9,9 @@ pub mod request;
 
 use std::time::Duration;
 
-use crate::sandbox::job::{Job, JobFile, StageOutcome};
-use crate::sandbox::{Limits, LiveOutput, Sandbox, SandboxError};
+use crate::hooks::RunResult as Metric;
+use crate::sandbox::job::{Job, JobFile, LimitHit, LiveInput, StageOutcome};
+use crate::sandbox::{Limits, LiveOutput, RunOutcome, Sandbox, SandboxError};
 
 pub use limits::{Maxima, RunLimits};
 pub use request::{Bounds, RequestError, RunRequest};
@@ -53,58 +54,95 @@ pub struct RunJob {
 }
 
 /// Runs a request in `sandbox` stage by stage. `live` gets the run stage's output as it is
-/// written.
+/// written; with `input`, the run stage's stdin is live (the request's is not used).
 pub async fn execute(
     sandbox: &dyn Sandbox,
     job: &RunJob,
     live: Option<LiveOutput>,
+    input: Option<LiveInput>,
 ) -> Result<RunResult, SandboxError> {
-    let RunJob {
-        req,
-        stages,
-        compile: compile_limits,
-        run: run_limits,
-    } = job;
-    let mut files = req.files_named(&stages.main_file);
-    let compile = match &stages.compile {
-        Some(argv) => {
-            let job = Job {
-                argv: argv.clone(),
-                files: files.clone(),
-                stdin: Default::default(),
-                limits: compile_limits.limits.clone(),
-                cpu_time: compile_limits.cpu_time,
-                keep: stages.keep.clone(),
-                keep_max: MAX_KEPT_BYTES,
-            };
-            let outcome = sandbox.run_job(job, None).await?;
-            if !outcome.succeeded() {
-                return Ok(RunResult {
-                    compile: Some(outcome),
-                    run: None,
-                });
-            }
-            // The run gets the compile's output beside the sources.
-            for kept in &outcome.files {
-                files.retain(|f: &JobFile| f.path != kept.path);
-                files.push(kept.clone());
-            }
-            Some(outcome)
-        }
-        None => None,
-    };
-    let job = Job {
-        argv: stages.run.iter().chain(&req.args).cloned().collect(),
-        files,
-        stdin: req.stdin.clone(),
-        limits: run_limits.limits.clone(),
-        cpu_time: run_limits.cpu_time,
-        keep: Vec::new(),
-        keep_max: 0,
-    };
-    let run = sandbox.run_job(job, live).await?;
+    let compile = compile_stage(sandbox, job).await?;
+    if compile.as_ref().is_some_and(|c| !c.succeeded()) {
+        return Ok(RunResult { compile, run: None });
+    }
+    let run = run_stage(sandbox, job, compile.as_ref(), live, input).await?;
     Ok(RunResult {
         compile,
         run: Some(run),
     })
+}
+
+/// The compile stage, when the language has one.
+pub async fn compile_stage(
+    sandbox: &dyn Sandbox,
+    job: &RunJob,
+) -> Result<Option<StageOutcome>, SandboxError> {
+    let Some(argv) = &job.stages.compile else {
+        return Ok(None);
+    };
+    let stage = Job {
+        argv: argv.clone(),
+        files: job.req.files_named(&job.stages.main_file),
+        stdin: Default::default(),
+        limits: job.compile.limits.clone(),
+        cpu_time: job.compile.cpu_time,
+        keep: job.stages.keep.clone(),
+        keep_max: MAX_KEPT_BYTES,
+        live_stdin: false,
+    };
+    Ok(Some(sandbox.run_job(stage, None, None).await?))
+}
+
+/// The run stage, with the files a successful `compile` kept beside the sources.
+pub async fn run_stage(
+    sandbox: &dyn Sandbox,
+    job: &RunJob,
+    compile: Option<&StageOutcome>,
+    live: Option<LiveOutput>,
+    input: Option<LiveInput>,
+) -> Result<StageOutcome, SandboxError> {
+    let mut files = job.req.files_named(&job.stages.main_file);
+    for kept in compile.map_or(&[][..], |c| &c.files) {
+        files.retain(|f: &JobFile| f.path != kept.path);
+        files.push(kept.clone());
+    }
+    let stage = Job {
+        argv: job
+            .stages
+            .run
+            .iter()
+            .chain(&job.req.args)
+            .cloned()
+            .collect(),
+        files,
+        stdin: job.req.stdin.clone(),
+        limits: job.run.limits.clone(),
+        cpu_time: job.run.cpu_time,
+        keep: Vec::new(),
+        keep_max: 0,
+        live_stdin: input.is_some(),
+    };
+    sandbox.run_job(stage, live, input).await
+}
+
+impl RunResult {
+    /// What `compilerd_runs_total` counts the run as: its last stage's ending.
+    pub fn metric(result: &Result<RunResult, SandboxError>) -> Metric {
+        let Ok(ran) = result else {
+            return Metric::SandboxError;
+        };
+        let Some(last) = ran.run.as_ref().or(ran.compile.as_ref()) else {
+            return Metric::SandboxError;
+        };
+        match (&last.outcome, last.limit_hit()) {
+            (_, Some(LimitHit::Time | LimitHit::Cpu)) => Metric::Timeout,
+            (_, Some(LimitHit::Memory)) | (RunOutcome::OutOfMemory { .. }, _) => Metric::Oom,
+            (_, Some(LimitHit::Output)) | (RunOutcome::OutputTooLarge { .. }, _) => {
+                Metric::OutputTooLarge
+            }
+            (RunOutcome::TimedOut { .. }, _) => Metric::Timeout,
+            (RunOutcome::Exited { status: 0, .. }, _) => Metric::Ok,
+            (RunOutcome::Exited { .. }, _) => Metric::ExitNonzero,
+        }
+    }
 }

@@ -43,7 +43,22 @@ pub struct Job {
     /// Sent back after an exit with status 0, as long as they fit in `keep_max` together.
     pub keep: Vec<String>,
     pub keep_max: u64,
+    /// The stage's stdin comes live through `LiveInput` (`stdin` is then not sent).
+    pub live_stdin: bool,
 }
+
+/// What a live client sends a running stage.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StdinEvent {
+    Data(Bytes),
+    /// The end of its stdin.
+    Eof,
+    /// A signal for every process of the stage.
+    Signal(i32),
+}
+
+/// A running stage's live input; its sender's end closes stdin too.
+pub type LiveInput = tokio::sync::mpsc::UnboundedReceiver<StdinEvent>;
 
 impl Job {
     /// The header the relay reads on its stdin.
@@ -67,8 +82,12 @@ impl Job {
             b.put_u64(f.content.len() as u64);
             b.put_slice(&f.content);
         }
-        b.put_u64(self.stdin.len() as u64);
-        b.put_slice(&self.stdin);
+        if self.live_stdin {
+            b.put_u64(u64::MAX);
+        } else {
+            b.put_u64(self.stdin.len() as u64);
+            b.put_slice(&self.stdin);
+        }
         let ms =
             |d: Option<Duration>| d.map_or(0, |d| d.as_millis().clamp(1, u32::MAX as u128) as u32);
         b.put_u32(ms(self.cpu_time));
@@ -223,6 +242,7 @@ mod tests {
             cpu_time: None,
             keep: vec![],
             keep_max: 7,
+            live_stdin: false,
         };
         let b = job.encode();
         let mut want =

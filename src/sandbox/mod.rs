@@ -205,10 +205,12 @@ pub trait Sandbox: Send + Sync + 'static {
 
     /// Runs one stage of a run request (files, stdin, arguments, its own limits; see `job`) in a
     /// fresh sandbox, with the same guarantees as `run`, and reports its measurements.
+    /// `input`, for a job with `live_stdin`, carries its stdin as it comes, its end and signals.
     async fn run_job(
         &self,
         job: job::Job,
         live: Option<LiveOutput>,
+        input: Option<job::LiveInput>,
     ) -> Result<job::StageOutcome, SandboxError>;
 
     /// A short state line for logs and STATUS=, e.g. "pool 2/2".

@@ -95,6 +95,7 @@ impl Sandbox for ScriptedSandbox {
         &self,
         job: Job,
         live: Option<LiveOutput>,
+        _input: Option<super::job::LiveInput>,
     ) -> Result<StageOutcome, SandboxError> {
         let started = std::time::Instant::now();
         let script = job

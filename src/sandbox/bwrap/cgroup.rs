@@ -655,6 +655,31 @@ impl RunCgroup {
         }
     }
 
+    /// Sends `sig` to every process of the program: those in the sandbox's pid namespace but its
+    /// pid 1, the relay, which a live client's signal must not end (bwrap's own processes are
+    /// outside that namespace).
+    pub(super) fn signal_program(&self, sig: i32) {
+        let Some(dir) = self.dirs.first() else {
+            return;
+        };
+        let Some(sig) = Signal::from_named_raw(sig) else {
+            return;
+        };
+        for pid in procs_of(dir) {
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let Some(nspids) = status.lines().find_map(|l| l.strip_prefix("NSpid:")) else {
+                continue;
+            };
+            let nspids: Vec<&str> = nspids.split_whitespace().collect();
+            if nspids.len() < 2 || nspids.last() == Some(&"1") {
+                continue;
+            }
+            if let Some(p) = Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(p, sig);
+            }
+        }
+    }
+
     /// The run's memory high-water mark, as the kernel counts it for the cgroup.
     pub(super) fn peak_memory(&self) -> Option<u64> {
         let (dir, v2, _) = self.memory_dir.as_ref()?;

@@ -49,7 +49,7 @@ use self::cgroup::{Cgroups, Controller};
 use self::pool::Pool;
 use self::run::{Busy, RunBounds, Spawner, Teardowns};
 use self::spawn::Resource;
-use super::job::{Job, StageOutcome, legacy_input};
+use super::job::{Job, LiveInput, StageOutcome, legacy_input};
 use super::relay::InstalledRelay;
 use super::supervise::Report;
 use super::syscalls::{self, Filters};
@@ -371,6 +371,7 @@ impl BwrapSandbox {
                 limits.timeout,
                 &mut dirs,
                 None,
+                None,
                 false,
                 &mut Report::default(),
             )
@@ -420,6 +421,7 @@ impl BwrapSandbox {
         timeout: Duration,
         trace: &mut Vec<PathBuf>,
         live: Option<LiveOutput>,
+        mut live_input: Option<LiveInput>,
         answer_first: bool,
         report: &mut Report,
     ) -> Result<RunOutcome, SandboxError> {
@@ -435,7 +437,14 @@ impl BwrapSandbox {
         if let Some(sandbox) = self.pool.as_ref().and_then(Pool::take) {
             trace.extend(sandbox.dirs().iter().cloned());
             match sandbox
-                .serve(input.clone(), bounds, live.clone(), teardowns, report)
+                .serve(
+                    input.clone(),
+                    bounds,
+                    live.clone(),
+                    teardowns,
+                    report,
+                    live_input.take(),
+                )
                 .await
             {
                 // Its relay never reported: the sandbox was gone before the program reached it
@@ -449,7 +458,9 @@ impl BwrapSandbox {
         }
         let sandbox = self.spawner.prepare().await?;
         trace.extend(sandbox.dirs().iter().cloned());
-        sandbox.serve(input, bounds, live, teardowns, report).await
+        sandbox
+            .serve(input, bounds, live, teardowns, report, live_input.take())
+            .await
     }
 }
 
@@ -477,6 +488,7 @@ impl Sandbox for BwrapSandbox {
             limits.timeout,
             &mut Vec::new(),
             live,
+            None,
             true,
             &mut report,
         )
@@ -487,6 +499,7 @@ impl Sandbox for BwrapSandbox {
         &self,
         job: Job,
         live: Option<LiveOutput>,
+        input: Option<LiveInput>,
     ) -> Result<StageOutcome, SandboxError> {
         let started = std::time::Instant::now();
         let mut report = Report::default();
@@ -497,6 +510,7 @@ impl Sandbox for BwrapSandbox {
                 job.deadline(),
                 &mut Vec::new(),
                 live,
+                input,
                 true,
                 &mut report,
             )

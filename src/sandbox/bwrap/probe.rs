@@ -27,6 +27,7 @@ impl BwrapSandbox {
                 PROBE_TIMEOUT,
                 &mut Vec::new(),
                 None,
+                None,
                 false,
                 &mut Report::default(),
             )

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use super::cgroup::{BWRAP_TASKS, Cgroups, RunCgroup};
 use super::spawn::{self, DataFd, Launch, Resource};
 use super::{COMPLAINTS_CAP, COMPLAINTS_WAIT, SETUP_FAILED, err, exit_status, own_threads};
+use crate::sandbox::job::{LiveInput, StdinEvent};
 use crate::sandbox::output::OutputCollector;
 use crate::sandbox::relay::InstalledRelay;
 use crate::sandbox::supervise::{Ending, Report, supervise};
@@ -158,6 +159,7 @@ impl Prepared {
         live: Option<LiveOutput>,
         teardowns: Option<&Teardowns>,
         report: &mut Report,
+        live_input: Option<LiveInput>,
     ) -> Result<RunOutcome, SandboxError> {
         let RunBounds {
             timeout,
@@ -185,9 +187,35 @@ impl Prepared {
         }
         let started = tokio::time::Instant::now();
         // A program need not read its input: a broken pipe just ends the feeding.
+        let cg_ref = cg.as_ref();
         let feed = async move {
-            let mut stdin = stdin;
-            let _ = stdin.write_all(&input).await;
+            let mut stdin = Some(stdin);
+            if let Some(s) = stdin.as_mut()
+                && s.write_all(&input).await.is_err()
+            {
+                stdin = None;
+            }
+            let Some(mut events) = live_input else {
+                return;
+            };
+            // Live: stdin stays open for what the client sends, until it ends it or goes.
+            while let Some(event) = events.recv().await {
+                match event {
+                    StdinEvent::Data(data) => {
+                        if let Some(s) = stdin.as_mut()
+                            && s.write_all(&data).await.is_err()
+                        {
+                            stdin = None;
+                        }
+                    }
+                    StdinEvent::Eof => stdin = None,
+                    StdinEvent::Signal(sig) => {
+                        if let Some(cg) = cg_ref {
+                            cg.signal_program(sig);
+                        }
+                    }
+                }
+            }
         };
         let mut output = OutputCollector::new(max_output_bytes, live);
         let ending = supervise(

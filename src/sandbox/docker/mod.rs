@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use self::engine::{Engine, engine_error};
 use self::pool::Pool;
 use self::settings::ImageCommand;
-use super::job::{Job, StageOutcome, legacy_input};
+use super::job::{Job, LiveInput, StageOutcome, legacy_input};
 use super::relay::InstalledRelay;
 use super::supervise::Report;
 use super::{Limits, LiveOutput, RunOutcome, Sandbox, SandboxError, SandboxErrorKind};
@@ -261,7 +261,7 @@ impl DockerSandbox {
         input: Bytes,
         limits: &Limits,
         timeout: Duration,
-        live: Option<LiveOutput>,
+        (live, mut live_input): (Option<LiveOutput>, Option<LiveInput>),
         report: &mut Report,
     ) -> Result<RunOutcome, SandboxError> {
         let own = &self.engine.limits;
@@ -292,6 +292,7 @@ impl DockerSandbox {
                 last_try,
                 live.clone(),
                 report,
+                live_input.take(),
             );
             if let Some(outcome) = driven.await? {
                 return Ok(outcome);
@@ -318,19 +319,32 @@ impl Sandbox for DockerSandbox {
     ) -> Result<RunOutcome, SandboxError> {
         let limits = self.engine.limits.clone();
         let input = legacy_input(&program);
-        self.execute(input, &limits, limits.timeout, live, &mut Report::default())
-            .await
+        self.execute(
+            input,
+            &limits,
+            limits.timeout,
+            (live, None),
+            &mut Report::default(),
+        )
+        .await
     }
 
     async fn run_job(
         &self,
         job: Job,
         live: Option<LiveOutput>,
+        input: Option<LiveInput>,
     ) -> Result<StageOutcome, SandboxError> {
         let started = std::time::Instant::now();
         let mut report = Report::default();
         let outcome = self
-            .execute(job.encode(), &job.limits, job.deadline(), live, &mut report)
+            .execute(
+                job.encode(),
+                &job.limits,
+                job.deadline(),
+                (live, input),
+                &mut report,
+            )
             .await?;
         Ok(StageOutcome::new(outcome, report, started.elapsed()))
     }

@@ -22,6 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::engine::{Attached, Engine, Guard, InputSink, Started};
+use crate::sandbox::job::{LiveInput, StdinEvent, signal_name};
 use crate::sandbox::output::OutputCollector;
 use crate::sandbox::supervise::{Ending, Report, supervise};
 use crate::sandbox::{LiveOutput, RunOutcome, SandboxError, SandboxErrorKind};
@@ -53,6 +54,7 @@ pub(super) async fn drive(
     last_try: bool,
     live: Option<LiveOutput>,
     report: &mut Report,
+    live_input: Option<LiveInput>,
 ) -> Result<Option<RunOutcome>, SandboxError> {
     let Started { guard, main, exec } = c;
     // With an exec, the main process stays attached, its stdin open, until the run ends: with
@@ -82,7 +84,7 @@ pub(super) async fn drive(
         &mut collector,
         report,
         deadline,
-        feed(input, program),
+        feed(input, program, live_input, engine, name),
     )
     .await?;
 
@@ -198,10 +200,40 @@ fn relay_bytes(
 /// Writes the program, then half-closes: the engine turns that into EOF on the program's stdin
 /// and keeps the output flowing. Never finishes, so that the connection's write half stays open
 /// until the run ends.
-async fn feed(mut input: InputSink, program: Bytes) {
+///
+/// With `live`, stdin stays open after the header for what a live client sends (the end of its
+/// stdin is the half-close), and its signals go to the program's processes through the engine.
+async fn feed(
+    mut input: InputSink,
+    program: Bytes,
+    live: Option<LiveInput>,
+    engine: &Engine,
+    name: &str,
+) {
     // A failed write means the program exited or closed its stdin without reading it all; that
     // is the program's business, and its output still tells the story.
-    if input.write_all(&program).await.is_ok() {
+    let mut open = input.write_all(&program).await.is_ok();
+    if let Some(mut events) = live {
+        while let Some(event) = events.recv().await {
+            match event {
+                StdinEvent::Data(data) if open => open = input.write_all(&data).await.is_ok(),
+                StdinEvent::Data(_) => {}
+                StdinEvent::Eof => {
+                    if open {
+                        let _ = input.shutdown().await;
+                    }
+                    open = false;
+                }
+                StdinEvent::Signal(sig) => {
+                    let name_of = signal_name(sig);
+                    engine
+                        .signal_program(name, name_of.trim_start_matches("SIG"))
+                        .await
+                }
+            }
+        }
+    }
+    if open {
         let _ = input.shutdown().await;
     }
     std::future::pending::<()>().await;

@@ -7,7 +7,9 @@
  *   1  job: one stage (see docs/design.md, "The run model"), then:
  *        u32 argc, argc x (u32 len, bytes)                the stage's command line (execvp)
  *        u32 nfiles, nfiles x (u32 len, path, u32 mode, u64 len, content)   written under /tmp
- *        u64 len, bytes                                   the stage's stdin (a memfd, then EOF)
+ *        u64 len, bytes                                   the stage's stdin (a memfd, then EOF);
+ *                                                         all ones: the rest of the relay's
+ *                                                         stdin, live (no bytes here)
  *        u32 cpu_ms, u32 wall_ms                          0: no limit
  *        u32 nkeep, nkeep x (u32 len, path)               files sent back after a clean exit
  *        u64 keep_max                                     their total size at most
@@ -65,6 +67,7 @@ struct job {
     struct file *files;
     uint64_t stdin_len;
     char *stdin_data;
+    int live_stdin;
     uint32_t cpu_ms, wall_ms;
     uint32_t nkeep;
     char **keep;
@@ -162,6 +165,9 @@ struct job *job_read(int drop) {
         j->files[i].data = bytes(0, j->files[i].len, 0);
     }
     j->stdin_len = u64(0);
+    j->live_stdin = j->stdin_len == UINT64_MAX;
+    if (j->live_stdin)
+        j->stdin_len = 0;
     j->stdin_data = bytes(0, j->stdin_len, 0);
     j->cpu_ms = u32(0);
     j->wall_ms = u32(0);
@@ -283,12 +289,8 @@ static void write_file(const struct file *f) {
     close(fd);
 }
 
-void job_enter(struct job *job) {
-    if (chdir(WORKDIR) < 0)
-        child_fail("cannot enter", WORKDIR);
-    for (uint32_t i = 0; i < job->nfiles; i++)
-        write_file(&job->files[i]);
-    /* Stdin is all there from the start and then ends, as a file would. */
+/* Stdin is all there from the start and then ends, as a file would. */
+static void hold_stdin(struct job *job) {
     int in = memfd_create("stdin", MFD_CLOEXEC);
     if (in < 0) {
         char name[] = WORKDIR "/.stdin-XXXXXX";
@@ -308,6 +310,16 @@ void job_enter(struct job *job) {
     if (lseek(in, 0, SEEK_SET) < 0 || dup2(in, 0) < 0)
         child_fail("cannot hold stdin", "");
     close(in);
+}
+
+void job_enter(struct job *job) {
+    if (chdir(WORKDIR) < 0)
+        child_fail("cannot enter", WORKDIR);
+    for (uint32_t i = 0; i < job->nfiles; i++)
+        write_file(&job->files[i]);
+    /* Live stdin: the relay's own, which the daemon keeps writing to and closes at the end. */
+    if (!job->live_stdin)
+        hold_stdin(job);
     if (job->cpu_ms) {
         /* A backstop per process; the relay's own check is the precise one. */
         rlim_t secs = job->cpu_ms / 1000 + 2;
