@@ -563,3 +563,60 @@ async fn live_stdin(backend: Backend) {
     );
     d.stop().await;
 }
+
+/// The playground page's input box, over Piston's WebSocket, in a real browser (bwrap, the
+/// busybox rootfs as the default language).
+#[tokio::test]
+async fn page_sends_input_to_a_running_program() {
+    let _g = ONE_AT_A_TIME.lock().await;
+    let mut c = common::config(Backend::Bwrap);
+    let root = common::test_rootfs();
+    c.language_tables = BTreeMap::from([(
+        "sh".to_owned(),
+        toml::from_str(&format!(
+            "rootfs = {:?}\ncommand = \"/bin/sh\"\nmain-file = \"main.sh\"\nrun-command = \"/bin/sh main.sh\"",
+            root.display().to_string()
+        ))
+        .unwrap(),
+    )]);
+    c.default_language = Some("sh".to_owned());
+    let d = TestDaemon::start(c).await;
+    let mut b = common::cdp::Browser::start().await;
+    b.open(&d.url("/")).await;
+    b.eval("document.getElementById('transport').value = 'piston'")
+        .await;
+    b.type_into(
+        "#code",
+        "read a; echo \"got $a\"; read b; echo \"got $b\" >&2; cat; echo end",
+    )
+    .await;
+    b.click("#run").await;
+    let output = "document.querySelector('#output').textContent";
+    for (line, shown) in [("one", "got one"), ("two", "got two"), ("three", "three\n")] {
+        b.wait_for("!document.getElementById('stdin').disabled")
+            .await;
+        b.type_into("#stdin", line).await;
+        b.click("#send").await;
+        b.wait_for(&format!("{output}.includes({})", json!(shown)))
+            .await;
+    }
+    b.click("#eof").await;
+    b.wait_for("document.body.dataset.state === 'done'").await;
+    let shown = b
+        .eval(
+            "(() => { const t = c => [...document.querySelectorAll('#output .' + c)].map(e => e.textContent).join(''); \
+             return [t('stdout'), t('stderr'), t('stdin'), document.getElementById('status').textContent]; })()",
+        )
+        .await;
+    assert_eq!(
+        shown,
+        json!([
+            "got one\nthree\nend\n",
+            "got two\n",
+            "one\ntwo\nthree\n",
+            "Program exited."
+        ])
+    );
+    b.screenshot("playground-piston-input").await;
+    d.stop().await;
+}
