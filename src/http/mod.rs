@@ -7,7 +7,6 @@ pub mod cors;
 mod form;
 mod langs;
 mod piston;
-mod piston_ws;
 mod preface;
 pub mod request;
 mod routes;

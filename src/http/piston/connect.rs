@@ -35,9 +35,10 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
-use super::App;
-use super::piston::{self, stage_exit};
-use super::routes::{Resp, json_error, response};
+use super::render::stage_exit;
+use crate::http::App;
+use crate::http::piston;
+use crate::http::routes::{Resp, json_error, response};
 use crate::run::{self, Bounds, RunResult};
 use crate::sandbox::job::{StageOutcome, StdinEvent};
 
