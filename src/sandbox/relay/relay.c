@@ -566,7 +566,10 @@ int main(int argc, char **argv) {
         if (poll(p, 3, timeout) < 0 && errno != EINTR)
             die("poll");
         if (job && status < 0 && job_check(job, child)) {
-            drain(st, &buf, &cap);
+            if (queued)
+                drain_queue(&buf, &cap);
+            else
+                drain(st, &buf, &cap);
             status = 128 + SIGKILL;
             signalled = 1;
             break;
