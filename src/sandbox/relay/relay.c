@@ -466,7 +466,13 @@ int main(int argc, char **argv) {
         die("signalfd");
     /* Only watched for its end, never read: the program reads its stdin itself. */
     int in_fd = drop ? fcntl(0, F_DUPFD_CLOEXEC, 3) : -1;
+    /* A pooled container's relay may wait here for long, beside another run: it waits as its
+     * own user (effective only; the saved root is taken back to start the program). */
+    if (drop && header && setresuid((uid_t)-1, RELAY_UID, (uid_t)-1) < 0)
+        die("waiting as the relay's user");
     struct job *job = header ? job_read(drop) : NULL;
+    if (drop && header && setresuid((uid_t)-1, 0, (uid_t)-1) < 0)
+        die("taking root back to start the program");
     char **command = job ? job_argv(job) : argv + 1;
     long long oom_before = oom_kills();
     /* The program's stdout and stderr (o[1], e[1]), and what the relay reads them from. */
