@@ -34,8 +34,15 @@ fn kernel_header_dirs() -> Vec<String> {
 
 fn main() {
     let source = "src/sandbox/relay/relay.c";
-    let sources = [source, "src/sandbox/relay/launch.c"];
-    for file in sources.iter().chain(&["src/sandbox/relay/launch.h"]) {
+    let sources = [
+        source,
+        "src/sandbox/relay/launch.c",
+        "src/sandbox/relay/job.c",
+    ];
+    for file in sources
+        .iter()
+        .chain(&["src/sandbox/relay/launch.h", "src/sandbox/relay/job.h"])
+    {
         println!("cargo:rerun-if-changed={file}");
     }
     println!("cargo:rerun-if-env-changed=CC");

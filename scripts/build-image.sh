@@ -8,6 +8,9 @@
 #                           formatter), errors on stderr, nonzero status
 # and /etc/compilerd-language (language=, version=, and output= when the run's output is framed),
 # which the Docker image repeats as labels (compilerd.version, compilerd.output).
+# Run requests (Piston's API) run in stages instead: the files are written to /tmp, an optional
+# compile stage leaves its output there, and the run stage runs it; /etc/compilerd-language and
+# the labels record how (main=, compile=, keep=, run=; see README, "Piston API").
 #
 # Usage: build-image.sh LANGUAGE [--tag IMAGE] [--rootfs DIR]
 #   LANGUAGE: go, python, c or sh. Without --tag or --rootfs, both are built: the Docker image
@@ -52,6 +55,16 @@ if [ "$lang" = go ]; then
   read -r -a go_module_packages <<<"${COMPILERD_GO_MODULES-golang-github-google-go-cmp-dev golang-golang-x-text-dev golang-golang-x-exp-dev}"
   packages+=("${go_module_packages[@]}")
 fi
+# The stages of a run request: the main file's name, the compile command (none: no compile
+# stage), what the compile leaves for the run, and the run command (arguments follow it).
+stage_main=; stage_compile=; stage_keep=; stage_run=
+case $lang in
+  go) stage_main=prog.go; stage_compile=/usr/lib/compilerd/compile; stage_keep=prog; stage_run=./prog ;;
+  python) stage_main=main.py; stage_run="/usr/bin/python3 -B main.py" ;;
+  c) stage_main=main.c; stage_compile="/usr/bin/gcc -O2 -o prog main.c -lm"; stage_keep=prog
+     stage_run=./prog ;;
+  sh) stage_main=main.sh; stage_run="/bin/sh main.sh" ;;
+esac
 # Dependencies a sandbox never uses (package management, perl for mailcap, docs tooling).
 skip='^(dpkg|install-info|tar|perl|perl-base|perl-modules-.*|libperl.*|mailcap|mime-support|debconf|libgdbm-compat4)$'
 
@@ -102,10 +115,13 @@ build_root() {
   [ -d "$root/lib/x86_64-linux-gnu" ] && ldconfig -r "$root" 2>/dev/null || true
   printf 'language=%s\nversion=%s\nstamp=%s\n' "$lang" "$version" "$stamp" >"$root/etc/compilerd-language"
   [ -z "$output" ] || printf 'output=%s\n' "$output" >>"$root/etc/compilerd-language"
+  printf 'main=%s\ncompile=%s\nkeep=%s\nrun=%s\n' "$stage_main" "$stage_compile" "$stage_keep" \
+    "$stage_run" >>"$root/etc/compilerd-language"
   write_commands "$root/usr/lib/compilerd"
   case $lang in
     go) go_build "$root" ;;
   esac
+  write_stage_commands "$root/usr/lib/compilerd"
 }
 
 # Go programs are built with the faketime tag, as on the Go playground: time starts at
@@ -236,6 +252,27 @@ EOF
   [ ! -e "$dir/fmt" ] || chmod 755 "$dir/fmt"
 }
 
+# What a run request's compile stage runs where a compiler line is not enough (Go: the compiler and
+# linker on the precompiled standard library, as `run` does, for every .go file in /tmp).
+write_stage_commands() {
+  local dir=$1
+  case $lang in
+    go)
+      cat >"$dir/compile" <<'EOF'
+#!/bin/sh
+export GOROOT=/usr/lib/go-1.19
+tool=/usr/lib/go-1.19/pkg/tool/linux_amd64
+cfg=/usr/lib/compilerd/importcfg
+cd /tmp || exit 2
+GOGC=400 GOMEMLIMIT=64MiB GOMAXPROCS=2 $tool/compile -o prog.a -p main -complete -nolocalimports -pack -importcfg $cfg ./*.go >&2 || exit 2
+GOGC=400 GOMEMLIMIT=64MiB GOMAXPROCS=2 $tool/link -o prog -s -w -buildmode=exe -importcfg $cfg prog.a >&2 || exit 2
+rm -f prog.a
+EOF
+      chmod 755 "$dir/compile"
+      ;;
+  esac
+}
+
 if [ -n "$rootfs" ]; then
   if [ "$(sed -n 's/^stamp=//p' "$rootfs/etc/compilerd-language" 2>/dev/null)" = "$stamp" ]; then
     echo "rootfs $rootfs is up to date ($version)"
@@ -268,6 +305,8 @@ if [ -n "$tag" ]; then
       --change "LABEL compilerd.stamp=$stamp" \
       ${output:+--change "LABEL compilerd.output=$output"} \
       ${modules:+--change "LABEL compilerd.modules=$modules"} \
+      --change "LABEL compilerd.main=\"$stage_main\" compilerd.compile=\"$stage_compile\"" \
+      --change "LABEL compilerd.keep=\"$stage_keep\" compilerd.run=\"$stage_run\"" \
       - "$tag" >/dev/null
     echo "image $tag built ($version)"
   fi

@@ -69,3 +69,18 @@ say "language images (Go, Python, C from Debian packages)"
 # apt-cache must know the toolchains' packages; a fresh machine may not have fetched the lists.
 apt-cache show golang-1.19-go >/dev/null 2>&1 || apt-get update -qq
 for lang in go python c; do scripts/build-image.sh "$lang"; done
+
+say "Piston clients (piston-client from npm, aiopyston from PyPI)"
+# tests/piston.rs runs the published clients: piston-client under Debian's nodejs, aiopyston in a
+# venv of its own.
+# (A nodejs of another origin may bring its own npm, which Debian's npm package conflicts with.)
+command -v node >/dev/null && command -v npm >/dev/null ||
+  { apt-get update -qq; apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
+python3 -c 'import venv, ensurepip' 2>/dev/null ||
+  apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+clients=/var/lib/compilerd-test/clients
+[ -f "$clients/node_modules/piston-client/package.json" ] ||
+  npm install --prefix "$clients" --no-audit --no-fund --silent piston-client@1.0.2
+[ -x "$clients/venv/bin/python" ] || python3 -m venv "$clients/venv"
+"$clients/venv/bin/python" -c 'import pyston' 2>/dev/null ||
+  "$clients/venv/bin/pip" install -q aiopyston==1.2.1

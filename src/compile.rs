@@ -498,6 +498,123 @@ impl CompileService {
     }
 }
 
+/// A dialect's rendering of a run request's result (`run`).
+pub type RunRenderFn =
+    Arc<dyn Fn(&Result<crate::run::RunResult, SandboxError>) -> Row + Send + Sync>;
+
+/// How a dialect of run requests (Piston's) renders a run, and what it answers when no run slot
+/// is free.
+#[derive(Clone)]
+pub struct RunRender {
+    /// In the cache key: each dialect caches its own bytes.
+    pub dialect: &'static str,
+    pub render: RunRenderFn,
+    pub overloaded: Row,
+}
+
+impl CompileService {
+    /// Answers a run request (`run`): from the cache, or from the same request's run in flight,
+    /// or from a new run of its stages under this service's admission, with the same metrics as
+    /// `compile`. The key covers the whole request (files, stdin, arguments, the run's own
+    /// limits), the language's stages and fingerprint, and the dialect. As with `compile`, the run
+    /// lives in its own task: a client that hangs up cancels nothing, and the drain waits for it.
+    pub async fn execute(self: &Arc<Self>, job: crate::run::RunJob, how: RunRender) -> Answer {
+        let mut keyed = Vec::with_capacity(128);
+        keyed.extend_from_slice(how.dialect.as_bytes());
+        keyed.push(0);
+        keyed.extend_from_slice(format!("{:?}", job.stages).as_bytes());
+        keyed.push(0);
+        keyed.extend_from_slice(&job.req.digest());
+        let key = self.key(&keyed);
+        if let Some(stored) = self.cache.get(&key) {
+            return Answer {
+                status: stored.status,
+                body: stored.body,
+                cache: Some(CacheStatus::Hit),
+                retry_after: None,
+                result: None,
+                key: Some(key),
+            };
+        }
+        let flight = {
+            let mut inflight = self.inflight.lock().unwrap();
+            match inflight.get(&key) {
+                Some(f) => f.clone(),
+                None => {
+                    let this = self.clone();
+                    let task = tokio::spawn(async move {
+                        // Lands even if the run panics, so that the drain never waits on it.
+                        let _landing = Landing(&this, key);
+                        Answers::both(this.run_job(key, job, how).await)
+                    });
+                    let flight = async move {
+                        task.await.unwrap_or_else(|e| {
+                            tracing::error!(error = %e, "run task failed");
+                            Answers::both(Answer::error(
+                                500,
+                                "Internal error while running the program.",
+                            ))
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    inflight.insert(key, flight.clone());
+                    flight
+                }
+            }
+        };
+        Answer {
+            key: Some(key),
+            ..flight.await.raw
+        }
+    }
+
+    /// A run slot for a live run of a run request (Piston's WebSocket), which does not go through
+    /// the cache; `None` when the queue is full (counted as an overload).
+    pub async fn admit(&self) -> Option<crate::admission::Slot> {
+        let slot = self.admission.acquire().await.ok();
+        if slot.is_none() {
+            self.hooks.overload_rejected();
+        }
+        slot
+    }
+
+    /// Counts a live run in the run metrics.
+    pub fn record_run(&self, result: RunResult, elapsed: Duration) {
+        self.hooks.run_finished(&self.language, result, elapsed);
+    }
+
+    async fn run_job(&self, key: Key, job: crate::run::RunJob, how: RunRender) -> Answer {
+        let Ok(_slot) = self.admission.acquire().await else {
+            self.hooks.overload_rejected();
+            return self.answer_of(how.overloaded, None);
+        };
+        let started = Instant::now();
+        let result = crate::run::execute(self.sandbox.as_ref(), &job, None, None).await;
+        if let Err(e) = &result {
+            self.hooks.sandbox_error(e.kind.as_str());
+            tracing::error!(kind = e.kind.as_str(), error = %e.message, "sandbox failed");
+        }
+        let row = (how.render)(&result);
+        self.hooks.run_finished(
+            &self.language,
+            row.metric.unwrap_or(RunResult::SandboxError),
+            started.elapsed(),
+        );
+        if row.cacheable {
+            self.cache.insert(
+                key,
+                Stored {
+                    status: row.status,
+                    body: row.body.clone(),
+                    playground: row.body.clone(),
+                },
+            );
+        }
+        self.answer_of(row, Some(CacheStatus::Miss))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ use crate::compile::{self, CompileService, Options, SharedState};
 use crate::config::{Backend, Config, LanguageConfig};
 use crate::format;
 use crate::hooks::Hooks;
+use crate::run::{Maxima, Stages};
 use crate::sandbox::bwrap::{BwrapOptions, BwrapSandbox};
 use crate::sandbox::docker::{DockerOptions, DockerSandbox};
 use crate::sandbox::{Limits, Sandbox, SandboxError};
@@ -32,6 +33,8 @@ pub struct OpenLanguage {
     pub config: LanguageConfig,
     /// The toolchain's version as the image or rootfs records it; empty when it does not.
     pub version: String,
+    /// How the language runs run requests; `None`: it takes none.
+    pub stages: Option<Stages>,
     pub run: Arc<dyn Sandbox>,
     pub format: Option<Arc<dyn Sandbox>>,
 }
@@ -84,9 +87,11 @@ async fn open_on(
             None => None,
         };
         let version = version(backend, &lang).await;
+        let stages = stages(backend, &lang).await;
         opened.push(OpenLanguage {
             config: lang,
             version,
+            stages,
             run,
             format,
         });
@@ -142,6 +147,42 @@ async fn version(backend: Backend, lang: &LanguageConfig) -> String {
     }
 }
 
+/// The language's stages: the configured keys, else what the image or rootfs records.
+async fn stages(backend: Backend, lang: &LanguageConfig) -> Option<Stages> {
+    const KEYS: [&str; 4] = ["main", "compile", "keep", "run"];
+    let recorded: Vec<Option<String>> = match backend {
+        Backend::Auto => vec![None; KEYS.len()],
+        Backend::Bwrap => {
+            let text = lang
+                .rootfs
+                .as_deref()
+                .and_then(|root| std::fs::read_to_string(root.join(VERSION_FILE)).ok())
+                .unwrap_or_default();
+            KEYS.iter().map(|k| field(&text, k)).collect()
+        }
+        Backend::Docker => {
+            let mut out = Vec::new();
+            for k in KEYS {
+                out.push(image_label(&lang.image, &format!("compilerd.{k}")).await);
+            }
+            out
+        }
+    };
+    let pick = |i: usize| {
+        lang.stages[i]
+            .clone()
+            .or_else(|| recorded[i].clone())
+            .filter(|v| !v.trim().is_empty())
+    };
+    let words = |v: String| v.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    Some(Stages {
+        run: words(pick(3)?),
+        main_file: pick(0).unwrap_or_else(|| "main".to_owned()),
+        compile: pick(1).map(words),
+        keep: pick(2).map(words).unwrap_or_default(),
+    })
+}
+
 /// `key=value` lines.
 fn field(text: &str, key: &str) -> Option<String> {
     text.lines()
@@ -160,6 +201,9 @@ pub struct Language {
     pub name: String,
     pub version: String,
     pub pool_size: usize,
+    pub stages: Option<Stages>,
+    /// How far a run request may raise the language's limits.
+    pub maxima: Maxima,
     pub compile: Arc<CompileService>,
     /// `None`: the language has no formatter.
     pub format: Option<Arc<CompileService>>,
@@ -241,6 +285,8 @@ impl Languages {
                     name,
                     version: o.version,
                     pool_size: o.config.pool_size,
+                    stages: o.stages,
+                    maxima: o.config.maxima,
                 })
             })
             .collect();

@@ -18,6 +18,7 @@ pub mod languages;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
+pub mod run;
 pub mod sandbox;
 pub mod server;
 pub mod systemd;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{ByteSize, Config, HumanDuration};
+use crate::run::Maxima;
 use crate::sandbox::Limits;
 
 /// One `[languages.NAME]` table: its sandbox and, optionally, its own limits; what it leaves out
@@ -22,6 +23,18 @@ pub struct LanguageSettings {
     /// The formatter (program on stdin, formatted program on stdout), run in the same image or
     /// rootfs; without it the language cannot format.
     pub format_command: Option<String>,
+    /// Run requests (Piston's API): the main file's name [default: the image's
+    /// compilerd.main label, as scripts/build-image.sh sets it].
+    pub main_file: Option<String>,
+    /// Run requests: the compile stage's command, run in /tmp beside the files [default: the
+    /// image's compilerd.compile label; none: no compile stage].
+    pub compile_command: Option<String>,
+    /// Run requests: what the compile stage leaves for the run stage, space-separated paths
+    /// [default: the image's compilerd.keep label].
+    pub compile_keep: Option<String>,
+    /// Run requests: the run stage's command; the request's arguments follow it [default: the
+    /// image's compilerd.run label; none: the language takes no run requests].
+    pub run_command: Option<String>,
     pub timeout: Option<HumanDuration>,
     pub memory: Option<ByteSize>,
     pub pids: Option<u32>,
@@ -39,7 +52,12 @@ pub struct LanguageConfig {
     pub rootfs: Option<PathBuf>,
     pub command: String,
     pub format_command: Option<String>,
+    /// main-file, compile-command, compile-keep, run-command as configured (the image's labels
+    /// fill what is left out).
+    pub stages: [Option<String>; 4],
     pub limits: Limits,
+    /// How far a run request may raise `limits` (the flat settings').
+    pub maxima: Maxima,
     pub pool_size: usize,
     /// Docker's OCI runtime, the flat setting's for every language; `None`: the engine's default.
     pub runtime: Option<String>,
@@ -73,7 +91,9 @@ impl Config {
                 rootfs: self.rootfs.clone(),
                 command: self.command.clone(),
                 format_command: self.format_command.clone(),
+                stages: Default::default(),
                 limits: self.limits.clone(),
+                maxima: self.maxima,
                 pool_size: self.pool_size,
                 runtime: self.runtime.clone(),
             }];
@@ -96,6 +116,12 @@ impl Config {
                         .clone()
                         .unwrap_or_else(|| "/usr/lib/compilerd/run".to_owned()),
                     format_command: t.format_command.clone(),
+                    stages: [
+                        t.main_file.clone(),
+                        t.compile_command.clone(),
+                        t.compile_keep.clone(),
+                        t.run_command.clone(),
+                    ],
                     limits: Limits {
                         timeout: t.timeout.map_or(g.timeout, |d| d.0),
                         max_output_bytes: t
@@ -106,6 +132,7 @@ impl Config {
                         cpus: t.cpus.unwrap_or(g.cpus),
                         tmpfs_bytes: t.tmpfs_size.map_or(g.tmpfs_bytes, |b| b.0),
                     },
+                    maxima: self.maxima,
                     pool_size: t.pool_size.unwrap_or(self.pool_size),
                     runtime: self.runtime.clone(),
                 }

@@ -16,6 +16,7 @@ use clap::{ArgAction, Args};
 use serde::Deserialize;
 
 use crate::cache::SharedSettings;
+use crate::run::Maxima;
 use crate::sandbox::Limits;
 
 use languages::valid_language_name;
@@ -76,6 +77,10 @@ memory = "128MiB"
 pids = 64
 cpus = 1.0
 tmpfs-size = "16MiB"
+max-run-timeout = "15s"
+max-run-cpu-time = "15s"
+max-run-memory = "512MiB"
+max-run-output-bytes = 1048576
 read-timeout = "10s"
 log-format = "auto"
 shared-cache-ttl = "7d"
@@ -169,6 +174,18 @@ pub struct Settings {
     /// Size of the writable /tmp of a run [default: 16MiB].
     #[arg(long)]
     pub tmpfs_size: Option<ByteSize>,
+    /// The most wall time a run request (Piston's API) may ask for, per stage [default: 15s].
+    #[arg(long)]
+    pub max_run_timeout: Option<HumanDuration>,
+    /// The most CPU time a run request may ask for, per stage [default: 15s].
+    #[arg(long)]
+    pub max_run_cpu_time: Option<HumanDuration>,
+    /// The most memory a run request may ask for, per stage [default: 512MiB].
+    #[arg(long)]
+    pub max_run_memory: Option<ByteSize>,
+    /// The most output a run request may ask for, per stage [default: 1048576].
+    #[arg(long)]
+    pub max_run_output_bytes: Option<ByteSize>,
     /// How long a client may take to send a request's head, and again its body [default: 10s].
     #[arg(long)]
     pub read_timeout: Option<HumanDuration>,
@@ -254,6 +271,10 @@ impl Settings {
             pids,
             cpus,
             tmpfs_size,
+            max_run_timeout,
+            max_run_cpu_time,
+            max_run_memory,
+            max_run_output_bytes,
             read_timeout,
             max_connections,
             log_format,
@@ -292,6 +313,8 @@ pub struct Config {
     pub rootfs: Option<PathBuf>,
     pub format_command: Option<String>,
     pub limits: Limits,
+    /// How far a run request may raise the limits.
+    pub maxima: Maxima,
     pub max_program_bytes: usize,
     pub cache_entries: usize,
     pub cache_bytes: usize,
@@ -372,6 +395,13 @@ impl Config {
             rootfs: s.rootfs,
             format_command: s.format_command,
             limits,
+            maxima: Maxima {
+                wall: fixed!(max_run_timeout).0,
+                cpu: fixed!(max_run_cpu_time).0,
+                memory: fixed!(max_run_memory).0,
+                pids: Maxima::default().pids,
+                output: fixed!(max_run_output_bytes).0 as usize,
+            },
             max_program_bytes: fixed!(max_program_bytes).0 as usize,
             cache_entries: fixed!(cache_entries),
             cache_bytes: fixed!(cache_bytes).0 as usize,
@@ -439,6 +469,13 @@ impl Config {
                 errors.push(msg.to_string());
             }
         };
+        need(
+            !self.maxima.wall.is_zero()
+                && !self.maxima.cpu.is_zero()
+                && self.maxima.memory > 0
+                && self.maxima.output > 0,
+            "max-run-timeout, max-run-cpu-time, max-run-memory and max-run-output-bytes must be more than 0",
+        );
         need(
             self.max_program_bytes > 0,
             "max-program-bytes must be more than 0",
@@ -534,6 +571,8 @@ mod tests {
         let filled = Config::from_settings(Settings::default()).unwrap();
         assert_eq!(filled.limits.timeout, d.timeout.unwrap().0);
         assert_eq!(filled.read_timeout, d.read_timeout.unwrap().0);
+        // The sandbox's own defaults (it does not read the config) are the ones written here.
+        assert_eq!(filled.limits, Limits::default());
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod connections;
 pub mod cors;
 mod form;
 mod langs;
+mod piston;
 mod preface;
 pub mod request;
 mod routes;

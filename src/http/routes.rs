@@ -16,7 +16,7 @@ use super::body::{BodyError, read_bounded};
 use super::cors::ALLOW_METHODS;
 use super::langs;
 use super::request::{self, Decoded, Malformed, RequestForm};
-use super::{socket, ui};
+use super::{piston, socket, ui};
 use crate::answer::{Dialect, Outcome};
 use crate::compile::{Answer, CacheStatus, error_body};
 
@@ -47,6 +47,10 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
         "/healthz" => ("healthz", healthz(app, &req)),
         "/metrics" => ("metrics", metrics(app, &req)),
         "/socket" => ("socket", socket::upgrade(app, req)),
+        "/api/v2/connect" | "/api/v2/connect/" => ("piston_connect", piston::connect(app, req)),
+        path if let Some(which) = piston::route(path) => {
+            (which, piston::handle(app, which, req).await)
+        }
         path if app.ui && ui::serves(path) => {
             ("ui", only_get(&req).unwrap_or_else(|| ui::page(path)))
         }

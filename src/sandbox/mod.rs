@@ -6,6 +6,7 @@
 
 pub mod bwrap;
 pub mod docker;
+pub mod job;
 pub mod output;
 pub mod relay;
 pub mod scripted;
@@ -39,10 +40,19 @@ pub struct Limits {
     pub tmpfs_bytes: u64,
 }
 
-/// The defaults live in `config::DEFAULTS`, with every other setting's.
+/// The sandbox owns its limits and their defaults (the config builds on the sandbox, never the
+/// other way round); `config::DEFAULTS` writes the same values, and a test there holds the two
+/// together.
 impl Default for Limits {
     fn default() -> Self {
-        crate::config::Config::default().limits
+        Limits {
+            timeout: Duration::from_millis(3500),
+            max_output_bytes: 65536,
+            memory_bytes: 128 << 20,
+            pids: 64,
+            cpus: 1.0,
+            tmpfs_bytes: 16 << 20,
+        }
     }
 }
 
@@ -192,6 +202,16 @@ pub trait Sandbox: Send + Sync + 'static {
     fn modules(&self) -> &[String] {
         &[]
     }
+
+    /// Runs one stage of a run request (files, stdin, arguments, its own limits; see `job`) in a
+    /// fresh sandbox, with the same guarantees as `run`, and reports its measurements.
+    /// `input`, for a job with `live_stdin`, carries its stdin as it comes, its end and signals.
+    async fn run_job(
+        &self,
+        job: job::Job,
+        live: Option<LiveOutput>,
+        input: Option<job::LiveInput>,
+    ) -> Result<job::StageOutcome, SandboxError>;
 
     /// A short state line for logs and STATUS=, e.g. "pool 2/2".
     fn status(&self) -> String {

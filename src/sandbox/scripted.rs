@@ -8,6 +8,10 @@
 //! (ends the run), `oom` (ends as a memory kill), `hang` (waits for the deadline), `fail`
 //! (the sandbox fails). A script that ends without `exit` exits 0; an unknown line is written to
 //! stderr and the run exits 2, as a shell would.
+//!
+//! A job (`run_job`) runs its first file as the script, where `stdin` writes the job's stdin to
+//! stdout and `args` its command line; its kept files are the job's files of those names, and its
+//! measurements are the wall time alone (CPU 0, peak memory 0).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -15,7 +19,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use super::job::{Job, Measures, StageOutcome};
 use super::output::OutputCollector;
+use super::supervise::Report;
 use super::{Limits, LiveOutput, RunOutcome, Sandbox, SandboxError, SandboxErrorKind, StreamKind};
 
 pub struct ScriptedSandbox {
@@ -44,6 +50,8 @@ enum Step<'a> {
     Oom,
     Hang,
     Fail,
+    Stdin,
+    Args,
     Unknown(&'a str),
 }
 
@@ -59,6 +67,8 @@ fn parse(line: &str) -> Step<'_> {
         "oom" => Step::Oom,
         "hang" => Step::Hang,
         "fail" => Step::Fail,
+        "stdin" => Step::Stdin,
+        "args" => Step::Args,
         _ => Step::Unknown(line),
     }
 }
@@ -78,14 +88,70 @@ impl Sandbox for ScriptedSandbox {
         program: Bytes,
         live: Option<LiveOutput>,
     ) -> Result<RunOutcome, SandboxError> {
+        self.script(&program, &self.limits, None, live).await
+    }
+
+    async fn run_job(
+        &self,
+        job: Job,
+        live: Option<LiveOutput>,
+        _input: Option<super::job::LiveInput>,
+    ) -> Result<StageOutcome, SandboxError> {
+        let started = std::time::Instant::now();
+        let script = job
+            .files
+            .first()
+            .map(|f| f.content.clone())
+            .unwrap_or_default();
+        let outcome = self.script(&script, &job.limits, Some(&job), live).await?;
+        let status = match &outcome {
+            RunOutcome::Exited { status, .. } => *status,
+            _ => 137,
+        };
+        let mut report = Report {
+            measures: Some(Measures {
+                status,
+                signal: (status > 128).then(|| (status - 128) as i32),
+                limit: u32::from(matches!(outcome, RunOutcome::TimedOut { .. })) * 2,
+                cpu: Duration::ZERO,
+                wall: started.elapsed(),
+                peak_memory: Some(0),
+            }),
+            kept: Vec::new(),
+        };
+        if status == 0 {
+            report.kept = job
+                .files
+                .iter()
+                .filter(|f| job.keep.contains(&f.path))
+                .cloned()
+                .collect();
+        }
+        Ok(StageOutcome::new(outcome, report, started.elapsed()))
+    }
+}
+
+impl ScriptedSandbox {
+    async fn script(
+        &self,
+        program: &[u8],
+        limits: &Limits,
+        job: Option<&Job>,
+        live: Option<LiveOutput>,
+    ) -> Result<RunOutcome, SandboxError> {
         self.runs.fetch_add(1, Ordering::SeqCst);
-        let deadline = tokio::time::Instant::now() + self.limits.timeout;
-        let mut output = OutputCollector::new(self.limits.max_output_bytes, live);
-        let text = String::from_utf8_lossy(&program);
+        let deadline = tokio::time::Instant::now() + limits.timeout;
+        let mut output = OutputCollector::new(limits.max_output_bytes, live);
+        let text = String::from_utf8_lossy(program);
         let mut status = 0;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let wrote = match parse(line) {
                 Step::Write(kind, s) => output.push(kind, format!("{s}\n").as_bytes()),
+                Step::Stdin => output.push(StreamKind::Stdout, job.map_or(&[][..], |j| &j.stdin)),
+                Step::Args => {
+                    let args = job.map_or(String::new(), |j| j.argv.join(" ") + "\n");
+                    output.push(StreamKind::Stdout, args.as_bytes())
+                }
                 Step::Sleep(d) => {
                     if tokio::time::Instant::now() + d > deadline {
                         tokio::time::sleep_until(deadline).await;

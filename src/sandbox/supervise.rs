@@ -9,9 +9,17 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::time::Instant;
 
+use super::job::{JobFile, Measures};
 use super::output::OutputCollector;
 use super::relay::{Event, Exit, Frames};
 use super::{SandboxError, SandboxErrorKind};
+
+/// What a job's relay reports besides output: its measurements and kept files.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub measures: Option<Measures>,
+    pub kept: Vec<JobFile>,
+}
 
 /// How the watch over a run ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -32,6 +40,7 @@ pub enum Ending {
 pub async fn supervise<S, F>(
     mut frames: S,
     collector: &mut OutputCollector,
+    report: &mut Report,
     deadline: Instant,
     feed: F,
 ) -> Result<Ending, SandboxError>
@@ -59,6 +68,8 @@ where
                                     return Ok(Ending::OverCap);
                                 }
                             }
+                            Event::Measured(m) => report.measures = Some(m),
+                            Event::Kept(f) => report.kept.push(f),
                             Event::Exit(exit) => return Ok(Ending::Exited(exit)),
                         }
                     }
@@ -97,9 +108,15 @@ mod tests {
             Ok(frame(b'x', &[0, 0, 0, 2, 0, 0, 0, 0])),
         ];
         let mut c = OutputCollector::new(100, None);
-        let ending = supervise(stream::iter(items), &mut c, later(), async {})
-            .await
-            .unwrap();
+        let ending = supervise(
+            stream::iter(items),
+            &mut c,
+            &mut Report::default(),
+            later(),
+            async {},
+        )
+        .await
+        .unwrap();
         assert_eq!(
             ending,
             Ending::Exited(Exit {
@@ -115,12 +132,21 @@ mod tests {
     async fn cap_stops_mid_frame_and_a_silent_end_is_vanished() {
         let mut c = OutputCollector::new(3, None);
         let items = vec![Ok(frame(b'o', b"abcdef"))];
-        let ending = supervise(stream::iter(items), &mut c, later(), async {}).await;
+        let ending = supervise(
+            stream::iter(items),
+            &mut c,
+            &mut Report::default(),
+            later(),
+            async {},
+        )
+        .await;
         assert_eq!(ending.unwrap(), Ending::OverCap);
         let mut c = OutputCollector::new(3, None);
+        let mut report = Report::default();
         let ending = supervise(
             stream::iter(vec![Ok(frame(b'o', b"a"))]),
             &mut c,
+            &mut report,
             later(),
             async {},
         );
@@ -130,9 +156,11 @@ mod tests {
     #[tokio::test]
     async fn deadline_ends_a_silent_run() {
         let mut c = OutputCollector::new(3, None);
+        let mut report = Report::default();
         let ending = supervise(
             stream::pending(),
             &mut c,
+            &mut report,
             Instant::now() + Duration::from_millis(20),
             std::future::pending(),
         );

@@ -79,6 +79,7 @@ impl TestDaemon {
             languages: vec![OpenLanguage {
                 config: language,
                 version: String::new(),
+                stages: None,
                 run: sandbox,
                 format: None,
             }],

@@ -2,7 +2,10 @@
 // - "socket": a WebSocket to /socket; {"Id","Kind":"run","Body"} out, then "stdout"/"stderr"
 //   messages while the program runs and one "end" (empty Body on success);
 // - "http": POST /compile, form-encoded as the Go playground's page sends it
-//   (version=2&body=...), answered with Events replayed at the pace of their Delays.
+//   (version=2&body=...), answered with Events replayed at the pace of their Delays;
+// - "piston": Piston's WebSocket /api/v2/connect in the language picked, with the input box:
+//   each line typed goes to the program's stdin while it runs, EOF ends its stdin, Stop sends
+//   SIGKILL.
 // <body data-state> is "running" during a run and "done" after it, for people and tests alike.
 // As on the Go playground's page: output that starts with "IMAGE:" is a base64 PNG shown as an
 // image, a form feed clears the output (what follows the last one stays), and the end of a run
@@ -20,6 +23,10 @@
   var vetBox = document.getElementById('vet');
   var output = document.getElementById('output');
   var status = document.getElementById('status');
+  var inputForm = document.getElementById('input');
+  var stdinBox = document.getElementById('stdin');
+  var sendButton = document.getElementById('send');
+  var eofButton = document.getElementById('eof');
 
   // A first program per language, shown when the editor still holds another language's.
   var SAMPLES = {
@@ -49,7 +56,7 @@
         text = parts.pop();
       }
       var span = document.createElement('span');
-      span.className = kind === 'stdout' || kind === 'stderr' ? kind : 'system';
+      span.className = kind === 'stdout' || kind === 'stderr' || kind === 'stdin' ? kind : 'system';
       span.textContent = text;
       output.appendChild(span);
     }
@@ -66,7 +73,16 @@
     killButton.disabled = false;
   }
 
+  // The input box is live only while a run takes input.
+  function takeInput(on) {
+    stdinBox.disabled = !on;
+    sendButton.disabled = !on;
+    eofButton.disabled = !on;
+    if (on) stdinBox.focus();
+  }
+
   function finish(text, bad) {
+    takeInput(false);
     status.textContent = text;
     status.className = bad ? 'bad' : '';
     document.body.dataset.state = 'done';
@@ -205,10 +221,76 @@
     return run;
   }
 
+  // --- Piston's WebSocket, with input ------------------------------------------------------
+  function runPiston(body, picked) {
+    var ws = null;
+    var exit = null;
+    var error = null;
+    var run = {
+      kill: function () {
+        if (ws && ws.readyState === WebSocket.OPEN) {
+          ws.send(JSON.stringify({ type: 'signal', signal: 'SIGKILL' }));
+        }
+      },
+      send: function (m) {
+        if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(m));
+      },
+    };
+    // The language picked, or else the daemon's default one.
+    var named = picked ? Promise.resolve([{ name: picked, default: true }])
+      : fetch('/languages').then(function (r) { return r.json(); });
+    named.then(function (langs) {
+      if (current !== run) return;
+      var lang = (langs.filter(function (l) { return l.default; })[0] || langs[0] || {}).name;
+      var url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host +
+        '/api/v2/connect';
+      ws = new WebSocket(url);
+      ws.onopen = function () {
+        ws.send(JSON.stringify({ type: 'init', language: lang, files: [{ content: body }] }));
+      };
+      ws.onmessage = function (e) {
+        if (current !== run) return;
+        var m = JSON.parse(e.data);
+        if (m.type === 'stage' && m.stage === 'run') takeInput(true);
+        if (m.type === 'data') write(m.stream, m.data);
+        if (m.type === 'exit') exit = m;
+        if (m.type === 'error') error = m.message;
+      };
+      ws.onclose = function (e) {
+        if (current !== run) return;
+        if (error) return finish(error, true);
+        if (!exit) return finish('Error communicating with remote server.', true);
+        if (exit.signal) return finish('Program exited: ' + exit.signal + '.', true);
+        ended('', exit.code || 0);
+      };
+    }, function () {
+      if (current === run) finish('Error communicating with remote server.', true);
+    });
+    return run;
+  }
+
+  inputForm.addEventListener('submit', function (e) {
+    e.preventDefault();
+    if (!current || !current.send) return;
+    var line = stdinBox.value + '\n';
+    stdinBox.value = '';
+    write('stdin', line);
+    current.send({ type: 'data', stream: 'stdin', data: line });
+  });
+  eofButton.addEventListener('click', function () {
+    if (!current || !current.send) return;
+    current.send({ type: 'eof' });
+    takeInput(false);
+  });
+
   function run() {
     if (current) current.kill();
     start();
     var body = code.value;
+    if (transportSelect.value === 'piston') {
+      current = runPiston(body, langSelect.value || defaultLanguage);
+      return;
+    }
     var http = transportSelect.value === 'http' || vetBox.checked ||
       (langSelect.value && langSelect.value !== defaultLanguage);
     current = http ? runHttp(body) : runSocket(body);

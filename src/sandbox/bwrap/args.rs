@@ -125,6 +125,7 @@ pub(super) fn bwrap_args(
         "ALL",
         "--",
         BWRAP_RELAY_PATH,
+        "--stdin-header",
     ]);
     args.extend(command.iter().map(OsString::from));
     args
@@ -162,7 +163,10 @@ mod tests {
                 .any(|w| w == ["--add-seccomp-fd", "3", "--add-seccomp-fd", "4"]),
             "{args:?}"
         );
-        assert_eq!(&args[end + 1..], [BWRAP_RELAY_PATH, "/bin/sh"]);
+        assert_eq!(
+            &args[end + 1..],
+            [BWRAP_RELAY_PATH, "--stdin-header", "/bin/sh"]
+        );
         let without = bwrap_args(
             None,
             Path::new("/r"),

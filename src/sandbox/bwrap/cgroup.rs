@@ -456,6 +456,8 @@ impl Cgroups {
             dirs: Vec::with_capacity(self.hierarchies.len()),
             oom_file: None,
             kill_file: None,
+            memory_dir: None,
+            pids_dir: None,
             removed: false,
         };
         for h in &self.hierarchies {
@@ -465,6 +467,12 @@ impl Cgroups {
             run.dirs.push(dir.clone());
             for &c in &h.controllers {
                 self.limit(&dir, h, c)?;
+            }
+            if h.controllers.contains(&Controller::Memory) {
+                run.memory_dir = Some((dir.clone(), h.v2, h.swap));
+            }
+            if h.controllers.contains(&Controller::Pids) {
+                run.pids_dir = Some(dir.clone());
             }
             if h.controllers.contains(&Controller::Memory) {
                 run.oom_file = Some(dir.join(if h.v2 {
@@ -566,6 +574,9 @@ pub(super) struct RunCgroup {
     dirs: Vec<PathBuf>,
     oom_file: Option<PathBuf>,
     kill_file: Option<PathBuf>,
+    /// The memory cgroup: its directory, whether it is v2, whether swap is limited there.
+    memory_dir: Option<(PathBuf, bool, bool)>,
+    pids_dir: Option<PathBuf>,
     removed: bool,
 }
 
@@ -642,6 +653,75 @@ impl RunCgroup {
         for p in procs_of(dir) {
             kill_pid(p);
         }
+    }
+
+    /// Sends `sig` to every process of the program: those in the sandbox's pid namespace but its
+    /// pid 1, the relay, which a live client's signal must not end (bwrap's own processes are
+    /// outside that namespace).
+    pub(super) fn signal_program(&self, sig: i32) {
+        let Some(dir) = self.dirs.first() else {
+            return;
+        };
+        let Some(sig) = Signal::from_named_raw(sig) else {
+            return;
+        };
+        for pid in procs_of(dir) {
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let Some(nspids) = status.lines().find_map(|l| l.strip_prefix("NSpid:")) else {
+                continue;
+            };
+            let nspids: Vec<&str> = nspids.split_whitespace().collect();
+            if nspids.len() < 2 || nspids.last() == Some(&"1") {
+                continue;
+            }
+            if let Some(p) = Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(p, sig);
+            }
+        }
+    }
+
+    /// The run's memory high-water mark, as the kernel counts it for the cgroup.
+    pub(super) fn peak_memory(&self) -> Option<u64> {
+        let (dir, v2, _) = self.memory_dir.as_ref()?;
+        let file = dir.join(if *v2 {
+            "memory.peak"
+        } else {
+            "memory.max_usage_in_bytes"
+        });
+        fs::read_to_string(file).ok()?.trim().parse().ok()
+    }
+
+    /// Changes the run's memory and process limits before its program arrives (a run's own
+    /// limits; see `run::limits`). Swap stays off: memory+swap follows memory, in the order the
+    /// kernel accepts (v1 wants memsw >= memory at every step).
+    pub(super) fn set_limits(&self, memory: u64, pids: u32) -> io::Result<()> {
+        if let Some((dir, v2, swap)) = &self.memory_dir {
+            let m = memory.to_string();
+            if *v2 {
+                write_file(&dir.join("memory.max"), &m)?;
+            } else {
+                let limit = dir.join("memory.limit_in_bytes");
+                let memsw = dir.join("memory.memsw.limit_in_bytes");
+                let current: u64 = fs::read_to_string(&limit)
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok())
+                    .unwrap_or(u64::MAX);
+                if *swap && memory > current {
+                    write_file(&memsw, &m)?;
+                }
+                write_file(&limit, &m)?;
+                if *swap && memory <= current {
+                    write_file(&memsw, &m)?;
+                }
+            }
+        }
+        if let Some(dir) = &self.pids_dir {
+            write_file(
+                &dir.join("pids.max"),
+                &pids.saturating_add(BWRAP_TASKS).to_string(),
+            )?;
+        }
+        Ok(())
     }
 
     /// Whether the kernel's OOM killer killed a process of this run.

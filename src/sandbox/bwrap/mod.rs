@@ -47,9 +47,11 @@ use tokio::sync::watch;
 use self::args::{bwrap_args, has_disable_userns, seccomp_fds};
 use self::cgroup::{Cgroups, Controller};
 use self::pool::Pool;
-use self::run::{Busy, Spawner, Teardowns};
+use self::run::{Busy, RunBounds, Spawner, Teardowns};
 use self::spawn::Resource;
+use super::job::{Job, LiveInput, StageOutcome, legacy_input};
 use super::relay::InstalledRelay;
+use super::supervise::Report;
 use super::syscalls::{self, Filters};
 use super::{Limits, LiveOutput, RunOutcome, Sandbox, SandboxError, SandboxErrorKind};
 use crate::hooks::Hooks;
@@ -361,8 +363,18 @@ impl BwrapSandbox {
         program: Bytes,
     ) -> (Result<RunOutcome, SandboxError>, Vec<PathBuf>) {
         let mut dirs = Vec::new();
+        let limits = self.spawner.limits.clone();
         let result = self
-            .execute(program, self.spawner.limits.timeout, &mut dirs, None, false)
+            .execute(
+                legacy_input(&program),
+                &limits,
+                limits.timeout,
+                &mut dirs,
+                None,
+                None,
+                false,
+                &mut Report::default(),
+            )
             .await;
         (result, dirs)
     }
@@ -399,26 +411,39 @@ impl BwrapSandbox {
         }
     }
 
+    /// Runs `input` (the relay's header, then a legacy program) under `limits` (the language's,
+    /// or a run's own: its memory and processes are set on the cgroup first).
+    #[allow(clippy::too_many_arguments)]
     async fn execute(
         &self,
-        program: Bytes,
+        input: Bytes,
+        limits: &Limits,
         timeout: Duration,
         trace: &mut Vec<PathBuf>,
         live: Option<LiveOutput>,
+        mut live_input: Option<LiveInput>,
         answer_first: bool,
+        report: &mut Report,
     ) -> Result<RunOutcome, SandboxError> {
         let _busy = Busy::new(&self.busy);
         let teardowns = answer_first.then_some(&self.teardowns);
-        let max_output = self.spawner.limits.max_output_bytes;
+        let own = &self.spawner.limits;
+        let bounds = RunBounds {
+            timeout,
+            max_output_bytes: limits.max_output_bytes,
+            resize: (limits.memory_bytes != own.memory_bytes || limits.pids != own.pids)
+                .then_some((limits.memory_bytes, limits.pids)),
+        };
         if let Some(sandbox) = self.pool.as_ref().and_then(Pool::take) {
             trace.extend(sandbox.dirs().iter().cloned());
             match sandbox
                 .serve(
-                    program.clone(),
-                    timeout,
+                    input.clone(),
+                    bounds,
                     live.clone(),
-                    max_output,
                     teardowns,
+                    report,
+                    live_input.take(),
                 )
                 .await
             {
@@ -434,7 +459,7 @@ impl BwrapSandbox {
         let sandbox = self.spawner.prepare().await?;
         trace.extend(sandbox.dirs().iter().cloned());
         sandbox
-            .serve(program, timeout, live, max_output, teardowns)
+            .serve(input, bounds, live, teardowns, report, live_input.take())
             .await
     }
 }
@@ -454,9 +479,43 @@ impl Sandbox for BwrapSandbox {
         program: Bytes,
         live: Option<LiveOutput>,
     ) -> Result<RunOutcome, SandboxError> {
-        let timeout = self.spawner.limits.timeout;
-        self.execute(program, timeout, &mut Vec::new(), live, true)
-            .await
+        let limits = self.spawner.limits.clone();
+        let input = legacy_input(&program);
+        let mut report = Report::default();
+        self.execute(
+            input,
+            &limits,
+            limits.timeout,
+            &mut Vec::new(),
+            live,
+            None,
+            true,
+            &mut report,
+        )
+        .await
+    }
+
+    async fn run_job(
+        &self,
+        job: Job,
+        live: Option<LiveOutput>,
+        input: Option<LiveInput>,
+    ) -> Result<StageOutcome, SandboxError> {
+        let started = std::time::Instant::now();
+        let mut report = Report::default();
+        let outcome = self
+            .execute(
+                job.encode(),
+                &job.limits,
+                job.deadline(),
+                &mut Vec::new(),
+                live,
+                input,
+                true,
+                &mut report,
+            )
+            .await?;
+        Ok(StageOutcome::new(outcome, report, started.elapsed()))
     }
 
     async fn shutdown(&self) {

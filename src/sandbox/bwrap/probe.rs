@@ -1,7 +1,8 @@
 //! The startup check: one real run of the command on empty input, and what its failure means
 //! for the operator.
 
-use bytes::Bytes;
+use crate::sandbox::job::legacy_input;
+use crate::sandbox::supervise::Report;
 
 use super::{BwrapOptions, BwrapSandbox, PROBE_TIMEOUT, SETUP_FAILED, err};
 use crate::sandbox::{RunOutcome, SandboxError, SandboxErrorKind};
@@ -20,7 +21,16 @@ impl BwrapSandbox {
             None => "on the host's /usr, /bin and /lib".into(),
         };
         let outcome = match self
-            .execute(Bytes::new(), PROBE_TIMEOUT, &mut Vec::new(), None, false)
+            .execute(
+                legacy_input(b""),
+                &self.spawner.limits.clone(),
+                PROBE_TIMEOUT,
+                &mut Vec::new(),
+                None,
+                None,
+                false,
+                &mut Report::default(),
+            )
             .await
         {
             Ok(outcome) => outcome,

@@ -19,9 +19,10 @@ use tokio_util::task::TaskTracker;
 use super::cgroup::{BWRAP_TASKS, Cgroups, RunCgroup};
 use super::spawn::{self, DataFd, Launch, Resource};
 use super::{COMPLAINTS_CAP, COMPLAINTS_WAIT, SETUP_FAILED, err, exit_status, own_threads};
+use crate::sandbox::job::{LiveInput, StdinEvent};
 use crate::sandbox::output::OutputCollector;
 use crate::sandbox::relay::InstalledRelay;
-use crate::sandbox::supervise::{Ending, supervise};
+use crate::sandbox::supervise::{Ending, Report, supervise};
 use crate::sandbox::{Limits, LiveOutput, RunOutcome, SandboxError, SandboxErrorKind};
 
 /// Everything needed to set up a sandbox; shared by the request path and the pool's filler.
@@ -40,6 +41,15 @@ pub(super) struct Spawner {
     pub relay: InstalledRelay,
     /// The syscall filter's programs, which the launcher hands to bwrap.
     pub seccomp: Vec<DataFd>,
+}
+
+/// How long a run may take, how much it may write, and its own memory and process limits when
+/// they are not the sandbox's.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RunBounds {
+    pub timeout: Duration,
+    pub max_output_bytes: usize,
+    pub resize: Option<(u64, u32)>,
 }
 
 /// A sandbox whose command waits for its program on stdin.
@@ -138,14 +148,24 @@ impl Prepared {
     /// cgroup. That teardown (the namespaces' end costs the kernel milliseconds) goes to
     /// `teardowns` once the outcome is known, so the answer need not wait for it; without
     /// `teardowns` it is done before returning.
+    ///
+    /// `input` is what the relay reads (its header, then a legacy program); `resize` gives the
+    /// run its own memory and process limits first; `report` gets the job's measurements, with
+    /// the peak memory read from the run's cgroup.
     pub(super) async fn serve(
         self,
-        program: Bytes,
-        timeout: Duration,
+        input: Bytes,
+        bounds: RunBounds,
         live: Option<LiveOutput>,
-        max_output_bytes: usize,
         teardowns: Option<&Teardowns>,
+        report: &mut Report,
+        live_input: Option<LiveInput>,
     ) -> Result<RunOutcome, SandboxError> {
+        let RunBounds {
+            timeout,
+            max_output_bytes,
+            resize,
+        } = bounds;
         let Prepared {
             child,
             cg,
@@ -153,16 +173,66 @@ impl Prepared {
             stdout,
             complaints,
         } = self;
+        let resized = match (resize, &cg) {
+            (Some((memory, pids)), Some(c)) => c.set_limits(memory, pids),
+            _ => Ok(()),
+        };
+        if let Err(e) = resized {
+            complaints.abort();
+            let _ = take_down(child, cg).await;
+            return Err(err(
+                SandboxErrorKind::Start,
+                format!("cannot set the run's own limits on its cgroup: {e}"),
+            ));
+        }
         let started = tokio::time::Instant::now();
         // A program need not read its input: a broken pipe just ends the feeding.
+        let cg_ref = cg.as_ref();
         let feed = async move {
-            let mut stdin = stdin;
-            let _ = stdin.write_all(&program).await;
+            let mut stdin = Some(stdin);
+            if let Some(s) = stdin.as_mut()
+                && s.write_all(&input).await.is_err()
+            {
+                stdin = None;
+            }
+            let Some(mut events) = live_input else {
+                return;
+            };
+            // Live: stdin stays open for what the client sends, until it ends it or goes.
+            while let Some(event) = events.recv().await {
+                match event {
+                    StdinEvent::Data(data) => {
+                        if let Some(s) = stdin.as_mut()
+                            && s.write_all(&data).await.is_err()
+                        {
+                            stdin = None;
+                        }
+                    }
+                    StdinEvent::Eof => stdin = None,
+                    StdinEvent::Signal(sig) => {
+                        if let Some(cg) = cg_ref {
+                            cg.signal_program(sig);
+                        }
+                    }
+                }
+            }
         };
         let mut output = OutputCollector::new(max_output_bytes, live);
-        let ending = supervise(frames_of(stdout), &mut output, started + timeout, feed).await;
+        let ending = supervise(
+            frames_of(stdout),
+            &mut output,
+            report,
+            started + timeout,
+            feed,
+        )
+        .await;
         // The kernel counts an OOM kill before its victim's exit can be reported.
         let oom = cg.as_ref().is_some_and(RunCgroup::oom_killed);
+        if let Some(m) = report.measures.as_mut()
+            && m.peak_memory.is_none()
+        {
+            m.peak_memory = cg.as_ref().and_then(RunCgroup::peak_memory);
+        }
         // After a normal exit too: the namespace is empty by then, and this proves it.
         let teardown = take_down(child, cg);
         let ending = match ending {

@@ -379,6 +379,47 @@ impl Engine {
         }
     }
 
+    /// Sends `sig` (a name, e.g. INT) to every process of the program's user in container `name`:
+    /// an exec of that user, since the relay (a user of its own) cannot signal them. Errors are
+    /// ignored: a program that already ended needs no signal.
+    pub async fn signal_program(&self, name: &str, sig: &str) {
+        let config = bollard::models::ExecConfig {
+            user: Some(settings::SANDBOX_USER.to_owned()),
+            privileged: Some(false),
+            cmd: Some(vec![
+                "kill".to_owned(),
+                "-s".to_owned(),
+                sig.to_owned(),
+                "-1".to_owned(),
+            ]),
+            ..Default::default()
+        };
+        let Ok(exec) = self.docker.create_exec(name, config).await else {
+            return;
+        };
+        let start = StartExecOptions {
+            detach: true,
+            tty: false,
+            output_capacity: None,
+        };
+        let _ = self.docker.start_exec(&exec.id, Some(start)).await;
+    }
+
+    /// Gives a started container a run's own memory and process limits, before its program.
+    pub async fn resize(&self, name: &str, limits: &Limits) -> Result<(), SandboxError> {
+        let memory = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);
+        let body = bollard::models::ContainerUpdateBody {
+            memory: Some(memory),
+            memory_swap: Some(memory),
+            pids_limit: Some(i64::from(limits.pids)),
+            ..Default::default()
+        };
+        self.docker
+            .update_container(name, body)
+            .await
+            .map_err(|e| self.error(SandboxErrorKind::Start, "setting a run's own limits", e))
+    }
+
     /// SIGKILL now; removal follows when the guard drops. Errors are ignored: a container that
     /// already exited is what we wanted, and removal kills it anyway.
     pub async fn kill(&self, name: &str) {

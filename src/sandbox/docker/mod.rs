@@ -29,7 +29,9 @@ use tokio::task::JoinHandle;
 use self::engine::{Engine, engine_error};
 use self::pool::Pool;
 use self::settings::ImageCommand;
+use super::job::{Job, LiveInput, StageOutcome, legacy_input};
 use super::relay::InstalledRelay;
+use super::supervise::Report;
 use super::{Limits, LiveOutput, RunOutcome, Sandbox, SandboxError, SandboxErrorKind};
 use crate::hooks::Hooks;
 
@@ -261,6 +263,55 @@ impl DockerSandbox {
     }
 }
 
+impl DockerSandbox {
+    /// Runs `input` (the relay's header, then a legacy program) under `limits`: the language's,
+    /// or a run's own (its memory and processes set on the container first).
+    async fn execute(
+        &self,
+        input: Bytes,
+        limits: &Limits,
+        timeout: Duration,
+        (live, mut live_input): (Option<LiveOutput>, Option<LiveInput>),
+        report: &mut Report,
+    ) -> Result<RunOutcome, SandboxError> {
+        let own = &self.engine.limits;
+        // A second container when the first may have been dead at hand-over (see `run`). Not
+        // more: a program that gets its container killed would have it killed again, and that
+        // answer stands.
+        for last_try in [false, true] {
+            // `take` reports a pool found empty to the hooks.
+            let pooled = match &self.pool {
+                Some(pool) => pool.take().await,
+                None => None,
+            };
+            // Cold: the same container as the pool's; the program goes to its main process.
+            let container = match pooled {
+                Some(c) => c,
+                None => self.engine.launch().await?,
+            };
+            if limits.memory_bytes != own.memory_bytes || limits.pids != own.pids {
+                self.engine.resize(container.name(), limits).await?;
+            }
+            *report = Report::default();
+            let driven = run::drive(
+                &self.engine,
+                container,
+                input.clone(),
+                timeout,
+                limits.max_output_bytes,
+                last_try,
+                live.clone(),
+                report,
+                live_input.take(),
+            );
+            if let Some(outcome) = driven.await? {
+                return Ok(outcome);
+            }
+        }
+        unreachable!("the last try always has an outcome")
+    }
+}
+
 #[async_trait]
 impl Sandbox for DockerSandbox {
     fn name(&self) -> &'static str {
@@ -276,32 +327,36 @@ impl Sandbox for DockerSandbox {
         program: Bytes,
         live: Option<LiveOutput>,
     ) -> Result<RunOutcome, SandboxError> {
-        // A second container when the first may have been dead at hand-over (see `run`). Not
-        // more: a program that gets its container killed would have it killed again, and that
-        // answer stands.
-        for last_try in [false, true] {
-            // `take` reports a pool found empty to the hooks.
-            let pooled = match &self.pool {
-                Some(pool) => pool.take().await,
-                None => None,
-            };
-            // Cold: the same container as the pool's; the program goes to its main process.
-            let container = match pooled {
-                Some(c) => c,
-                None => self.engine.launch().await?,
-            };
-            let driven = run::drive(
-                &self.engine,
-                container,
-                program.clone(),
-                last_try,
-                live.clone(),
-            );
-            if let Some(outcome) = driven.await? {
-                return Ok(outcome);
-            }
-        }
-        unreachable!("the last try always has an outcome")
+        let limits = self.engine.limits.clone();
+        let input = legacy_input(&program);
+        self.execute(
+            input,
+            &limits,
+            limits.timeout,
+            (live, None),
+            &mut Report::default(),
+        )
+        .await
+    }
+
+    async fn run_job(
+        &self,
+        job: Job,
+        live: Option<LiveOutput>,
+        input: Option<LiveInput>,
+    ) -> Result<StageOutcome, SandboxError> {
+        let started = std::time::Instant::now();
+        let mut report = Report::default();
+        let outcome = self
+            .execute(
+                job.encode(),
+                &job.limits,
+                job.deadline(),
+                (live, input),
+                &mut report,
+            )
+            .await?;
+        Ok(StageOutcome::new(outcome, report, started.elapsed()))
     }
 
     fn status(&self) -> String {

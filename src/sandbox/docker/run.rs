@@ -22,8 +22,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::engine::{Attached, Engine, Guard, InputSink, Started};
+use crate::sandbox::job::{LiveInput, StdinEvent, signal_name};
 use crate::sandbox::output::OutputCollector;
-use crate::sandbox::supervise::{Ending, supervise};
+use crate::sandbox::supervise::{Ending, Report, supervise};
 use crate::sandbox::{LiveOutput, RunOutcome, SandboxError, SandboxErrorKind};
 
 /// 128 + SIGKILL: what a run whose relay was killed under it reports.
@@ -40,12 +41,20 @@ const OOM_EVENT_WAIT: Duration = Duration::from_millis(250);
 /// of its stream, a millisecond after the program exits, and stops forwarding the output of
 /// anything the program left in the background a moment later; the container is removed after
 /// the run, which ends those.
+///
+/// `program` is what the relay reads: its header, then a legacy program. `timeout` and
+/// `max_output_bytes` are the run's; `report` gets a job's measurements and kept files.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn drive(
     engine: &Engine,
     c: Started,
     program: Bytes,
+    timeout: Duration,
+    max_output_bytes: usize,
     last_try: bool,
     live: Option<LiveOutput>,
+    report: &mut Report,
+    live_input: Option<LiveInput>,
 ) -> Result<Option<RunOutcome>, SandboxError> {
     let Started { guard, main, exec } = c;
     // With an exec, the main process stays attached, its stdin open, until the run ends: with
@@ -63,14 +72,21 @@ pub(super) async fn drive(
     } = io;
     let name = guard.name.as_str();
     let handed_over = SystemTime::now();
-    let deadline = Instant::now() + engine.limits.timeout;
-    let mut collector = OutputCollector::new(engine.limits.max_output_bytes, live);
+    let deadline = Instant::now() + timeout;
+    let mut collector = OutputCollector::new(max_output_bytes, live);
     // What the relay wrote before it had the program (`usable` and `idle` keep no more than the
     // cap), then the rest.
     let frames = futures_util::stream::iter(early.into_iter().map(Ok))
         .chain(output)
         .filter_map(|item| std::future::ready(relay_bytes(engine, name, item)));
-    let ending = supervise(frames, &mut collector, deadline, feed(input, program)).await?;
+    let ending = supervise(
+        frames,
+        &mut collector,
+        report,
+        deadline,
+        feed(input, program, live_input, engine, name),
+    )
+    .await?;
 
     let output = match ending {
         Ending::Deadline => {
@@ -184,10 +200,40 @@ fn relay_bytes(
 /// Writes the program, then half-closes: the engine turns that into EOF on the program's stdin
 /// and keeps the output flowing. Never finishes, so that the connection's write half stays open
 /// until the run ends.
-async fn feed(mut input: InputSink, program: Bytes) {
+///
+/// With `live`, stdin stays open after the header for what a live client sends (the end of its
+/// stdin is the half-close), and its signals go to the program's processes through the engine.
+async fn feed(
+    mut input: InputSink,
+    program: Bytes,
+    live: Option<LiveInput>,
+    engine: &Engine,
+    name: &str,
+) {
     // A failed write means the program exited or closed its stdin without reading it all; that
     // is the program's business, and its output still tells the story.
-    if input.write_all(&program).await.is_ok() {
+    let mut open = input.write_all(&program).await.is_ok();
+    if let Some(mut events) = live {
+        while let Some(event) = events.recv().await {
+            match event {
+                StdinEvent::Data(data) if open => open = input.write_all(&data).await.is_ok(),
+                StdinEvent::Data(_) => {}
+                StdinEvent::Eof => {
+                    if open {
+                        let _ = input.shutdown().await;
+                    }
+                    open = false;
+                }
+                StdinEvent::Signal(sig) => {
+                    let name_of = signal_name(sig);
+                    engine
+                        .signal_program(name, name_of.trim_start_matches("SIG"))
+                        .await
+                }
+            }
+        }
+    }
+    if open {
         let _ = input.shutdown().await;
     }
     std::future::pending::<()>().await;

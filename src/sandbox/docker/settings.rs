@@ -100,6 +100,8 @@ fn relay_entrypoint() -> Vec<String> {
         DOCKER_RELAY_PATH.to_owned(),
         "--user".to_owned(),
         SANDBOX_USER.to_owned(),
+        // The daemon's header comes first on stdin: a legacy program or a job (relay/job.c).
+        "--stdin-header".to_owned(),
     ]
 }
 
@@ -244,7 +246,8 @@ mod tests {
             Some(vec![
                 DOCKER_RELAY_PATH.to_owned(),
                 "--user".into(),
-                "65534:65534".into()
+                "65534:65534".into(),
+                "--stdin-header".into()
             ])
         );
         assert_eq!(body.cmd, Some(vec!["sh".to_owned()]));
@@ -318,6 +321,7 @@ mod tests {
                 DOCKER_RELAY_PATH.into(),
                 "--user".into(),
                 "65534:65534".into(),
+                "--stdin-header".into(),
                 "/bin/tini".into(),
                 "sh".into()
             ])

@@ -5,9 +5,13 @@
 use bytes::{Buf, Bytes};
 
 use crate::sandbox::StreamKind;
+use crate::sandbox::job::{JobFile, Measures};
 
 const HEADER: usize = 5;
 const EXIT_LEN: usize = 8;
+const MEASURES_LEN: usize = 36;
+/// The largest kept file the daemon takes from a stage (`job.c` sends whole files).
+pub const MAX_KEPT_FRAME: usize = 256 << 20;
 
 /// How the program ended, as the relay saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,6 +26,10 @@ pub struct Exit {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event {
     Output(StreamKind, Bytes),
+    /// A job's stage measurements, just before its exit.
+    Measured(Measures),
+    /// A file a job's stage kept, after its clean exit.
+    Kept(JobFile),
     Exit(Exit),
 }
 
@@ -37,6 +45,8 @@ enum State {
     Header,
     Output(StreamKind, usize),
     Exit,
+    Measures,
+    Kept(usize),
     /// After the exit frame; anything more is ignored.
     Done,
 }
@@ -74,6 +84,10 @@ impl Frames {
                         b'o' => State::Output(StreamKind::Stdout, len as usize),
                         b'e' => State::Output(StreamKind::Stderr, len as usize),
                         b'x' if len as usize == EXIT_LEN => State::Exit,
+                        b'm' if len as usize == MEASURES_LEN => State::Measures,
+                        b'f' if (8..=MAX_KEPT_FRAME).contains(&(len as usize)) => {
+                            State::Kept(len as usize)
+                        }
                         _ => return Err(FrameError { kind, len }),
                     };
                 }
@@ -97,6 +111,48 @@ impl Frames {
                         oom_kills: (kills != u32::MAX).then_some(kills),
                     }));
                     self.state = State::Done;
+                }
+                State::Measures => {
+                    if !self.fill(&mut data, MEASURES_LEN) {
+                        break;
+                    }
+                    let p = &self.partial;
+                    let w = |i: usize| u32::from_be_bytes(p[i..i + 4].try_into().unwrap());
+                    let d = |i: usize| u64::from_be_bytes(p[i..i + 8].try_into().unwrap());
+                    let signal = w(4);
+                    events.push(Event::Measured(Measures {
+                        status: i64::from(w(0) as i32),
+                        signal: (signal != 0).then_some(signal as i32),
+                        limit: w(8),
+                        cpu: std::time::Duration::from_micros(d(12)),
+                        wall: std::time::Duration::from_micros(d(20)),
+                        peak_memory: (d(28) != u64::MAX).then_some(d(28)),
+                    }));
+                    self.partial.clear();
+                    self.state = State::Header;
+                }
+                State::Kept(len) => {
+                    let len = *len;
+                    if !self.fill(&mut data, len) {
+                        break;
+                    }
+                    let p = std::mem::take(&mut self.partial);
+                    let name_len = u32::from_be_bytes(p[0..4].try_into().unwrap()) as usize;
+                    if 8 + name_len > len {
+                        return Err(FrameError {
+                            kind: b'f',
+                            len: len as u32,
+                        });
+                    }
+                    let path = String::from_utf8_lossy(&p[4..4 + name_len]).into_owned();
+                    let mode =
+                        u32::from_be_bytes(p[4 + name_len..8 + name_len].try_into().unwrap());
+                    events.push(Event::Kept(JobFile {
+                        path,
+                        executable: mode & 0o111 != 0,
+                        content: Bytes::copy_from_slice(&p[8 + name_len..]),
+                    }));
+                    self.state = State::Header;
                 }
                 State::Done => break,
             }
@@ -141,6 +197,7 @@ mod tests {
                     Event::Output(StreamKind::Stdout, d) => out.extend_from_slice(&d),
                     Event::Output(StreamKind::Stderr, d) => err.extend_from_slice(&d),
                     Event::Exit(x) => exit = Some(x),
+                    Event::Measured(_) | Event::Kept(_) => unreachable!(),
                 }
             }
             assert_eq!((&out[..], &err[..]), (&b"hello"[..], &b"err"[..]));
@@ -152,6 +209,42 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[test]
+    fn decodes_measures_and_kept_files() {
+        let mut m = Vec::new();
+        for w in [0u32, 9, 1] {
+            m.extend_from_slice(&w.to_be_bytes());
+        }
+        for d in [300_000u64, 400_000, u64::MAX] {
+            m.extend_from_slice(&d.to_be_bytes());
+        }
+        let mut all = frame(b'm', &m);
+        let mut f = 4u32.to_be_bytes().to_vec();
+        f.extend_from_slice(b"prog");
+        f.extend_from_slice(&0o755u32.to_be_bytes());
+        f.extend_from_slice(b"ELF");
+        all.extend(frame(b'f', &f));
+        let events = Frames::default().feed(Bytes::from(all)).unwrap();
+        assert_eq!(
+            events,
+            vec![
+                Event::Measured(Measures {
+                    status: 0,
+                    signal: Some(9),
+                    limit: 1,
+                    cpu: std::time::Duration::from_millis(300),
+                    wall: std::time::Duration::from_millis(400),
+                    peak_memory: None,
+                }),
+                Event::Kept(JobFile {
+                    path: "prog".into(),
+                    executable: true,
+                    content: Bytes::from_static(b"ELF"),
+                }),
+            ]
+        );
     }
 
     #[test]

@@ -213,6 +213,7 @@ mod tests {
             match event {
                 Event::Output(_, data) => stdout.push_str(&String::from_utf8_lossy(&data)),
                 Event::Exit(e) => exit = Some(e.status),
+                Event::Measured(_) | Event::Kept(_) => {}
             }
         }
         (

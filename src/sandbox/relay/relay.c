@@ -1,7 +1,7 @@
 /*
  * compilerd's output relay: runs inside every sandbox as the parent of the program.
  *
- *   relay [--user UID:GID] COMMAND [ARG]...
+ *   relay [--user UID:GID] [--stdin-header] COMMAND [ARG]...
  *   relay --launch ...   (on the host: how the daemon starts bwrap; see launch.c)
  *
  * With --user (Docker), the relay starts as root with only CAP_SETUID, CAP_SETGID and CAP_SETPCAP,
@@ -33,6 +33,9 @@
  * The program can only write to its two sockets: the relay's stdout is not inherited, and the
  * relay makes itself non-dumpable so that a process of the same user can neither ptrace it nor
  * open its descriptors through /proc.
+ *
+ * With --stdin-header, a header on stdin first says whether COMMAND gets the rest of stdin or a
+ * job (files, stdin, arguments, limits) runs instead; see job.c.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -58,6 +61,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "job.h"
 #include "launch.h"
 
 /* Room for one write: the socket's send buffer bounds the largest write a program can make, so
@@ -432,8 +436,14 @@ int main(int argc, char **argv) {
         argc -= 2;
         argv += 2;
     }
+    int header = 0;
+    if (argc >= 2 && strcmp(argv[1], "--stdin-header") == 0) {
+        header = 1;
+        argc--;
+        argv++;
+    }
     if (argc < 2) {
-        dprintf(2, "usage: compilerd-relay [--user UID:GID] COMMAND [ARG]...\n");
+        dprintf(2, "usage: compilerd-relay [--user UID:GID] [--stdin-header] COMMAND [ARG]...\n");
         return 125;
     }
     prctl(PR_SET_DUMPABLE, 0);
@@ -456,6 +466,14 @@ int main(int argc, char **argv) {
         die("signalfd");
     /* Only watched for its end, never read: the program reads its stdin itself. */
     int in_fd = drop ? fcntl(0, F_DUPFD_CLOEXEC, 3) : -1;
+    /* A pooled container's relay may wait here for long, beside another run: it waits as its
+     * own user (effective only; the saved root is taken back to start the program). */
+    if (drop && header && setresuid((uid_t)-1, RELAY_UID, (uid_t)-1) < 0)
+        die("waiting as the relay's user");
+    struct job *job = header ? job_read(drop) : NULL;
+    if (drop && header && setresuid((uid_t)-1, 0, (uid_t)-1) < 0)
+        die("taking root back to start the program");
+    char **command = job ? job_argv(job) : argv + 1;
     long long oom_before = oom_kills();
     /* The program's stdout and stderr (o[1], e[1]), and what the relay reads them from. */
     int o[2], e[2];
@@ -479,6 +497,8 @@ int main(int argc, char **argv) {
             die("pipe");
         refused_fd = refused[1];
     }
+    if (job)
+        job_before_fork(job);
     pid_t child = fork();
     if (child < 0)
         die("fork");
@@ -493,8 +513,10 @@ int main(int argc, char **argv) {
         signal(SIGPIPE, SIG_DFL);
         if (dup2(o[1], 1) < 0 || dup2(e[1], 2) < 0)
             _exit(125);
-        execvp(argv[1], argv + 1);
-        dprintf(2, "%s: %s\n", argv[1], strerror(errno));
+        if (job)
+            job_enter(job);
+        execvp(command[0], command);
+        dprintf(2, "%s: %s\n", command[0], strerror(errno));
         _exit(errno == ENOENT ? 127 : 126);
     }
     close(o[1]);
@@ -542,13 +564,22 @@ int main(int argc, char **argv) {
         struct pollfd p[3] = {{.fd = sigfd, .events = POLLIN},
                               {.fd = queued ? queue_fd : st[0].fd, .events = POLLIN},
                               {.fd = st[1].fd, .events = POLLIN}};
-        int timeout = -1;
+        int timeout = job && status < 0 ? job_poll_ms(job) : -1;
         if (status >= 0) {
             long long left = LEFTOVER_GRACE_MS - (now_ms() - exited_at);
             timeout = left > 0 ? (int)left : 0;
         }
         if (poll(p, 3, timeout) < 0 && errno != EINTR)
             die("poll");
+        if (job && status < 0 && job_check(job, child)) {
+            if (queued)
+                drain_queue(&buf, &cap);
+            else
+                drain(st, &buf, &cap);
+            status = 128 + SIGKILL;
+            signalled = 1;
+            break;
+        }
         if (p[0].revents & POLLIN) {
             struct signalfd_siginfo info;
             while (read(sigfd, &info, sizeof info) > 0) {
@@ -561,6 +592,8 @@ int main(int argc, char **argv) {
                     status = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
                     signalled = WIFSIGNALED(ws);
                     exited_at = now_ms();
+                    if (job)
+                        job_reaped(job);
                 }
             }
             all_gone = status >= 0 && queued && !program_left();
@@ -572,6 +605,8 @@ int main(int argc, char **argv) {
     uint32_t s = (uint32_t)status;
     unsigned char end[8] = {s >> 24, s >> 16, s >> 8, s, kills >> 24, kills >> 16, kills >> 8,
                             kills};
+    if (job)
+        job_report(job, status, signalled, frame);
     frame('x', end, sizeof end);
     if (signalled && in_fd >= 0) {
         struct pollfd hup = {.fd = in_fd, .events = 0};
