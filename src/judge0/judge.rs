@@ -1,0 +1,338 @@
+//! Judging a submission: its record becomes a run request that takes the same way as every other
+//! run (`CompileService::execute`: cache → admission → sandbox, with the run metrics), under the
+//! dialect `judge0`. What is cached is the run's facts, which do not depend on the token nor on
+//! the expected output; the verdict (Accepted or Wrong Answer) is decided afterwards, so that one
+//! cached run serves every test case with the same input.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::b64;
+use super::langs::Table;
+use super::record::{Record, now_ms};
+use super::status::Status;
+use super::submission::strip_shell;
+use crate::answer::Row;
+use crate::compile::RunRender;
+use crate::hooks::RunResult as Metric;
+use crate::run::{RunLimits, RunRequest, RunResult};
+use crate::sandbox::job::{JobFile, LimitHit, StageOutcome};
+use crate::sandbox::{RunOutcome, SandboxError, StreamKind};
+
+/// What a run yields, before the verdict: the cached part of a judged submission.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Facts {
+    status_id: u8,
+    #[serde(with = "b64::opt")]
+    stdout: Option<Vec<u8>>,
+    #[serde(with = "b64::opt")]
+    stderr: Option<Vec<u8>>,
+    /// Both streams in written order, for `redirect_stderr_to_stdout`.
+    #[serde(with = "b64::opt")]
+    output: Option<Vec<u8>>,
+    #[serde(with = "b64::opt")]
+    compile_output: Option<Vec<u8>>,
+    message: Option<String>,
+    exit_code: Option<i64>,
+    exit_signal: Option<i32>,
+    time: Option<f64>,
+    wall_time: Option<f64>,
+    memory: Option<u64>,
+}
+
+fn non_empty(v: Vec<u8>) -> Option<Vec<u8>> {
+    (!v.is_empty()).then_some(v)
+}
+
+fn streams(s: &StageOutcome) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let (mut out, mut err, mut all) = (Vec::new(), Vec::new(), Vec::new());
+    for c in s.output() {
+        match c.kind {
+            StreamKind::Stdout => out.extend_from_slice(&c.data),
+            StreamKind::Stderr => err.extend_from_slice(&c.data),
+        }
+        all.extend_from_slice(&c.data);
+    }
+    (out, err, all)
+}
+
+fn facts(r: &Result<RunResult, SandboxError>) -> (Facts, Metric, bool) {
+    let ran = match r {
+        Ok(ran) => ran,
+        Err(e) => {
+            let f = Facts {
+                status_id: Status::INTERNAL_ERROR.id(),
+                message: Some(format!("sandbox failed: {}", e.kind.public_text())),
+                ..Default::default()
+            };
+            return (f, Metric::SandboxError, false);
+        }
+    };
+    if let (Some(c), None) = (&ran.compile, &ran.run) {
+        let (_, _, all) = streams(c);
+        let timed_out = matches!(c.limit_hit(), Some(LimitHit::Time | LimitHit::Cpu));
+        let output = if timed_out {
+            b"Compilation time limit exceeded.".to_vec()
+        } else {
+            all
+        };
+        let f = Facts {
+            status_id: Status::COMPILATION_ERROR.id(),
+            compile_output: non_empty(output),
+            exit_code: c.exit_code(),
+            ..Default::default()
+        };
+        return (f, Metric::ExitNonzero, !timed_out);
+    }
+    let Some(run) = &ran.run else {
+        let f = Facts {
+            status_id: Status::INTERNAL_ERROR.id(),
+            message: Some("the run stage did not run".into()),
+            ..Default::default()
+        };
+        return (f, Metric::SandboxError, false);
+    };
+    let compile_output = ran.compile.as_ref().and_then(|c| non_empty(streams(c).2));
+    let (out, err, all) = streams(run);
+    let hit = run.limit_hit();
+    let (status, message, signal) = match hit {
+        Some(LimitHit::Time) => (
+            Status::TIME_LIMIT,
+            Some("Time limit exceeded".to_owned()),
+            Some(libc::SIGKILL),
+        ),
+        Some(LimitHit::Cpu) => (
+            Status::TIME_LIMIT,
+            Some("CPU time limit exceeded".to_owned()),
+            Some(libc::SIGKILL),
+        ),
+        Some(LimitHit::Memory) => (
+            Status::of_signal(libc::SIGKILL),
+            Some("Memory limit exceeded".to_owned()),
+            Some(libc::SIGKILL),
+        ),
+        Some(LimitHit::Output) => (
+            Status::of_signal(libc::SIGXFSZ),
+            Some("Output limit exceeded".to_owned()),
+            Some(libc::SIGXFSZ),
+        ),
+        None => match (run.exit_code(), run.signal()) {
+            (_, Some(sig)) => (
+                Status::of_signal(sig),
+                Some(format!("Caught fatal signal {sig}")),
+                Some(sig),
+            ),
+            (Some(0), None) => (Status::ACCEPTED, None, None),
+            (Some(code), None) => (
+                Status::NZEC,
+                Some(format!("Exited with error status {code}")),
+                None,
+            ),
+            (None, None) => (
+                Status::INTERNAL_ERROR,
+                Some("the run ended without a status".to_owned()),
+                None,
+            ),
+        },
+    };
+    let m = run.measures;
+    let secs = |d: Duration| (d.as_micros() as f64 / 1e6 * 1000.0).round() / 1000.0;
+    let f = Facts {
+        status_id: status.id(),
+        stdout: non_empty(out),
+        stderr: non_empty(err),
+        output: non_empty(all),
+        compile_output,
+        message,
+        // As Judge0: 0 when the program did not exit by itself.
+        exit_code: Some(if signal.is_some() {
+            0
+        } else {
+            run.exit_code().unwrap_or(0)
+        }),
+        exit_signal: signal,
+        time: Some(m.map_or(0.0, |m| secs(m.cpu))),
+        wall_time: Some(secs(m.map_or(run.elapsed, |m| m.wall))),
+        memory: m.and_then(|m| m.peak_memory).map(|b| b / 1024),
+    };
+    let metric = match &run.outcome {
+        RunOutcome::Exited { status: 0, .. } if signal.is_none() => Metric::Ok,
+        RunOutcome::Exited { .. } => Metric::ExitNonzero,
+        RunOutcome::OutputTooLarge { .. } => Metric::OutputTooLarge,
+        RunOutcome::TimedOut { .. } => Metric::Timeout,
+        RunOutcome::OutOfMemory { .. } => Metric::Oom,
+    };
+    // A run stopped by a time or memory limit may end otherwise next time: never cached.
+    let deterministic = !matches!(hit, Some(LimitHit::Time | LimitHit::Cpu | LimitHit::Memory));
+    let metric = if !deterministic && metric == Metric::ExitNonzero {
+        Metric::Timeout
+    } else {
+        metric
+    };
+    (f, metric, deterministic)
+}
+
+fn render(r: &Result<RunResult, SandboxError>) -> Row {
+    let (f, metric, cacheable) = facts(r);
+    Row {
+        status: 200,
+        body: Bytes::from(serde_json::to_vec(&f).expect("facts serialize")),
+        cacheable: cacheable && r.is_ok(),
+        metric: Some(metric),
+        retry_after: false,
+    }
+}
+
+/// Judge0 compares outputs with the trailing whitespace of each line and of the end removed.
+pub fn same_output(expected: &[u8], actual: &[u8]) -> bool {
+    fn strip(b: &[u8]) -> Vec<u8> {
+        let text = String::from_utf8_lossy(b);
+        let lines: Vec<&str> = text.split('\n').map(str::trim_end).collect();
+        lines.join("\n").trim_end().as_bytes().to_vec()
+    }
+    strip(expected) == strip(actual)
+}
+
+/// The end of a judging.
+pub enum Judged {
+    Done(Box<Record>),
+    /// No run slot: try again later.
+    Busy,
+}
+
+/// Runs `rec` and returns it judged.
+pub async fn judge(table: &Table, rec: &Record) -> Judged {
+    let mut done = rec.clone();
+    done.finished_at = None;
+    let Some(entry) = table.get(rec.language_id) else {
+        done.status_id = Status::INTERNAL_ERROR.id();
+        done.message = Some(format!("language {} is gone", rec.language_id));
+        done.finished_at = Some(now_ms());
+        return Judged::Done(Box::new(done));
+    };
+    let lang = &entry.lang;
+    let mut stages = lang.stages.clone().expect("listed languages have stages");
+    if let (Some(opts), Some(compile)) = (&rec.compiler_options, stages.compile.as_mut()) {
+        compile.extend(strip_shell(opts).split_whitespace().map(str::to_owned));
+    }
+    let req = RunRequest {
+        files: vec![JobFile {
+            path: String::new(),
+            executable: false,
+            content: Bytes::from(rec.source_code.clone().unwrap_or_default()),
+        }],
+        stdin: Bytes::from(rec.stdin.clone().unwrap_or_default()),
+        args: rec
+            .command_line_arguments
+            .as_deref()
+            .map(|a| {
+                strip_shell(a)
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        compile_limits: RunLimits::default(),
+        run_limits: RunLimits {
+            wall: Some(Duration::from_secs_f64(rec.wall_time_limit)),
+            cpu: (rec.cpu_time_limit > 0.0).then(|| {
+                Duration::from_secs_f64(rec.cpu_time_limit + rec.cpu_extra_time)
+                    .min(lang.maxima.cpu)
+            }),
+            memory: Some(rec.memory_limit * 1024),
+            pids: Some(rec.max_processes_and_or_threads),
+            output: None,
+        },
+    };
+    let names = ["wall_time_limit", "cpu_time_limit", "memory_limit"];
+    let limits = match (
+        req.compile_limits
+            .resolve(lang.limits(), &lang.maxima, names),
+        req.run_limits.resolve(lang.limits(), &lang.maxima, names),
+    ) {
+        (Ok(c), Ok(r)) => (c, r),
+        (Err(e), _) | (_, Err(e)) => {
+            // The checks at submission keep to the maxima; the operator may have lowered them
+            // since.
+            done.status_id = Status::INTERNAL_ERROR.id();
+            done.message = Some(e.0);
+            done.finished_at = Some(now_ms());
+            return Judged::Done(Box::new(done));
+        }
+    };
+    let busy = Row {
+        status: 503,
+        body: Bytes::new(),
+        cacheable: false,
+        metric: None,
+        retry_after: true,
+    };
+    let answer = lang
+        .compile
+        .execute(
+            &req,
+            &stages,
+            (&limits.0, &limits.1),
+            RunRender {
+                dialect: "judge0",
+                render: &render,
+                overloaded: busy,
+            },
+        )
+        .await;
+    if answer.status == 503 {
+        return Judged::Busy;
+    }
+    let f: Facts = match serde_json::from_slice(&answer.body) {
+        Ok(f) => f,
+        Err(e) => Facts {
+            status_id: Status::INTERNAL_ERROR.id(),
+            message: Some(format!("unreadable run facts: {e}")),
+            ..Default::default()
+        },
+    };
+    let mut status = f.status_id;
+    let stdout = if rec.redirect_stderr_to_stdout {
+        f.output
+    } else {
+        f.stdout
+    };
+    if status == Status::ACCEPTED.id()
+        && let Some(expected) = &rec.expected_output
+        && !same_output(expected, stdout.as_deref().unwrap_or_default())
+    {
+        status = Status::WRONG_ANSWER.id();
+    }
+    done.status_id = status;
+    done.stdout = stdout;
+    done.stderr = if rec.redirect_stderr_to_stdout {
+        None
+    } else {
+        f.stderr
+    };
+    done.compile_output = f.compile_output;
+    done.message = f.message;
+    done.exit_code = f.exit_code;
+    done.exit_signal = f.exit_signal;
+    done.time = f.time;
+    done.wall_time = f.wall_time;
+    done.memory = f.memory;
+    done.finished_at = Some(now_ms());
+    Judged::Done(Box::new(done))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_compare_as_judge0_compares() {
+        assert!(same_output(b"1\n2\n", b"1  \n2"));
+        assert!(same_output(b"a\n\n\n", b"a"));
+        assert!(!same_output(b" a", b"a"));
+        assert!(!same_output(b"1\n2", b"1\n3"));
+        assert!(same_output(b"", b"\n"));
+    }
+}
