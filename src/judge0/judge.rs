@@ -17,7 +17,7 @@ use super::submission::strip_shell;
 use crate::answer::Row;
 use crate::compile::RunRender;
 use crate::hooks::RunResult as Metric;
-use crate::run::{RunLimits, RunRequest, RunResult};
+use crate::run::{RunJob, RunLimits, RunRequest, RunResult};
 use crate::sandbox::job::{JobFile, LimitHit, StageOutcome};
 use crate::sandbox::{RunOutcome, SandboxError, StreamKind};
 
@@ -269,19 +269,18 @@ pub async fn judge(table: &Table, rec: &Record) -> Judged {
         metric: None,
         retry_after: true,
     };
-    let answer = lang
-        .compile
-        .execute(
-            &req,
-            &stages,
-            (&limits.0, &limits.1),
-            RunRender {
-                dialect: "judge0",
-                render: &render,
-                overloaded: busy,
-            },
-        )
-        .await;
+    let job = RunJob {
+        req,
+        stages,
+        compile: limits.0,
+        run: limits.1,
+    };
+    let how = RunRender {
+        dialect: "judge0",
+        render: std::sync::Arc::new(render),
+        overloaded: busy,
+    };
+    let answer = lang.compile.execute(job, how).await;
     if answer.status == 503 {
         return Judged::Busy;
     }
