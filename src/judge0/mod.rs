@@ -153,6 +153,12 @@ impl Judge0 {
                 _ = self.stop.cancelled() => return,
             };
             match claimed {
+                Ok(Some(claim)) if self.queue.is_shared() && health.is_lameduck() => {
+                    // Read while the lameduck began: another daemon runs it.
+                    if let Err(e) = self.queue.give_back(&claim).await {
+                        tracing::warn!(token = %claim.token, error = ?e, "judge0: cannot give a submission back; another daemon takes it over later");
+                    }
+                }
                 Ok(Some(claim)) => {
                     if claim.taken_over {
                         self.hooks.judge0_taken_over();

@@ -115,6 +115,16 @@ impl Local {
         }
     }
 
+    /// Puts a claimed submission back at the head of the queue.
+    pub fn give_back(&self, claim: &Claim) {
+        self.state
+            .lock()
+            .unwrap()
+            .waiting
+            .push_front((claim.token.clone(), Instant::now()));
+        self.pushed.notify_one();
+    }
+
     /// (waiting, age of the oldest waiting).
     pub fn stats(&self) -> (usize, Duration) {
         let state = self.state.lock().unwrap();

@@ -93,6 +93,17 @@ impl Queue {
         }
     }
 
+    /// Returns a claimed submission to the queue, for another daemon (or later) to run.
+    pub async fn give_back(&self, claim: &Claim) -> Result<(), QueueError> {
+        match self {
+            Queue::Local(q) => {
+                q.give_back(claim);
+                Ok(())
+            }
+            Queue::Redis(q) => q.give_back(claim).await,
+        }
+    }
+
     pub async fn heartbeat(&self, ids: &[String]) -> Result<(), QueueError> {
         match self {
             Queue::Local(_) => Ok(()),

@@ -344,6 +344,26 @@ impl RedisQueue {
         c.pipe::<()>(&p).await.map_err(unavailable)
     }
 
+    /// Hands an entry this daemon claimed but will not run back to the stream, as a new entry,
+    /// in one transaction: another daemon takes it at once.
+    pub async fn give_back(&self, claim: &Claim) -> Result<(), QueueError> {
+        let Some(id) = &claim.entry else {
+            return Ok(());
+        };
+        let mut c = self.conn(&self.conn).await?;
+        let mut p = redis::pipe();
+        p.atomic();
+        p.cmd("XADD")
+            .arg(&self.stream)
+            .arg("*")
+            .arg("token")
+            .arg(&claim.token)
+            .ignore();
+        p.cmd("XACK").arg(&self.stream).arg(GROUP).arg(id).ignore();
+        p.cmd("XDEL").arg(&self.stream).arg(id).ignore();
+        c.pipe::<()>(&p).await.map_err(unavailable)
+    }
+
     /// Renews this daemon's claim on the entries it runs, so that no other takes them over.
     pub async fn heartbeat(&self, ids: &[String]) -> Result<(), QueueError> {
         if ids.is_empty() {

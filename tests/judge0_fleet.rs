@@ -1,0 +1,215 @@
+//! The Judge0 queue on a real redis-server shared by several daemons: a token created on one
+//! daemon is answered by another; a daemon in lameduck takes no submissions and another runs
+//! them; a daemon (the real binary) that holds six running submissions is SIGKILLed and another
+//! takes them over after the claim timeout and finishes all six with the right output.
+//!
+//! Needs redis-server and /var/lib/compilerd/rootfs/python; a missing one fails the test.
+
+mod common;
+#[path = "common/redis.rs"]
+mod redis_server;
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::TestDaemon;
+use compilerd::config::{Backend, Config, LanguageSettings};
+use redis_server::Redis;
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_compilerd");
+const PYTHON_TABLE: &str = "rootfs = \"/var/lib/compilerd/rootfs/python\"\nmain-file = \"main.py\"\n\
+                            run-command = \"/usr/bin/python3 -B main.py\"\ntimeout = \"10s\"\n";
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn fleet_config(redis: &Redis) -> Config {
+    let mut c = common::config(Backend::Bwrap);
+    c.pool_size = 1;
+    c.language_tables = BTreeMap::from([(
+        "python".to_owned(),
+        toml::from_str::<LanguageSettings>(PYTHON_TABLE).unwrap(),
+    )]);
+    c.default_language = Some("python".to_owned());
+    c.judge0.queue = Some(redis.settings());
+    c.judge0.claim_after = Duration::from_secs(2);
+    c
+}
+
+async fn submit(client: &reqwest::Client, base: &str, source: &str) -> String {
+    let r = client
+        .post(format!("{base}/judge0/submissions"))
+        .json(&json!({"source_code": source, "language_id": 71}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn status(client: &reqwest::Client, base: &str, token: &str) -> Value {
+    let r = client
+        .get(format!(
+            "{base}/judge0/submissions/{token}?fields=status,stdout,token"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// Polls until `token` has a status `done` accepts; the server's states, not a guessed delay.
+async fn until(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    limit: Duration,
+    done: impl Fn(u64) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let v = status(client, base, token).await;
+        if done(v["status"]["id"].as_u64().unwrap()) {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn verdicts(d: &TestDaemon) -> f64 {
+    common::find_metric(
+        &d.metrics.render(),
+        "compilerd_judge0_verdicts_total{status=\"Accepted\"}",
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn any_daemon_answers_for_any_token() {
+    let _g = ONE_AT_A_TIME.lock().await;
+    let redis = Redis::start();
+    let mut ca = fleet_config(&redis);
+    ca.drain = Duration::from_secs(60);
+    let a = TestDaemon::start(ca).await;
+    let b = TestDaemon::start(fleet_config(&redis)).await;
+    let client = reqwest::Client::new();
+    let (base_a, base_b) = (a.url(""), b.url(""));
+    let (base_a, base_b) = (base_a.trim_end_matches('/'), base_b.trim_end_matches('/'));
+    let token = submit(&client, base_a, "print('from A')").await;
+    let v = until(&client, base_b, &token, Duration::from_secs(30), |s| s > 2).await;
+    assert_eq!(v["stdout"], "from A\n", "{v}");
+    assert_eq!(v["status"]["id"], 3);
+    // wait=true on B, read on A.
+    let r: Value = client
+        .post(format!("{base_b}/judge0/submissions?wait=true"))
+        .json(&json!({"source_code": "print(6 * 7)", "language_id": 71}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let v = status(&client, base_a, r["token"].as_str().unwrap()).await;
+    assert_eq!(v["stdout"], "42\n", "{v}");
+    // A in lameduck (its drain is long): it still answers, but B runs what A accepts.
+    a.stops.request();
+    a.wait_metric("compilerd_lameduck", |v| v == 1.0).await;
+    let a_before = verdicts(&a);
+    let b_before = verdicts(&b);
+    let tokens: Vec<String> = {
+        let mut t = Vec::new();
+        for i in 0..4 {
+            t.push(submit(&client, base_a, &format!("print('late', {i})")).await);
+        }
+        t
+    };
+    for (i, t) in tokens.iter().enumerate() {
+        let v = until(&client, base_a, t, Duration::from_secs(30), |s| s > 2).await;
+        assert_eq!(v["stdout"], format!("late {i}\n"), "{v}");
+    }
+    assert_eq!(verdicts(&b) - b_before, 4.0);
+    assert_eq!(
+        verdicts(&a),
+        a_before,
+        "a daemon in lameduck claims nothing"
+    );
+    // The queue is drained: its length gauge says so.
+    b.wait_metric("compilerd_judge0_queue_length", |n| n == 0.0)
+        .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_daemons_submissions_finish_elsewhere() {
+    let _g = ONE_AT_A_TIME.lock().await;
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.toml");
+    let port = redis_server::free_port();
+    std::fs::write(
+        &file,
+        format!(
+            "address = \"127.0.0.1:{port}\"\nbackend = \"bwrap\"\nshutdown = false\ndrain = \"0s\"\n\
+             max-concurrent-runs = 6\npool-size = 0\nlog-format = \"text\"\n\
+             judge0-queue = \"{}\"\njudge0-claim-after = \"2s\"\ndefault-language = \"python\"\n\
+             [languages.python]\n{PYTHON_TABLE}",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let mut a = Command::new(BIN)
+        .arg("--config")
+        .arg(&file)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base_a = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while client
+        .get(format!("{base_a}/judge0/languages"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "A never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut tokens = Vec::new();
+    for i in 0..6 {
+        let program = format!("import time\ntime.sleep(4)\nprint('slow', {i})");
+        tokens.push(submit(&client, &base_a, &program).await);
+    }
+    // A holds all six: each is Processing.
+    for t in &tokens {
+        until(&client, &base_a, t, Duration::from_secs(30), |s| s == 2).await;
+    }
+    a.start_kill().unwrap();
+    a.wait().await.unwrap();
+    let b = TestDaemon::start(fleet_config(&redis)).await;
+    let base_b = b.url("");
+    let base_b = base_b.trim_end_matches('/');
+    for (i, t) in tokens.iter().enumerate() {
+        let v = until(&client, base_b, t, Duration::from_secs(60), |s| s > 2).await;
+        assert_eq!(v["status"]["id"], 3, "{v}");
+        assert_eq!(v["stdout"], format!("slow {i}\n"), "{v}");
+    }
+    assert_eq!(
+        b.metric("compilerd_judge0_claims_taken_over_total"),
+        6.0,
+        "B took all six over"
+    );
+    // Nothing is left in the stream: every entry was acknowledged after its result.
+    let len: usize = redis.cmd(redis::cmd("XLEN").arg("compilerd:judge0:{compilerd-judge0}:queue"));
+    assert_eq!(len, 0);
+    b.stop().await;
+}
