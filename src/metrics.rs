@@ -356,6 +356,10 @@ impl Metrics {
             .with_label_values(&["get", SharedOutcome::Invalid.as_str()]);
         m.shared_errors
             .with_label_values(&["set", SharedOutcome::Dropped.as_str()]);
+        for id in 3..=14 {
+            let status = crate::judge0::status::Status::from_id(id).description();
+            m.judge0_verdicts.with_label_values(&[status]);
+        }
         m
     }
 
