@@ -317,6 +317,51 @@ async fn wire_format_and_info() {
             .contains("unused variable"),
         "{v}"
     );
+    // callback_url: the judged submission is PUT there, base64, Judge0's default fields.
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/done?x=1",
+        hook.local_addr().unwrap().port()
+    );
+    let (s, v) = post(
+        &d,
+        "/submissions",
+        json!({"source_code": "print('called back')", "language_id": 71, "callback_url": url}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (request, body) = tokio::time::timeout(Duration::from_secs(30), async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut conn, _) = hook.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = conn.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                if body.len() >= len || n == 0 {
+                    conn.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                        .await
+                        .unwrap();
+                    return (head.to_owned(), body.to_owned());
+                }
+            }
+        }
+    })
+    .await
+    .expect("the callback came");
+    assert!(request.starts_with("PUT /done?x=1 HTTP/1.1"), "{request}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["token"], v["token"]);
+    assert_eq!(body["status"]["id"], 3, "{body}");
+    assert_eq!(body["stdout"], "Y2FsbGVkIGJhY2sK\n", "{body}");
     // The information endpoints.
     let (_, langs) = get(&d, "/languages").await;
     assert_eq!(

@@ -213,3 +213,72 @@ async fn a_killed_daemons_submissions_finish_elsewhere() {
     assert_eq!(len, 0);
     b.stop().await;
 }
+
+/// Under a stream of submissions one daemon stops (lameduck, then its drain): every submission
+/// is judged once, with its own output; none is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_stopping_under_load_loses_nothing() {
+    let _g = ONE_AT_A_TIME.lock().await;
+    let redis = Redis::start();
+    let a = TestDaemon::start(fleet_config(&redis)).await;
+    let b = TestDaemon::start(fleet_config(&redis)).await;
+    let client = reqwest::Client::new();
+    let (base_a, base_b) = (a.url(""), b.url(""));
+    let (base_a, base_b) = (base_a.trim_end_matches('/'), base_b.trim_end_matches('/'));
+    const N: usize = 30;
+    let mut tokens = Vec::new();
+    for i in 0..N / 2 {
+        let base = if i % 2 == 0 { base_a } else { base_b };
+        let program = format!("import time\ntime.sleep(0.2)\nprint('n', {i})");
+        tokens.push(submit(&client, base, &program).await);
+    }
+    // A stops while it holds submissions; B keeps taking new ones.
+    let stopping = tokio::spawn(a.stop());
+    for i in N / 2..N {
+        let program = format!("import time\ntime.sleep(0.2)\nprint('n', {i})");
+        tokens.push(submit(&client, base_b, &program).await);
+    }
+    stopping.await.unwrap();
+    let mut judged = 0;
+    for (i, t) in tokens.iter().enumerate() {
+        let v = until(&client, base_b, t, Duration::from_secs(60), |s| s > 2).await;
+        assert_eq!(v["status"]["id"], 3, "{v}");
+        assert_eq!(v["stdout"], format!("n {i}\n"), "{v}");
+        judged += 1;
+    }
+    assert_eq!(judged, N);
+    b.wait_metric("compilerd_judge0_queue_length", |n| n == 0.0)
+        .await;
+    b.stop().await;
+}
+
+/// On Redis the queue counts what waits and what runs; past `judge0-max-queue`, 503.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_redis_queue_answers_503() {
+    let _g = ONE_AT_A_TIME.lock().await;
+    let redis = Redis::start();
+    let mut c = fleet_config(&redis);
+    c.judge0.max_queue = 2;
+    c.max_concurrent_runs = 1;
+    let d = TestDaemon::start(c).await;
+    let client = reqwest::Client::new();
+    let base = d.url("");
+    let base = base.trim_end_matches('/');
+    let first = submit(&client, base, "import time\ntime.sleep(2)").await;
+    until(&client, base, &first, Duration::from_secs(30), |s| s == 2).await;
+    let second = submit(&client, base, "print('second')").await;
+    let r = client
+        .post(format!("{base}/judge0/submissions"))
+        .json(&json!({"source_code": "print(3)", "language_id": 71}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"error": "queue is full"})
+    );
+    let v = until(&client, base, &second, Duration::from_secs(30), |s| s > 2).await;
+    assert_eq!(v["stdout"], "second\n");
+    d.stop().await;
+}
