@@ -45,7 +45,7 @@ pub fn judge0_config(backend: Backend) -> Config {
             table(
                 "main-file = \"prog.go\"\n\
                  compile-command = \"/usr/lib/go-1.19/bin/go build -o prog prog.go\"\n\
-                 compile-keep = \"prog\"\nrun-command = \"./prog\"\ntimeout = \"15s\"",
+                 compile-keep = \"prog\"\nrun-command = \"./prog\"\ntimeout = \"30s\"",
             ),
         ),
     ]);
@@ -104,6 +104,9 @@ out["tle"] = [int(r.status), r.time]
 r = run(source_code='package main\nimport "fmt"\nfunc main() { fmt.Println("go", 1+1) }',
         language=judge0.GO)
 out["go"] = [r.stdout, int(r.status), r.compile_output]
+fs = judge0.Filesystem(content=[judge0.File(name="mod.py", content="X = 5")])
+r = run(source_code="import mod\nprint(mod.X * 2)", language=71, additional_files=fs)
+out["files"] = [r.stdout, int(r.status)]
 try:
     run(source_code="print(1)", language=71, memory_limit=10 ** 9)
     out["mem"] = "accepted"
@@ -137,6 +140,7 @@ async fn official_sdk() {
     assert_eq!(out["tle"][0], 5, "{out}");
     let cpu = out["tle"][1].as_f64().unwrap();
     assert!((0.4..2.0).contains(&cpu), "{out}");
+    assert_eq!(out["files"], json!(["10\n", 3]), "{out}");
     assert_eq!(out["go"][0], "go 2\n", "{out}");
     assert_eq!(out["go"][1], 3, "{out}");
     assert_eq!(
@@ -187,6 +191,35 @@ asyncio.run(main())
         json!({"version": "1.13.1", "status": 3, "description": "Accepted", "stdout": "hi you\n"})
     );
     d.stop().await;
+}
+
+/// Zip archives made by Python's zipfile (deflated), base64: a module and a package, an entry
+/// with `..`, a symlink, a bomb (64 MiB of zeros), one that holds the main file's name.
+fn zips(d: &TestDaemon) -> Value {
+    python(
+        d,
+        r#"
+import zipfile, io, base64
+def z(entries):
+    b = io.BytesIO()
+    with zipfile.ZipFile(b, "w", zipfile.ZIP_DEFLATED) as f:
+        for name, data, mode in entries:
+            info = zipfile.ZipInfo(name)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.create_system = 3
+            info.external_attr = mode << 16
+            f.writestr(info, data)
+    return base64.b64encode(b.getvalue()).decode()
+print(json.dumps({
+    "module": z([("mod.py", "X = 5\n", 0o100644), ("pkg/__init__.py", "", 0o100644),
+                 ("pkg/sub.py", "Y = 6\n", 0o100644)]),
+    "dotdot": z([("../evil.py", "x", 0o100644)]),
+    "link": z([("mod.py", "/etc/passwd", 0o120777)]),
+    "bomb": z([("big", b"\0" * (64 << 20), 0o100644)]),
+    "main": z([("main.py", "x", 0o100644)]),
+}))
+"#,
+    )
 }
 
 async fn call(
@@ -317,6 +350,17 @@ async fn wire_format_and_info() {
             .contains("unused variable"),
         "{v}"
     );
+    // additional_files, deflated by Python's zipfile: a module and a package beside the program.
+    let d2 = &d;
+    let z = tokio::task::block_in_place(|| zips(d2));
+    let (s, v) = post(
+        &d,
+        "/submissions?wait=true",
+        json!({"source_code": "import mod, pkg.sub\nprint(mod.X + pkg.sub.Y)", "language_id": 71,
+               "additional_files": z["module"]}),
+    )
+    .await;
+    assert_eq!((s, &v["stdout"]), (201, &json!("11\n")), "{v}");
     // callback_url: the judged submission is PUT there, base64, Judge0's default fields.
     let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!(
@@ -399,6 +443,8 @@ async fn bad_input() {
             .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
             .sum()
     };
+    let d2 = &d;
+    let z = tokio::task::block_in_place(|| zips(d2));
     let before = runs();
     let py = |extra: Value| {
         let mut b = json!({"source_code": "print(1)", "language_id": 71});
@@ -532,9 +578,29 @@ async fn bad_input() {
         ),
         (py(json!({"stdin": 5})), "stdin", "is not a string"),
         (
-            py(json!({"additional_files": "UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA=="})),
+            py(json!({"additional_files": "bm90IGEgemlw"})),
             "additional_files",
-            "additional files are not supported by this server",
+            "is not a valid zip archive: no end of central directory",
+        ),
+        (
+            py(json!({"additional_files": z["dotdot"]})),
+            "additional_files",
+            "holds \"../evil.py\": paths must be relative, without .. or empty parts",
+        ),
+        (
+            py(json!({"additional_files": z["link"]})),
+            "additional_files",
+            "holds a link, \"mod.py\": links are not extracted",
+        ),
+        (
+            py(json!({"additional_files": z["bomb"]})),
+            "additional_files",
+            "is over the bounds: 1048576 bytes a file, 4194304 together",
+        ),
+        (
+            py(json!({"additional_files": z["main"]})),
+            "additional_files",
+            "holds \"main.py\", the name of the main file",
         ),
     ];
     for (body, field, message) in &cases {

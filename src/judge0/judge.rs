@@ -217,12 +217,25 @@ pub async fn judge(table: &Table, rec: &Record) -> Judged {
     if let (Some(opts), Some(compile)) = (&rec.compiler_options, stages.compile.as_mut()) {
         compile.extend(strip_shell(opts).split_whitespace().map(str::to_owned));
     }
+    let mut files = vec![JobFile {
+        path: String::new(),
+        executable: false,
+        content: Bytes::from(rec.source_code.clone().unwrap_or_default()),
+    }];
+    if let Some(zip) = &rec.additional_files {
+        // Checked when it was submitted; the same bytes read the same way.
+        match super::zip::extract(zip, &crate::run::Bounds::default()) {
+            Ok(extra) => files.extend(extra),
+            Err(why) => {
+                done.status_id = Status::INTERNAL_ERROR.id();
+                done.message = Some(format!("additional_files {why}"));
+                done.finished_at = Some(now_ms());
+                return Judged::Done(Box::new(done));
+            }
+        }
+    }
     let req = RunRequest {
-        files: vec![JobFile {
-            path: String::new(),
-            executable: false,
-            content: Bytes::from(rec.source_code.clone().unwrap_or_default()),
-        }],
+        files,
         stdin: Bytes::from(rec.stdin.clone().unwrap_or_default()),
         args: rec
             .command_line_arguments

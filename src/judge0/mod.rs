@@ -13,6 +13,7 @@ pub mod queue;
 pub mod record;
 pub mod status;
 pub mod submission;
+mod zip;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -207,11 +207,21 @@ impl Checks<'_> {
         let expected_output = text(&mut e, body, "expected_output", base64, b.max_stdin_bytes);
         // Always base64, whatever base64_encoded says (as Judge0).
         let additional_files = text(&mut e, body, "additional_files", true, b.max_total_bytes);
-        if additional_files.is_some() {
-            e.add(
-                "additional_files",
-                "additional files are not supported by this server",
-            );
+        if let Some(zip) = &additional_files {
+            match super::zip::extract(zip, b) {
+                Err(why) => e.add("additional_files", why),
+                Ok(files) => {
+                    let main = entry
+                        .and_then(|en| en.lang.stages.as_ref())
+                        .map(|s| &s.main_file);
+                    if let Some(f) = files.iter().find(|f| Some(&f.path) == main) {
+                        e.add(
+                            "additional_files",
+                            format!("holds {:?}, the name of the main file", f.path),
+                        );
+                    }
+                }
+            }
         }
         let compiler_options = option_string(&mut e, body, "compiler_options");
         if let Some(opts) = &compiler_options {
@@ -255,12 +265,14 @@ impl Checks<'_> {
         // Limits: the language's own by default, at most the operator's maxima.
         let (wall_default, memory_default, pids_default, max) = match entry {
             Some(en) => {
-                let l = en.lang.limits();
+                // A language's own limit may be above what a request may ask for; its default
+                // is then the most a request may ask for.
+                let (l, m) = (en.lang.limits(), en.lang.maxima);
                 (
-                    l.timeout.as_secs_f64(),
-                    l.memory_bytes / 1024,
-                    l.pids,
-                    en.lang.maxima,
+                    l.timeout.min(m.wall).min(m.cpu).as_secs_f64(),
+                    l.memory_bytes.min(m.memory) / 1024,
+                    l.pids.min(m.pids),
+                    m,
                 )
             }
             None => (5.0, 128_000, 60, crate::run::Maxima::default()),
