@@ -780,3 +780,88 @@ async fn tokens_and_a_full_queue() {
     );
     d.stop().await;
 }
+
+/// Every run of `language`, whatever its outcome.
+fn runs_of(d: &TestDaemon, language: &str) -> f64 {
+    let prefix = format!("compilerd_runs_total{{language=\"{language}\"");
+    d.metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+/// Creates `subs` as one batch and polls the batch until every one is judged.
+async fn batch(d: &TestDaemon, subs: Vec<Value>) -> Vec<Value> {
+    let (s, created) = post(d, "/submissions/batch", json!({ "submissions": subs })).await;
+    assert_eq!(s, 201, "{created}");
+    let tokens: Vec<&str> = created
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["token"].as_str().unwrap())
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (s, v) = get(
+            d,
+            &format!(
+                "/submissions/batch?tokens={}&fields=status,stdout,compile_output",
+                tokens.join(",")
+            ),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let all = v["submissions"].as_array().unwrap().clone();
+        if all.iter().all(|x| x["status"]["id"].as_u64().unwrap() > 2) {
+            return all;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Twenty test cases of one C program: one compile, twenty runs, each case judged; a program
+/// that does not compile is compiled once for all its cases.
+#[tokio::test(flavor = "multi_thread")]
+async fn compile_once_judge_many() {
+    let (d, _g) = start(judge0_config(Backend::Bwrap)).await;
+    let source = "#include <stdio.h>\nint main(void) { long n; scanf(\"%ld\", &n); printf(\"%ld\\n\", n * n); return 0; }";
+    let cases: Vec<Value> = (0..20)
+        .map(|i| {
+            // Case 7 expects a wrong answer.
+            let expected = if i == 7 { 0 } else { i * i };
+            json!({"source_code": source, "language_id": 50, "stdin": i.to_string(),
+                   "expected_output": expected.to_string()})
+        })
+        .collect();
+    let before = runs_of(&d, "c");
+    let judged = batch(&d, cases).await;
+    for (i, v) in judged.iter().enumerate() {
+        let want = if i == 7 { 4 } else { 3 };
+        assert_eq!(v["status"]["id"], want, "case {i}: {v}");
+        assert_eq!(v["stdout"], format!("{}\n", i * i), "case {i}: {v}");
+    }
+    assert_eq!(
+        runs_of(&d, "c") - before,
+        21.0,
+        "one compile and twenty runs"
+    );
+    let broken: Vec<Value> = (0..5)
+        .map(|i| {
+            json!({"source_code": "int main(void) { return nope; }", "language_id": 50,
+                        "stdin": i.to_string()})
+        })
+        .collect();
+    let before = runs_of(&d, "c");
+    for v in batch(&d, broken).await {
+        assert_eq!(v["status"]["id"], 6, "{v}");
+        assert!(
+            v["compile_output"].as_str().unwrap().contains("nope"),
+            "{v}"
+        );
+    }
+    assert_eq!(runs_of(&d, "c") - before, 1.0, "one compile for five cases");
+    d.stop().await;
+}

@@ -17,7 +17,7 @@ use super::submission::strip_shell;
 use crate::answer::Row;
 use crate::compile::RunRender;
 use crate::hooks::RunResult as Metric;
-use crate::run::{RunJob, RunLimits, RunRequest, RunResult};
+use crate::run::{RunJob, RunLimits, RunRequest, RunResult, Stages};
 use crate::sandbox::job::{JobFile, LimitHit, StageOutcome};
 use crate::sandbox::{RunOutcome, SandboxError, StreamKind};
 
@@ -185,6 +185,84 @@ fn render(r: &Result<RunResult, SandboxError>) -> Row {
     }
 }
 
+/// What a compile yields: the cached part of compiling a program once for all its test cases.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Compiled {
+    ok: bool,
+    timed_out: bool,
+    #[serde(with = "b64::opt")]
+    output: Option<Vec<u8>>,
+    exit_code: Option<i64>,
+    /// The compile stage's kept files (the binary).
+    files: Vec<Kept>,
+    /// A sandbox failure.
+    internal: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Kept {
+    path: String,
+    executable: bool,
+    #[serde(with = "b64::opt")]
+    content: Option<Vec<u8>>,
+}
+
+fn render_compile(r: &Result<RunResult, SandboxError>) -> Row {
+    let (c, metric, cacheable) = match r.as_ref().map(|ran| ran.compile.as_ref()) {
+        Err(e) => (
+            Compiled {
+                internal: Some(format!("sandbox failed: {}", e.kind.public_text())),
+                ..Default::default()
+            },
+            Metric::SandboxError,
+            false,
+        ),
+        Ok(None) => (
+            Compiled {
+                internal: Some("the compile stage did not run".into()),
+                ..Default::default()
+            },
+            Metric::SandboxError,
+            false,
+        ),
+        Ok(Some(stage)) => {
+            let timed_out = matches!(stage.limit_hit(), Some(LimitHit::Time | LimitHit::Cpu));
+            let c = Compiled {
+                ok: stage.succeeded(),
+                timed_out,
+                output: non_empty(streams(stage).2),
+                exit_code: stage.exit_code(),
+                files: stage
+                    .files
+                    .iter()
+                    .map(|f| Kept {
+                        path: f.path.clone(),
+                        executable: f.executable,
+                        content: Some(f.content.to_vec()),
+                    })
+                    .collect(),
+                internal: None,
+            };
+            let metric = if c.ok {
+                Metric::Ok
+            } else if timed_out {
+                Metric::Timeout
+            } else {
+                Metric::ExitNonzero
+            };
+            // A compile stopped by a limit may end otherwise next time: never cached.
+            (c, metric, stage.limit_hit().is_none())
+        }
+    };
+    Row {
+        status: 200,
+        body: Bytes::from(serde_json::to_vec(&c).expect("serializes")),
+        cacheable,
+        metric: Some(metric),
+        retry_after: false,
+    }
+}
+
 /// Judge0 compares outputs with the trailing whitespace of each line and of the end removed.
 pub fn same_output(expected: &[u8], actual: &[u8]) -> bool {
     fn strip(b: &[u8]) -> Vec<u8> {
@@ -282,6 +360,68 @@ pub async fn judge(table: &Table, rec: &Record) -> Judged {
         metric: None,
         retry_after: true,
     };
+    // Compile once: a compile-only job (no run command) whose answer is the binary, cached and
+    // shared in flight like any run, so that every test case of a program (same source, options
+    // and files) takes the same compile, and a compile error is answered without compiling again.
+    let mut req = req;
+    let mut compile_output = None;
+    if stages.compile.is_some() {
+        let job = RunJob {
+            req: RunRequest {
+                files: req.files.clone(),
+                ..RunRequest::default()
+            },
+            stages: Stages {
+                run: Vec::new(),
+                ..stages.clone()
+            },
+            compile: limits.0.clone(),
+            run: limits.0.clone(),
+        };
+        let how = RunRender {
+            dialect: "judge0-compile",
+            render: std::sync::Arc::new(render_compile),
+            overloaded: busy.clone(),
+        };
+        let answer = lang.compile.execute(job, how).await;
+        if answer.status == 503 {
+            return Judged::Busy;
+        }
+        let c: Compiled = serde_json::from_slice(&answer.body).unwrap_or_else(|e| Compiled {
+            internal: Some(format!("unreadable compile: {e}")),
+            ..Default::default()
+        });
+        if let Some(why) = c.internal {
+            done.status_id = Status::INTERNAL_ERROR.id();
+            done.message = Some(why);
+            done.finished_at = Some(now_ms());
+            return Judged::Done(Box::new(done));
+        }
+        if !c.ok {
+            done.status_id = Status::COMPILATION_ERROR.id();
+            done.compile_output = if c.timed_out {
+                Some(b"Compilation time limit exceeded.".to_vec())
+            } else {
+                c.output
+            };
+            done.exit_code = c.exit_code;
+            done.finished_at = Some(now_ms());
+            return Judged::Done(Box::new(done));
+        }
+        let mut files = req.files_named(&stages.main_file);
+        for kept in c.files {
+            files.retain(|f| f.path != kept.path);
+            files.push(JobFile {
+                path: kept.path,
+                executable: kept.executable,
+                content: Bytes::from(kept.content.unwrap_or_default()),
+            });
+        }
+        req.files = files;
+        compile_output = c.output;
+        stages.compile = None;
+        stages.keep = Vec::new();
+    }
     let job = RunJob {
         req,
         stages,
@@ -324,7 +464,7 @@ pub async fn judge(table: &Table, rec: &Record) -> Judged {
     } else {
         f.stderr
     };
-    done.compile_output = f.compile_output;
+    done.compile_output = f.compile_output.or(compile_output);
     done.message = f.message;
     done.exit_code = f.exit_code;
     done.exit_signal = f.exit_signal;
