@@ -115,9 +115,20 @@ except Exception as e:
 print(json.dumps(out))
 "#;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn official_sdk() {
-    let (d, _g) = start(judge0_config(Backend::Bwrap)).await;
+mod official_sdk {
+    use super::*;
+    #[tokio::test(flavor = "multi_thread")]
+    async fn bwrap() {
+        official_sdk(Backend::Bwrap).await
+    }
+    #[tokio::test(flavor = "multi_thread")]
+    async fn docker() {
+        official_sdk(Backend::Docker).await
+    }
+}
+
+async fn official_sdk(backend: Backend) {
+    let (d, _g) = start(judge0_config(backend)).await;
     let d2 = &d;
     let out = tokio::task::block_in_place(|| python(d2, SDK_SCRIPT));
     let stdin = &out["stdin"];
