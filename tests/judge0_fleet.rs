@@ -282,3 +282,39 @@ async fn a_full_redis_queue_answers_503() {
     assert_eq!(v["stdout"], "second\n");
     d.stop().await;
 }
+
+/// Redis restarts with its data (an RDB snapshot) while a submission runs and three wait: the
+/// stream, its consumer group and the records come back, and all four are judged.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_queue_survives_a_redis_restart_with_persistence() {
+    let _g = ONE_AT_A_TIME.lock().await;
+    let mut redis = Redis::start();
+    let mut c = fleet_config(&redis);
+    c.max_concurrent_runs = 1;
+    let d = TestDaemon::start(c).await;
+    let client = reqwest::Client::new();
+    let base = d.url("");
+    let base = base.trim_end_matches('/');
+    let mut tokens = Vec::new();
+    tokens.push(submit(&client, base, "import time\ntime.sleep(2)\nprint('first')").await);
+    until(&client, base, &tokens[0], Duration::from_secs(30), |s| {
+        s == 2
+    })
+    .await;
+    for i in 0..3 {
+        tokens.push(submit(&client, base, &format!("print('waiting', {i})")).await);
+    }
+    let _: () = redis.cmd(&mut redis::cmd("SAVE"));
+    redis.stop();
+    redis.restart();
+    let want = ["first\n", "waiting 0\n", "waiting 1\n", "waiting 2\n"];
+    for (t, want) in tokens.iter().zip(want) {
+        let v = until(&client, base, t, Duration::from_secs(60), |s| s > 2).await;
+        assert_eq!(
+            (&v["status"]["id"], &v["stdout"]),
+            (&json!(3), &json!(want)),
+            "{v}"
+        );
+    }
+    d.stop().await;
+}
