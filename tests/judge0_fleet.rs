@@ -318,3 +318,132 @@ async fn the_queue_survives_a_redis_restart_with_persistence() {
     }
     d.stop().await;
 }
+
+/// Three redis-server nodes made into a Cluster (no replicas), on ports of their own; stopped
+/// when dropped.
+struct Cluster {
+    ports: Vec<u16>,
+    children: Vec<std::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| redis_server::free_port()).collect();
+        let children = ports
+            .iter()
+            .map(|p| {
+                let node_dir = dir.path().join(p.to_string());
+                std::fs::create_dir(&node_dir).unwrap();
+                std::process::Command::new("redis-server")
+                    .args(["--port", &p.to_string(), "--bind", "127.0.0.1"])
+                    .args([
+                        "--cluster-enabled",
+                        "yes",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                    ])
+                    .arg("--dir")
+                    .arg(&node_dir)
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("redis-server runs")
+            })
+            .collect();
+        let c = Cluster {
+            ports,
+            children,
+            _dir: dir,
+        };
+        for p in &c.ports {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{p}")).unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while client.get_connection().is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "node {p} did not start"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let nodes: Vec<String> = c.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        // Every node agrees the cluster is up before a client uses it.
+        for p in &c.ports {
+            let mut conn = redis::Client::open(format!("redis://127.0.0.1:{p}"))
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut conn).unwrap();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "{info}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        c
+    }
+
+    fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis-cluster://{}", nodes.join(","))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The queue on a Redis Cluster: a token created on one daemon is judged and answered by another.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_redis_cluster() {
+    let _g = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start();
+    let redis = Redis::start();
+    let settings = redis_server::settings(&cluster.url());
+    let config = || {
+        let mut c = fleet_config(&redis);
+        c.judge0.queue = Some(settings.clone());
+        c
+    };
+    let a = TestDaemon::start(config()).await;
+    let b = TestDaemon::start(config()).await;
+    let client = reqwest::Client::new();
+    let (base_a, base_b) = (a.url(""), b.url(""));
+    let (base_a, base_b) = (base_a.trim_end_matches('/'), base_b.trim_end_matches('/'));
+    let mut tokens = Vec::new();
+    for i in 0..6 {
+        tokens.push(submit(&client, base_a, &format!("print('cluster', {i})")).await);
+    }
+    for (i, t) in tokens.iter().enumerate() {
+        let v = until(&client, base_b, t, Duration::from_secs(30), |s| s > 2).await;
+        assert_eq!(v["stdout"], format!("cluster {i}\n"), "{v}");
+    }
+    a.stop().await;
+    b.stop().await;
+}
