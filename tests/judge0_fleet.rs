@@ -447,3 +447,73 @@ async fn on_a_redis_cluster() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A submission whose daemons kept stopping while it ran (three takeovers already) is answered
+/// as an internal error when taken over once more, not run again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_submission_taken_over_too_often_is_given_up() {
+    let _g = ONE_AT_A_TIME.lock().await;
+    let redis = Redis::start();
+    // A daemon in lameduck stores and queues, and claims nothing.
+    let mut ca = fleet_config(&redis);
+    ca.drain = Duration::from_secs(60);
+    let a = TestDaemon::start(ca).await;
+    a.stops.request();
+    a.wait_metric("compilerd_lameduck", |v| v == 1.0).await;
+    let client = reqwest::Client::new();
+    let base_a = a.url("");
+    let base_a = base_a.trim_end_matches('/');
+    let token = submit(&client, base_a, "print('never')").await;
+    // A consumer that claims the entry and dies; the record says three daemons did so before.
+    let stream = "compilerd:judge0:{compilerd-judge0}:queue";
+    // The group, unless a daemon made it already (BUSYGROUP).
+    let _: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg(&["CREATE", stream, "compilerd", "0", "MKSTREAM"][..])
+        .query(&mut redis.client().get_connection().unwrap());
+    let _: redis::Value = redis.cmd(redis::cmd("XREADGROUP").arg(
+        &[
+            "GROUP",
+            "compilerd",
+            "ghost",
+            "COUNT",
+            "1",
+            "STREAMS",
+            stream,
+            ">",
+        ][..],
+    ));
+    let key = format!("compilerd:judge0:{{compilerd-judge0}}:submission:{token}");
+    let raw: String = redis.cmd(redis::cmd("GET").arg(&key));
+    let mut rec: Value = serde_json::from_str(&raw).unwrap();
+    rec["takeovers"] = json!(3);
+    let _: () = redis.cmd(redis::cmd("SET").arg(&key).arg(rec.to_string()));
+    let b = TestDaemon::start(fleet_config(&redis)).await;
+    let base_b = b.url("");
+    let v = until(
+        &client,
+        base_b.trim_end_matches('/'),
+        &token,
+        Duration::from_secs(30),
+        |s| s > 2,
+    )
+    .await;
+    assert_eq!(v["status"]["id"], 13, "{v}");
+    assert_eq!(v["stdout"], Value::Null);
+    let (s, m) = {
+        let r = client
+            .get(format!(
+                "{base_b}/judge0/submissions/{token}?fields=message"
+            ))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(s, 200);
+    assert_eq!(
+        m["message"],
+        "the daemons that ran this submission stopped 4 times"
+    );
+    a.stop().await;
+    b.stop().await;
+}

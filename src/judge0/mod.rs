@@ -38,6 +38,9 @@ use submission::Checks;
 
 /// How long a claim waits for a submission before it looks at the daemon's state again.
 const CLAIM_WAIT: Duration = Duration::from_millis(500);
+/// A submission taken over more often than this (its daemons kept stopping while it ran, as a
+/// submission that crashes its daemon would) is answered as an internal error, not run again.
+const MAX_TAKEOVERS: u32 = 3;
 /// Pause before trying again when every run slot is taken or Redis failed.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
@@ -271,6 +274,23 @@ impl Judge0 {
             // Judged by a daemon that died before letting the entry go.
             return Some(rec);
         }
+        let mut rec = rec;
+        if claim.taken_over {
+            rec.takeovers += 1;
+            if rec.takeovers > MAX_TAKEOVERS {
+                // Each daemon that ran it stopped while it ran: it is not run again.
+                tracing::warn!(token = %rec.token, "judge0: a submission whose daemons kept stopping is given up");
+                return Some(Record {
+                    status_id: Status::INTERNAL_ERROR.id(),
+                    message: Some(format!(
+                        "the daemons that ran this submission stopped {} times",
+                        rec.takeovers
+                    )),
+                    finished_at: Some(now_ms()),
+                    ..rec
+                });
+            }
+        }
         let processing = Record {
             status_id: Status::PROCESSING.id(),
             ..rec.clone()
@@ -279,9 +299,18 @@ impl Judge0 {
             tracing::warn!(token = %rec.token, error = ?e, "judge0: cannot mark a submission processing");
         }
         loop {
+            let started = std::time::Instant::now();
             match judge::judge(&self.table, &rec).await {
                 Judged::Done(done) => {
                     self.hooks.judge0_verdict(done.status().description());
+                    tracing::info!(
+                        token = %done.token,
+                        language_id = done.language_id,
+                        status = done.status().description(),
+                        taken_over = claim.taken_over,
+                        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                        "judge0: judged"
+                    );
                     return Some(*done);
                 }
                 Judged::Busy => {

@@ -57,6 +57,9 @@ pub struct Record {
     pub wall_time: Option<f64>,
     /// KB.
     pub memory: Option<u64>,
+    /// How many times a daemon took it over from one that stopped while it ran.
+    #[serde(default)]
+    pub takeovers: u32,
 }
 
 /// Every field `fields=*` renders (Judge0 CE 1.13.1's serializer), in its order.
