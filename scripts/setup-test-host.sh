@@ -84,3 +84,8 @@ clients=/var/lib/compilerd-test/clients
 [ -x "$clients/venv/bin/python" ] || python3 -m venv "$clients/venv"
 "$clients/venv/bin/python" -c 'import pyston' 2>/dev/null ||
   "$clients/venv/bin/pip" install -q aiopyston==1.2.1
+
+say "Judge0 clients (judge0 and judge0-client from PyPI)"
+# tests/judge0*.rs run the official SDK and the async judge0-client in the same venv.
+"$clients/venv/bin/python" -c 'import judge0, judge0_client' 2>/dev/null ||
+  "$clients/venv/bin/pip" install -q judge0==0.0.8 judge0-client==0.4.0

@@ -122,6 +122,12 @@ pub trait Hooks: Send + Sync + 'static {
     fn shared_cache_up(&self, _up: bool) {}
     /// One lookup (`write == false`) or write; `latency` is None when Redis was not asked.
     fn shared_cache_op(&self, _write: bool, _outcome: SharedOutcome, _latency: Option<Duration>) {}
+    /// The Judge0 queue: submissions queued or running, and how long the oldest has waited.
+    fn judge0_queue(&self, _length: usize, _oldest: Duration) {}
+    /// A Judge0 submission taken over from a daemon that stopped renewing its claim.
+    fn judge0_taken_over(&self) {}
+    /// A Judge0 submission judged, by its status's description (`Accepted`, ...).
+    fn judge0_verdict(&self, _status: &'static str) {}
 }
 
 /// Hooks that record nothing.

@@ -14,6 +14,7 @@ pub mod format;
 pub mod goplay;
 pub mod hooks;
 pub mod http;
+pub mod judge0;
 pub mod languages;
 pub mod lifecycle;
 pub mod logging;

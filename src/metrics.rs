@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -48,6 +48,10 @@ pub struct Metrics {
     shared_skipped: IntCounterVec,
     shared_errors: IntCounterVec,
     shared_latency: HistogramVec,
+    judge0_queue_length: IntGauge,
+    judge0_oldest: Gauge,
+    judge0_taken_over: IntCounter,
+    judge0_verdicts: IntCounterVec,
 }
 
 /// The handlers `requests_total` and `request_duration_seconds` are labelled with.
@@ -288,6 +292,31 @@ impl Metrics {
                 )
                 .expect("valid metric")
             ),
+            judge0_queue_length: reg!(gauge(
+                "compilerd_judge0_queue_length",
+                "Judge0 submissions queued or running (on Redis: the fleet's)."
+            )),
+            judge0_oldest: reg!(
+                Gauge::new(
+                    "compilerd_judge0_queue_oldest_seconds",
+                    "How long the oldest Judge0 submission still queued or running has been there."
+                )
+                .expect("valid metric")
+            ),
+            judge0_taken_over: reg!(counter(
+                "compilerd_judge0_claims_taken_over_total",
+                "Judge0 submissions this daemon took over from a daemon that stopped renewing its claim."
+            )),
+            judge0_verdicts: reg!(
+                IntCounterVec::new(
+                    Opts::new(
+                        "compilerd_judge0_verdicts_total",
+                        "Judge0 submissions judged by this daemon, by status."
+                    ),
+                    &["status"]
+                )
+                .expect("valid metric")
+            ),
             registry,
         };
         let build_info = IntGaugeVec::new(
@@ -327,6 +356,10 @@ impl Metrics {
             .with_label_values(&["get", SharedOutcome::Invalid.as_str()]);
         m.shared_errors
             .with_label_values(&["set", SharedOutcome::Dropped.as_str()]);
+        for id in 3..=14 {
+            let status = crate::judge0::status::Status::from_id(id).description();
+            m.judge0_verdicts.with_label_values(&[status]);
+        }
         m
     }
 
@@ -457,6 +490,16 @@ impl Hooks for Metrics {
     }
     fn shared_cache_up(&self, up: bool) {
         self.shared_up.set(up as i64);
+    }
+    fn judge0_queue(&self, length: usize, oldest: Duration) {
+        self.judge0_queue_length.set(length as i64);
+        self.judge0_oldest.set(oldest.as_secs_f64());
+    }
+    fn judge0_taken_over(&self) {
+        self.judge0_taken_over.inc();
+    }
+    fn judge0_verdict(&self, status: &'static str) {
+        self.judge0_verdicts.with_label_values(&[status]).inc();
     }
     fn shared_cache_op(&self, write: bool, outcome: SharedOutcome, latency: Option<Duration>) {
         let op = shared_op(write);

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::fdlimit;
 use crate::hooks::Hooks;
 use crate::http::{self, App, Cors};
+use crate::judge0::Judge0;
 use crate::languages::{Languages, Opened};
 use crate::lifecycle::Health;
 use crate::metrics::Metrics;
@@ -109,6 +110,16 @@ impl Daemon {
         // Status lines count runs and cache entries through any service: all share them.
         let compile = languages.default_language().compile.clone();
         let health = Health::new(hooks.clone());
+        let judge0 = config.judge0.prefix.is_some().then(|| {
+            let j = Judge0::new(
+                config.judge0.clone(),
+                &languages,
+                hooks.clone(),
+                config.max_concurrent_runs,
+            );
+            j.start(health.clone());
+            j
+        });
         let app = App::new(
             languages.clone(),
             Cors::new(config.allow_origin.clone()),
@@ -117,6 +128,7 @@ impl Daemon {
             hooks.clone(),
             config.read_timeout,
             config.ui,
+            judge0.clone(),
         );
 
         let max_connections = config.max_connections.unwrap_or_else(|| {
@@ -173,6 +185,9 @@ impl Daemon {
         let _ = stop_accepting_tx.send(());
         if let Err(e) = server.await {
             tracing::error!(error = %e, "server task failed");
+        }
+        if let Some(j) = &judge0 {
+            j.shutdown().await;
         }
         languages.wait_idle().await;
         tracing::info!("every accepted request answered; removing sandboxes");

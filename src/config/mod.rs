@@ -2,6 +2,7 @@
 //! file over the default. `Settings` is the raw, all-optional form shared by clap and serde so that
 //! a key and its flag can never drift apart; `Config` is the validated form the daemon runs on.
 
+mod judge0;
 mod languages;
 mod shared;
 mod units;
@@ -19,6 +20,7 @@ use crate::cache::SharedSettings;
 use crate::run::Maxima;
 use crate::sandbox::Limits;
 
+pub use judge0::Judge0Config;
 use languages::valid_language_name;
 pub use languages::{FLAT_LANGUAGE, LanguageConfig, LanguageSettings, MAX_LANGUAGES};
 use shared::shared_settings;
@@ -86,6 +88,10 @@ log-format = "auto"
 shared-cache-ttl = "7d"
 shared-cache-timeout = "20ms"
 ui = true
+judge0-prefix = "/judge0"
+judge0-max-queue = 100
+submission-ttl = "1d"
+judge0-claim-after = "60s"
 "#;
 
 /// Every setting, each both a flag and a key of the TOML file.
@@ -226,6 +232,37 @@ pub struct Settings {
     /// Serve a playground page at / [default: true].
     #[arg(long, action = ArgAction::Set, value_name = "BOOL")]
     pub ui: Option<bool>,
+    /// Where the Judge0 CE API is served; empty: not served [default: /judge0].
+    #[arg(long)]
+    pub judge0_prefix: Option<String>,
+    /// Judge0: tokens a client must send in X-Auth-Token (or the query parameter of that name),
+    /// space-separated; without it, none is asked for.
+    #[arg(long)]
+    pub judge0_auth_token: Option<String>,
+    /// Judge0: tokens `POST /authorize` takes in X-Auth-User, space-separated; without it, 403.
+    #[arg(long)]
+    pub judge0_authz_token: Option<String>,
+    /// Judge0: hosts a submission's callback_url may name; repeat for several [default: none, so
+    /// callback_url is refused].
+    #[arg(long)]
+    pub judge0_callback_host: Option<Vec<String>>,
+    /// Judge0: compiler_options words a submission may use; repeat for several [default: none].
+    #[arg(long)]
+    pub judge0_compiler_option: Option<Vec<String>>,
+    /// Judge0: the Redis of the submission queue, a URL as for --shared-cache (same auth and CA
+    /// files) [default: the --shared-cache URL; without either, an in-process queue].
+    #[arg(long, value_name = "URL")]
+    pub judge0_queue: Option<String>,
+    /// Judge0: submissions waiting to run before new ones get 503 "queue is full" [default: 100].
+    #[arg(long)]
+    pub judge0_max_queue: Option<usize>,
+    /// Judge0: how long a submission and its result are kept [default: 1d].
+    #[arg(long)]
+    pub submission_ttl: Option<HumanDuration>,
+    /// Judge0 on Redis: how long a claimed submission may go without its daemon's heartbeat
+    /// before another daemon takes it over [default: 60s].
+    #[arg(long)]
+    pub judge0_claim_after: Option<HumanDuration>,
 }
 
 impl Settings {
@@ -285,7 +322,16 @@ impl Settings {
             shared_cache_timeout,
             shared_cache_auth_file,
             shared_cache_ca_file,
-            ui
+            ui,
+            judge0_prefix,
+            judge0_auth_token,
+            judge0_authz_token,
+            judge0_callback_host,
+            judge0_compiler_option,
+            judge0_queue,
+            judge0_max_queue,
+            submission_ttl,
+            judge0_claim_after
         )
     }
 }
@@ -331,6 +377,7 @@ pub struct Config {
     pub default_language: Option<String>,
     pub shared_cache: Option<SharedSettings>,
     pub ui: bool,
+    pub judge0: Judge0Config,
 }
 
 impl Default for Config {
@@ -364,6 +411,7 @@ impl Config {
         }
         let mut errors = Vec::new();
         let shared_cache = shared_settings(&s, &mut errors);
+        let judge0 = judge0::judge0_config(&s, shared_cache.as_ref(), &mut errors);
         let address = parse_address(&fixed!(address)).unwrap_or_else(|e| {
             errors.push(e);
             SocketAddr::from(([0, 0, 0, 0], 0))
@@ -416,6 +464,7 @@ impl Config {
             default_language: s.default_language,
             shared_cache,
             ui: fixed!(ui),
+            judge0,
         };
         c.check(&mut errors);
         if errors.is_empty() {

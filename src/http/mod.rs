@@ -1,10 +1,10 @@
 //! The HTTP side: a hyper-util accept loop (HTTP/1 and HTTP/2) that can stop accepting and then
 //! let every accepted request finish, plus the routes.
 
-mod body;
+pub(crate) mod body;
 mod connections;
 pub mod cors;
-mod form;
+pub(crate) mod form;
 mod langs;
 mod piston;
 mod preface;
@@ -54,6 +54,8 @@ pub struct App {
     pub read_timeout: Duration,
     /// Whether `GET /` serves the playground page.
     pub ui: bool,
+    /// The Judge0 API, when served.
+    pub judge0: Option<Arc<crate::judge0::Judge0>>,
     next_request_id: AtomicU64,
     /// Open /socket sessions; the server waits for them after it stops accepting.
     sessions: TaskTracker,
@@ -63,6 +65,7 @@ pub struct App {
 }
 
 impl App {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         languages: Arc<Languages>,
         cors: Cors,
@@ -71,6 +74,7 @@ impl App {
         hooks: Arc<dyn Hooks>,
         read_timeout: Duration,
         ui: bool,
+        judge0: Option<Arc<crate::judge0::Judge0>>,
     ) -> Arc<App> {
         Arc::new(App {
             compile: languages.default_language().compile.clone(),
@@ -81,6 +85,7 @@ impl App {
             hooks,
             read_timeout,
             ui,
+            judge0,
             next_request_id: AtomicU64::new(1),
             sessions: TaskTracker::new(),
             closing: CancellationToken::new(),

@@ -48,6 +48,15 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
         "/metrics" => ("metrics", metrics(app, &req)),
         "/socket" => ("socket", socket::upgrade(app, req)),
         "/api/v2/connect" | "/api/v2/connect/" => ("piston_connect", piston::connect(app, req)),
+        path if let Some((j, rest)) =
+            app.judge0.as_ref().and_then(|j| Some((j, j.route(path)?))) =>
+        {
+            let rest = rest.to_owned();
+            (
+                "judge0",
+                crate::judge0::api::handle(app, j, &rest, req).await,
+            )
+        }
         path if let Some(which) = piston::route(path) => {
             (which, piston::handle(app, which, req).await)
         }

@@ -62,7 +62,9 @@ pub async fn execute(
     input: Option<LiveInput>,
 ) -> Result<RunResult, SandboxError> {
     let compile = compile_stage(sandbox, job).await?;
-    if compile.as_ref().is_some_and(|c| !c.succeeded()) {
+    // A job without a run command compiles only: its kept files are what it is for (Judge0's
+    // "compile once, judge many").
+    if compile.as_ref().is_some_and(|c| !c.succeeded()) || job.stages.run.is_empty() {
         return Ok(RunResult { compile, run: None });
     }
     let run = run_stage(sandbox, job, compile.as_ref(), live, input).await?;

@@ -1,0 +1,151 @@
+//! Judge0 language ids: each configured language that takes run requests gets the id Judge0 CE
+//! 1.13.1 gives it (clients hard-code them: the official SDK maps `judge0.PYTHON` to 71), and a
+//! name in Judge0's style with the image's own version, e.g. `Python (3.11.2)`.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::languages::{Language, Languages};
+
+/// Judge0 CE 1.13.1's id of a language, by our language name.
+pub fn judge0_id(name: &str) -> Option<u32> {
+    Some(match name {
+        "python" | "python3" => 71,
+        "c" => 50,
+        "go" | "golang" => 60,
+        "bash" | "sh" => 46,
+        "c++" | "cpp" => 54,
+        "javascript" | "js" | "node" => 63,
+        "rust" => 73,
+        "java" => 62,
+        "ruby" => 72,
+        "php" => 68,
+        "typescript" => 74,
+        "lua" => 64,
+        "perl" => 85,
+        "haskell" => 61,
+        "kotlin" => 78,
+        _ => return None,
+    })
+}
+
+/// The version number of a toolchain as the image records it (`python 3.11.2` → `3.11.2`).
+pub fn version_number(version: &str) -> String {
+    let last = version.split_whitespace().last().unwrap_or("");
+    let v: String = last
+        .trim_start_matches(|c: char| !c.is_ascii_digit())
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    if v.is_empty() { "unknown".into() } else { v }
+}
+
+/// `Python (3.11.2)`, `C (GCC 12.2.0)`, as Judge0 names its languages.
+fn display_name(name: &str, version: &str) -> String {
+    let v = version_number(version);
+    match name {
+        "c" => format!("C (GCC {v})"),
+        "c++" | "cpp" => format!("C++ (GCC {v})"),
+        "python" | "python3" => format!("Python ({v})"),
+        "go" | "golang" => format!("Go ({v})"),
+        "bash" => format!("Bash ({v})"),
+        "sh" => format!("Bash (busybox {v})"),
+        "javascript" | "js" | "node" => format!("JavaScript (Node.js {v})"),
+        other => {
+            let mut c = other.chars();
+            let first = c.next().map(|f| f.to_ascii_uppercase()).unwrap_or(' ');
+            format!("{first}{} ({v})", c.as_str())
+        }
+    }
+}
+
+/// One language as Judge0 lists it.
+pub struct Entry {
+    pub id: u32,
+    pub name: String,
+    pub lang: Arc<Language>,
+}
+
+/// The languages the API offers, sorted by name as Judge0 lists them.
+pub struct Table {
+    pub entries: Vec<Entry>,
+}
+
+impl Table {
+    pub fn new(languages: &Languages) -> Table {
+        let mut entries: Vec<Entry> = Vec::new();
+        for l in languages.iter().filter(|l| l.stages.is_some()) {
+            let Some(id) = judge0_id(&l.name) else {
+                continue;
+            };
+            // Two languages on one id: the first in name order keeps it.
+            if entries.iter().any(|e| e.id == id) {
+                continue;
+            }
+            entries.push(Entry {
+                id,
+                name: display_name(&l.name, &l.version),
+                lang: l.clone(),
+            });
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Table { entries }
+    }
+
+    pub fn get(&self, id: u32) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.id == id)
+    }
+
+    /// `GET /languages`.
+    pub fn listing(&self) -> Value {
+        Value::Array(
+            self.entries
+                .iter()
+                .map(|e| json!({"id": e.id, "name": e.name}))
+                .collect(),
+        )
+    }
+
+    /// `GET /languages/all`.
+    pub fn all(&self) -> Value {
+        Value::Array(
+            self.entries
+                .iter()
+                .map(|e| json!({"id": e.id, "name": e.name, "is_archived": false}))
+                .collect(),
+        )
+    }
+
+    /// `GET /languages/{id}`.
+    pub fn detail(&self, id: u32) -> Option<Value> {
+        let e = self.get(id)?;
+        let stages = e.lang.stages.as_ref()?;
+        Some(json!({
+            "id": e.id,
+            "name": e.name,
+            "is_archived": false,
+            "source_file": stages.main_file,
+            "compile_cmd": stages.compile.as_ref().map(|c| c.join(" ")),
+            "run_cmd": stages.run.join(" "),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_names() {
+        assert_eq!(judge0_id("python"), Some(71));
+        assert_eq!(judge0_id("c"), Some(50));
+        assert_eq!(judge0_id("go"), Some(60));
+        assert_eq!(judge0_id("bash"), Some(46));
+        assert_eq!(judge0_id("default"), None);
+        assert_eq!(display_name("python", "python 3.11.2"), "Python (3.11.2)");
+        assert_eq!(display_name("c", "gcc 12.2.0"), "C (GCC 12.2.0)");
+        assert_eq!(display_name("go", "go 1.19.8"), "Go (1.19.8)");
+        assert_eq!(display_name("rust", ""), "Rust (unknown)");
+    }
+}
