@@ -8,6 +8,13 @@
 //! announces an exec's end (`exec_die`) after any earlier event of its container, so once the
 //! run's `exec_die` is in, whether an `oom` came before it is settled.
 //!
+//! The container's own end (`die`) is followed too: when the memory limit kills a gVisor sandbox,
+//! its kernel dies with the program and the whole container stops. The engine (seen with 20.10 and
+//! runsc) then handles the container's exit before the exec's, forgets the exec on the way (its
+//! `exec_die` says exit code 127) and never closes the exec's output stream until the container is
+//! removed; a run in an exec learns that it is over from `die` instead. The engine announces a
+//! container's `oom` before its `die`, so by then the OOM is recorded.
+//!
 //! One subscription per sandbox, filtered on its instance label; events of containers that are not
 //! (or no longer) watched are dropped, so the record stays as small as the set of live containers.
 
@@ -37,6 +44,7 @@ pub(super) struct Events {
 #[derive(Default)]
 struct Watched {
     oom: bool,
+    died: bool,
     ended_execs: HashSet<String>,
 }
 
@@ -84,6 +92,35 @@ impl Events {
         settled(self).0
     }
 
+    /// Whether the engine announced that the memory limit killed a process of `name`.
+    pub fn oom_seen(&self, name: &str) -> bool {
+        self.watched
+            .lock()
+            .unwrap()
+            .get(name)
+            .is_some_and(|w| w.oom)
+    }
+
+    /// Resolves once the engine announces that the container `name` stopped; never, when it does
+    /// not (not watched, or no subscription), so a run then ends as it always did.
+    pub async fn died(&self, name: &str) {
+        let mut changed = self.changed.subscribe();
+        loop {
+            if self
+                .watched
+                .lock()
+                .unwrap()
+                .get(name)
+                .is_some_and(|w| w.died)
+            {
+                return;
+            }
+            if changed.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     fn record(&self, event: &EventMessage) {
         let Some(attributes) = event.actor.as_ref().and_then(|a| a.attributes.as_ref()) else {
             return;
@@ -97,6 +134,7 @@ impl Events {
         };
         match event.action.as_deref() {
             Some("oom") => w.oom = true,
+            Some("die") => w.died = true,
             Some("exec_die") => {
                 if let Some(exec) = attributes.get("execID") {
                     w.ended_execs.insert(exec.clone());
@@ -108,13 +146,16 @@ impl Events {
         self.changed.send_modify(|n| *n += 1);
     }
 
-    /// Follows the engine's `oom` and `exec_die` events for the containers labelled with
+    /// Follows the engine's `oom`, `die` and `exec_die` events for the containers labelled with
     /// `instance`, resubscribing when the stream breaks, until the task is aborted.
     pub fn follow(self: &Arc<Self>, docker: Docker, instance: &str) -> JoinHandle<()> {
         let events = self.clone();
         let filters = HashMap::from([
             ("type", vec!["container".to_owned()]),
-            ("event", vec!["oom".to_owned(), "exec_die".to_owned()]),
+            (
+                "event",
+                vec!["oom".to_owned(), "die".to_owned(), "exec_die".to_owned()],
+            ),
             ("label", vec![format!("{LABEL_INSTANCE}={instance}")]),
         ]);
         // From the start of the engine's in-memory event log, not from now: nothing is lost

@@ -11,6 +11,7 @@
 //! run has no effect outside its container, so running it twice is safe. With `last_try`, the
 //! answer is the run's whatever the container's state (never `None`).
 
+use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
 use bollard::container::LogOutput;
@@ -76,8 +77,15 @@ pub(super) async fn drive(
     let mut collector = OutputCollector::new(max_output_bytes, live);
     // What the relay wrote before it had the program (`usable` and `idle` keep no more than the
     // cap), then the rest.
+    // A program in an exec is also over once its container stopped: the engine may never end
+    // the exec's stream then (see `events`; under gVisor the memory limit stops the container).
+    let died: Pin<Box<dyn Future<Output = ()> + Send + '_>> = match exec_id {
+        Some(_) => Box::pin(engine.events.died(name)),
+        None => Box::pin(std::future::pending()),
+    };
     let frames = futures_util::stream::iter(early.into_iter().map(Ok))
         .chain(output)
+        .take_until(died)
         .filter_map(|item| std::future::ready(relay_bytes(engine, name, item)));
     let ending = supervise(
         frames,
@@ -144,7 +152,12 @@ pub(super) async fn drive(
         );
         return Ok(None);
     }
-    if state.oom_killed == Some(true) || oom_flagged(engine, name, exec_id.as_deref()).await {
+    // Its `oom` event as well as its flag: once, after a gVisor sandbox stopped on the limit, the
+    // flag was seen unset (the exit's own view is written over it) while the event had come.
+    if state.oom_killed == Some(true)
+        || engine.events.oom_seen(name)
+        || oom_flagged(engine, name, exec_id.as_deref()).await
+    {
         return Ok(Some(RunOutcome::OutOfMemory { output }));
     }
     Ok(Some(RunOutcome::Exited {
