@@ -14,10 +14,21 @@
 //!       receiving it, on Docker and on bubblewrap.
 //!   (p) Go as on the playground, on bubblewrap: hello world (fake time) vs the bare spawn of the
 //!       image's run command, a two-package txtar, and hello world with vet.
-//! Run: `cargo bench --bench load` (root, Docker engine, wrk, bubblewrap, the test image).
-//! `BENCH_QUICK=1` shortens every phase for a smoke test; `BENCH_PHASES=c` (any of `abcwdghps`, w
-//! for bubblewrap, g for Go, h for Go without Docker, p for the Go playground's features, s for
-//! /socket) runs only the phases named.
+//!   (v) Docker under gVisor (runsc) vs runc: cold runs and 40 programs 8 at a time (gvisor.rs).
+//!   (i) programs with input: Piston's execute vs /compile, the cost of measuring a run, C compile
+//!       + run vs a bare gcc + run (runs.rs).
+//!   (j) Judge0: a batch of test cases with one compile, and the Redis queue of two daemons vs
+//!       wait=true on one (judge.rs).
+//! Run: `cargo bench --bench load` (root, Docker engine, wrk, bubblewrap, the test image, the
+//! language roots, runsc and redis-server as scripts/setup-test-host.sh installs them).
+//! `BENCH_QUICK=1` shortens every phase for a smoke test; `BENCH_PHASES=c` (any of
+//! `abcwdghpsvij`, w for bubblewrap, g for Go, h for Go without Docker, p for the Go playground's
+//! features, s for /socket, v for gVisor, i for programs with input, j for Judge0) runs only the
+//! phases named.
+
+mod gvisor;
+mod judge;
+mod runs;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -1048,6 +1059,15 @@ fn main() {
 
     if phase('p') {
         go_playground(quick(), &client);
+    }
+    if phase('v') {
+        gvisor::phase(cold_n, wide_n, &client);
+    }
+    if phase('i') {
+        runs::phase(quick(), &client);
+    }
+    if phase('j') {
+        judge::phase(quick(), &client);
     }
     if phase('s') {
         let n = if quick() { 10 } else { 50 };
