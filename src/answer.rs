@@ -114,8 +114,8 @@ pub fn answer(outcome: &Outcome<'_>, dialect: Dialect, limits: &Limits) -> Row {
             true,
             RunResult::OutputTooLarge,
         ),
-        (Outcome::Ran(RunOutcome::OutputTooLarge { output }), Playground) => {
-            let events = events(output, dialect, Some(notice(output, OUTPUT_TOO_LARGE)));
+        (Outcome::Ran(r @ RunOutcome::OutputTooLarge { output }), Playground) => {
+            let events = events(output, dialect, limit_notice(r, limits));
             let body = run_body("", Some(events), Some(0));
             ran(200, body, true, RunResult::OutputTooLarge)
         }
@@ -138,8 +138,8 @@ pub fn answer(outcome: &Outcome<'_>, dialect: Dialect, limits: &Limits) -> Row {
             let events = events(output, dialect, Some(notice.into()));
             ran(200, run_body("", Some(events), None), false, RunResult::Oom)
         }
-        (Outcome::Ran(RunOutcome::OutOfMemory { output }), Playground) => {
-            let events = events(output, dialect, Some(notice(output, &oom_text(limits))));
+        (Outcome::Ran(r @ RunOutcome::OutOfMemory { output }), Playground) => {
+            let events = events(output, dialect, limit_notice(r, limits));
             let body = run_body("", Some(events), Some(0));
             ran(200, body, false, RunResult::Oom)
         }
@@ -168,6 +168,16 @@ fn oom_text(limits: &Limits) -> String {
         "Out of memory: the program used more than its {} MiB and was killed.",
         limits.memory_bytes >> 20
     )
+}
+
+/// The daemon's notice for a run it stopped at one of its own limits (the output cap, the memory
+/// limit), on a line of its own after the run's output; `None` for any other end.
+pub fn limit_notice(ran: &RunOutcome, limits: &Limits) -> Option<Cow<'static, str>> {
+    match ran {
+        RunOutcome::OutputTooLarge { output } => Some(notice(output, OUTPUT_TOO_LARGE)),
+        RunOutcome::OutOfMemory { output } => Some(notice(output, &oom_text(limits))),
+        RunOutcome::Exited { .. } | RunOutcome::TimedOut { .. } => None,
+    }
 }
 
 /// A notice on a line of its own after the output, whether or not the output ended its line.

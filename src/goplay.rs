@@ -212,7 +212,24 @@ fn playground(ran: &RunOutcome, record: Option<Record>, output: &[Chunk], limits
             }
             row(&run_body(&output, 1, &r), false, RunResult::Timeout)
         }
-        // The daemon's own notices for the cap and the memory limit, as for every language.
+        // Stopped at the output cap or the memory limit after the build: the daemon's notice, as
+        // for every language, in an answer that keeps the Go playground's fields.
+        (RunOutcome::OutputTooLarge { .. } | RunOutcome::OutOfMemory { .. }, Some(record)) => {
+            let program = with_output(ran, output.to_vec());
+            let mut body = run_body(output, 0, &record);
+            body.events.get_or_insert_with(Vec::new).extend(
+                answer::limit_notice(&program, limits).map(|n| Event {
+                    message: n.into_owned(),
+                    kind: answer::SYSTEM_KIND,
+                    delay: 0,
+                }),
+            );
+            match ran {
+                RunOutcome::OutOfMemory { .. } => row(&body, false, RunResult::Oom),
+                _ => row(&body, true, RunResult::OutputTooLarge),
+            }
+        }
+        // Stopped during the build: the daemon's notice in the common answer.
         (ran, _) => answer::answer(
             &Outcome::Ran(&with_output(ran, output.to_vec())),
             Dialect::Playground,

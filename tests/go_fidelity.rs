@@ -606,6 +606,40 @@ async fn build_timeout(backend: Backend) {
     d.stop().await;
 }
 
+/// Stopped at the memory limit or the output cap after the build: the daemon's notice, in an
+/// answer that keeps the Go playground's fields (IsTest, TestsFailed), in test mode too.
+async fn limits(backend: Backend) {
+    let (d, _one) = start(backend).await;
+    let hog = "package main\n\nfunc main() {\n\tvar keep [][]byte\n\tfor {\n\t\tb := make([]byte, 1<<20)\n\t\tfor i := range b {\n\t\t\tb[i] = 1\n\t\t}\n\t\tkeep = append(keep, b)\n\t}\n}\n";
+    let flood = "package main\n\nimport (\n\t\"fmt\"\n\t\"testing\"\n)\n\nfunc TestFlood(t *testing.T) {\n\tfor {\n\t\tfmt.Println(\"flood flood flood\")\n\t}\n}\n";
+    for form in [Form::Form, Form::Json] {
+        let r = compile(&d, form, hog).await;
+        assert_eq!(r.status, 200, "{form:?} {}", r.text);
+        assert!(
+            r.text.ends_with(
+                r#"Out of memory: the program used more than its 128 MiB and was killed.","Kind":"system","Delay":0}],"Status":0,"IsTest":false,"TestsFailed":0}"#
+            ),
+            "{form:?} {}",
+            r.text
+        );
+        let r = compile(&d, form, flood).await;
+        assert_eq!(r.status, 200, "{form:?} {}", r.text);
+        assert!(
+            r.text.contains(r"flood flood flood\n"),
+            "{form:?} {}",
+            &r.text[..r.text.len().min(300)]
+        );
+        assert!(
+            r.text.ends_with(
+                r#"Program output too large.","Kind":"system","Delay":0}],"Status":0,"IsTest":true,"TestsFailed":0}"#
+            ),
+            "{form:?} {}",
+            &r.text[r.text.len().saturating_sub(300)..]
+        );
+    }
+    d.stop().await;
+}
+
 const PRINTF: &str =
     "package main\n\nimport \"fmt\"\n\nfunc main() {\n\tfmt.Printf(\"%v\\n\")\n}\n";
 
@@ -776,6 +810,7 @@ both_backends!(
     program_forms,
     test_mode,
     build_timeout,
+    limits,
     vet,
     page
 );

@@ -885,5 +885,43 @@ async fn compile_once_judge_many() {
         );
     }
     assert_eq!(runs_of(&d, "c") - before, 1.0, "one compile for five cases");
+
+    // number_of_runs: the cases' compile, then each round in a sandbox of its own (none answered
+    // by the cache), time and memory averaged; a round that is not accepted ends the rounds.
+    let before = runs_of(&d, "c");
+    let (s, v) = post(
+        &d,
+        "/submissions?base64_encoded=false&wait=true&fields=status,stdout,time,memory,number_of_runs",
+        json!({"source_code": source, "language_id": 50, "stdin": "21", "expected_output": "441",
+               "number_of_runs": 3}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["status"]["id"], 3, "{v}");
+    assert_eq!(v["stdout"], "441\n", "{v}");
+    assert_eq!(v["number_of_runs"], 3, "{v}");
+    assert!(
+        v["time"].as_str().is_some() && v["memory"].as_u64().is_some(),
+        "{v}"
+    );
+    assert_eq!(
+        runs_of(&d, "c") - before,
+        3.0,
+        "three rounds (the compile is the cases' own, kept)"
+    );
+    let before = runs_of(&d, "c");
+    let (_, v) = post(
+        &d,
+        "/submissions?base64_encoded=false&wait=true&fields=status",
+        json!({"source_code": "int main(void) { return 3; }", "language_id": 50,
+               "number_of_runs": 5}),
+    )
+    .await;
+    assert_eq!(v["status"]["id"], 11, "{v}");
+    assert_eq!(
+        runs_of(&d, "c") - before,
+        2.0,
+        "one compile and the round that failed"
+    );
     d.stop().await;
 }

@@ -151,39 +151,12 @@ async fn any_daemon_answers_for_any_token() {
 async fn a_killed_daemons_submissions_finish_elsewhere() {
     let _g = ONE_AT_A_TIME.lock().await;
     let redis = Redis::start();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("a.toml");
-    let port = redis_server::free_port();
-    std::fs::write(
-        &file,
-        format!(
-            "address = \"127.0.0.1:{port}\"\nbackend = \"bwrap\"\nshutdown = false\ndrain = \"0s\"\n\
-             max-concurrent-runs = 6\npool-size = 0\nlog-format = \"text\"\n\
-             judge0-queue = \"{}\"\njudge0-claim-after = \"2s\"\ndefault-language = \"python\"\n\
-             [languages.python]\n{PYTHON_TABLE}",
-            redis.url()
-        ),
+    let (mut a, base_a, _dir) = spawn_daemon(
+        &redis,
+        "shutdown = false\ndrain = \"0s\"\nmax-concurrent-runs = 6",
     )
-    .unwrap();
-    let mut a = Command::new(BIN)
-        .arg("--config")
-        .arg(&file)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base_a = format!("http://127.0.0.1:{port}");
+    .await;
     let client = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while client
-        .get(format!("{base_a}/judge0/languages"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(tokio::time::Instant::now() < deadline, "A never served");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let mut tokens = Vec::new();
     for i in 0..6 {
         let program = format!("import time\ntime.sleep(4)\nprint('slow', {i})");
@@ -211,6 +184,140 @@ async fn a_killed_daemons_submissions_finish_elsewhere() {
     // Nothing is left in the stream: every entry was acknowledged after its result.
     let len: usize = redis.cmd(redis::cmd("XLEN").arg("compilerd:judge0:{compilerd-judge0}:queue"));
     assert_eq!(len, 0);
+    b.stop().await;
+}
+
+/// The real binary with `settings`, on the queue of `redis`, serving on a loopback port: the
+/// child, its base URL and the directory of its config file (kept while it runs).
+async fn spawn_daemon(
+    redis: &Redis,
+    settings: &str,
+) -> (tokio::process::Child, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.toml");
+    let port = redis_server::free_port();
+    std::fs::write(
+        &file,
+        format!(
+            "address = \"127.0.0.1:{port}\"\nbackend = \"bwrap\"\n{settings}\n\
+             pool-size = 0\nlog-format = \"text\"\n\
+             judge0-queue = \"{}\"\njudge0-claim-after = \"2s\"\ndefault-language = \"python\"\n\
+             [languages.python]\n{PYTHON_TABLE}",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&file)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while client
+        .get(format!("{base}/judge0/languages"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the daemon never served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (child, base, dir)
+}
+
+/// Under a stream of submissions one daemon (the real binary) halts itself at the random time its
+/// lifetime gives it: it fails /healthz, stops claiming, finishes what it holds, runs its halt
+/// command and exits. Every submission either daemon accepted is judged once, with its own output.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_halting_itself_under_load_loses_nothing() {
+    let _g = ONE_AT_A_TIME.lock().await;
+    let redis = Redis::start();
+    let (mut a, base_a, dir) = spawn_daemon(
+        &redis,
+        "shutdown = true\nlifetime = \"6s\"\ndrain = \"1s\"\nhalt-command = \"/bin/true\"",
+    )
+    .await;
+    let b = TestDaemon::start(fleet_config(&redis)).await;
+    let base_b = b.url("");
+    let base_b = base_b.trim_end_matches('/').to_owned();
+    let client = reqwest::Client::new();
+    let program = |i: usize| format!("import time\ntime.sleep(0.1)\nprint('n', {i})");
+    let mut tokens: Vec<String> = Vec::new();
+    let (mut on_a, mut a_status) = (0, None);
+    // Bounded by count: A halts within 6 s, long before 400 submissions at most 8 in flight.
+    for i in 0..400 {
+        if a_status.is_none() {
+            a_status = a.try_wait().unwrap();
+        }
+        let created = if a_status.is_none() && i % 2 == 0 {
+            client
+                .post(format!("{base_a}/judge0/submissions"))
+                .json(&json!({"source_code": program(i), "language_id": 71}))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status() == 201)
+        } else {
+            None
+        };
+        let token = match created {
+            Some(r) => {
+                on_a += 1;
+                r.json::<Value>().await.unwrap()["token"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            }
+            // A refused or is gone: the load goes on through B.
+            None => submit(&client, &base_b, &program(i)).await,
+        };
+        tokens.push(token);
+        // At most 8 in flight: wait for the one submitted 8 earlier to be judged.
+        if tokens.len() > 8 {
+            until(
+                &client,
+                &base_b,
+                &tokens[tokens.len() - 9],
+                Duration::from_secs(60),
+                |s| s > 2,
+            )
+            .await;
+        }
+        if a_status.is_some() && tokens.len() >= 20 {
+            break;
+        }
+    }
+    let exit = match a_status {
+        Some(s) => s,
+        None => tokio::time::timeout(Duration::from_secs(30), a.wait())
+            .await
+            .expect("A halts within its lifetime")
+            .unwrap(),
+    };
+    assert!(
+        exit.success(),
+        "the halt command ran and A exited 0: {exit:?}"
+    );
+    assert!(on_a > 0, "A took submissions before it halted");
+    drop(dir);
+    let mut judged = 0;
+    for (i, t) in tokens.iter().enumerate() {
+        let v = until(&client, &base_b, t, Duration::from_secs(60), |s| s > 2).await;
+        assert_eq!(v["status"]["id"], 3, "{v}");
+        assert_eq!(v["stdout"], format!("n {i}\n"), "{v}");
+        judged += 1;
+    }
+    assert_eq!(judged, tokens.len(), "every accepted submission judged");
+    eprintln!("{judged} submissions judged, {on_a} of them accepted by the daemon that halted");
+    b.wait_metric("compilerd_judge0_queue_length", |n| n == 0.0)
+        .await;
     b.stop().await;
 }
 

@@ -380,6 +380,7 @@ pub async fn judge(table: &Table, rec: &Record) -> Judged {
         };
         let how = RunRender {
             dialect: "judge0-compile",
+            round: 0,
             render: std::sync::Arc::new(render_compile),
             overloaded: busy.clone(),
         };
@@ -428,23 +429,35 @@ pub async fn judge(table: &Table, rec: &Record) -> Judged {
         compile: limits.0,
         run: limits.1,
     };
-    let how = RunRender {
-        dialect: "judge0",
-        render: std::sync::Arc::new(render),
-        overloaded: busy,
-    };
-    let answer = lang.compile.execute(job, how).await;
-    if answer.status == 503 {
-        return Judged::Busy;
+    // number_of_runs: each round in a fresh sandbox, until one is not accepted; the answer is the
+    // last round's, with time and memory averaged over the rounds, as Judge0 reports them.
+    let mut rounds = Vec::new();
+    for round in 0..rec.number_of_runs.max(1) {
+        let how = RunRender {
+            dialect: "judge0",
+            render: std::sync::Arc::new(render),
+            overloaded: busy.clone(),
+            round,
+        };
+        let answer = lang.compile.execute(job.clone(), how).await;
+        if answer.status == 503 {
+            return Judged::Busy;
+        }
+        let f: Facts = match serde_json::from_slice(&answer.body) {
+            Ok(f) => f,
+            Err(e) => Facts {
+                status_id: Status::INTERNAL_ERROR.id(),
+                message: Some(format!("unreadable run facts: {e}")),
+                ..Default::default()
+            },
+        };
+        let accepted = f.status_id == Status::ACCEPTED.id();
+        rounds.push(f);
+        if !accepted {
+            break;
+        }
     }
-    let f: Facts = match serde_json::from_slice(&answer.body) {
-        Ok(f) => f,
-        Err(e) => Facts {
-            status_id: Status::INTERNAL_ERROR.id(),
-            message: Some(format!("unreadable run facts: {e}")),
-            ..Default::default()
-        },
-    };
+    let f = averaged(rounds);
     let mut status = f.status_id;
     let stdout = if rec.redirect_stderr_to_stdout {
         f.output
@@ -475,9 +488,50 @@ pub async fn judge(table: &Table, rec: &Record) -> Judged {
     Judged::Done(Box::new(done))
 }
 
+/// The last round's facts, with each measurement the mean of the rounds that have it.
+fn averaged(mut rounds: Vec<Facts>) -> Facts {
+    fn mean<T: Copy>(v: impl Iterator<Item = Option<T>>, to: fn(T) -> f64) -> Option<f64> {
+        let got: Vec<f64> = v.flatten().map(to).collect();
+        (!got.is_empty()).then(|| got.iter().sum::<f64>() / got.len() as f64)
+    }
+    let time = mean(rounds.iter().map(|f| f.time), |t| t);
+    let wall_time = mean(rounds.iter().map(|f| f.wall_time), |t| t);
+    let memory = mean(rounds.iter().map(|f| f.memory), |m| m as f64);
+    let mut last = rounds.pop().expect("at least one round");
+    if !rounds.is_empty() {
+        last.time = time.map(|t| (t * 1000.0).round() / 1000.0);
+        last.wall_time = wall_time.map(|t| (t * 1000.0).round() / 1000.0);
+        last.memory = memory.map(|m| m.round() as u64);
+    }
+    last
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounds_average_their_measurements() {
+        let round = |time, memory| Facts {
+            status_id: 3,
+            time: Some(time),
+            wall_time: Some(time * 2.0),
+            memory: Some(memory),
+            stdout: Some(format!("{time}").into_bytes()),
+            ..Default::default()
+        };
+        let f = averaged(vec![
+            round(0.01, 1000),
+            round(0.02, 2000),
+            round(0.03, 4000),
+        ]);
+        assert_eq!(f.time, Some(0.02));
+        assert_eq!(f.wall_time, Some(0.04));
+        assert_eq!(f.memory, Some(2333));
+        assert_eq!(f.stdout.as_deref(), Some(&b"0.03"[..]));
+        let one = averaged(vec![round(0.0123, 7)]);
+        assert_eq!((one.time, one.memory), (Some(0.0123), Some(7)));
+    }
 
     #[test]
     fn outputs_compare_as_judge0_compares() {

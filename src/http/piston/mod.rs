@@ -195,6 +195,7 @@ async fn execute(app: &App, body: &[u8], bounds: &Bounds, started: Instant) -> R
     let name = lang.name.clone();
     let how = RunRender {
         dialect: "piston",
+        round: 0,
         render: std::sync::Arc::new(move |r: &Result<RunResult, SandboxError>| {
             render(&name, &version, r)
         }),
