@@ -16,7 +16,8 @@
 # kept (/var/cache/compilerd-ci/ and the image compilerd-ci-bookworm); the Debian mirror is the
 # one this machine's apt uses.
 #
-# Environment: KEEP=1 leaves the container running for a look inside; PKGTEST_CONTAINER names it
+# Environment: PKGTEST_PROFILE=release packages the shipped build (default: the quicker
+# package-test profile); KEEP=1 leaves the container running for a look inside; PKGTEST_CONTAINER names it
 # (default compilerd-pkgtest).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -96,8 +97,11 @@ fi
 # --- the packages ----------------------------------------------------------------------------
 rm -f target/debian/compilerd_*.deb target/generate-rpm/compilerd-*.rpm
 t=$(date +%s)
-cargo deb --quiet >/dev/null || die "cargo deb"
-cargo generate-rpm >/dev/null || die "cargo generate-rpm"
+# PKGTEST_PROFILE=release tests the shipped build; the default is the quick profile of
+# Cargo.toml, the same files and scriptlets around an unoptimised binary.
+profile=${PKGTEST_PROFILE:-package-test}
+cargo deb --profile "$profile" --quiet >/dev/null || die "cargo deb"
+cargo generate-rpm --profile "$profile" >/dev/null || die "cargo generate-rpm"
 deb=$(ls target/debian/compilerd_*.deb 2>/dev/null | head -1)
 rpm=$(ls target/generate-rpm/compilerd-*.rpm 2>/dev/null | head -1)
 [ -f "$deb" ] && [ -f "$rpm" ] || die "no package built"

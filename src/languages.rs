@@ -202,6 +202,8 @@ pub struct Language {
     pub version: String,
     pub pool_size: usize,
     pub stages: Option<Stages>,
+    /// Judge0's id when the configuration sets one.
+    pub judge0_id: Option<u32>,
     /// How far a run request may raise the language's limits.
     pub maxima: Maxima,
     pub compile: Arc<CompileService>,
@@ -286,6 +288,7 @@ impl Languages {
                     version: o.version,
                     pool_size: o.config.pool_size,
                     stages: o.stages,
+                    judge0_id: o.config.judge0_id,
                     maxima: o.config.maxima,
                 })
             })

@@ -182,6 +182,90 @@ async fn official_sdk(backend: Backend) {
     d.stop().await;
 }
 
+/// Judge0's multi-file language through the official SDK (`judge0.MULTI_FILE`, a Filesystem as
+/// `additional_files`): a table with `judge0-id = 89` on the C image. The compile script's output,
+/// which only the script names, reaches the run; a script without compile runs as is; a failing
+/// compile script is a Compilation Error; and what the API refuses for id 89.
+const MULTI_SCRIPT: &str = r##"
+import judge0
+c = judge0.Client(URL)
+out = {}
+def fs(files):
+    return judge0.Filesystem(content=[judge0.File(name=n, content=v) for n, v in files])
+def run(files, **kw):
+    return judge0.run(client=c, source_code="", language=judge0.MULTI_FILE,
+                      additional_files=fs(files), **kw)
+r = run([("main.c", "#include <stdio.h>\nint main(void) { int n; scanf(\"%d\", &n); printf(\"%d\\n\", 2 * n); return 0; }\n"),
+         ("compile", "gcc -o twice main.c\n"), ("run", "./twice\n")], stdin="21", expected_output="42")
+out["compiled"] = [r.stdout, int(r.status)]
+r = run([("data.txt", "from a file\n"), ("run", "cat data.txt\n")])
+out["script"] = [r.stdout, int(r.status)]
+r = run([("compile", "echo broken >&2\nexit 1\n"), ("run", "echo never\n")])
+out["ce"] = [int(r.status), r.compile_output, r.stdout]
+print(json.dumps(out))
+"##;
+
+mod multi_file {
+    use super::*;
+    #[tokio::test(flavor = "multi_thread")]
+    async fn bwrap() {
+        multi_file(Backend::Bwrap).await
+    }
+    #[tokio::test(flavor = "multi_thread")]
+    async fn docker() {
+        multi_file(Backend::Docker).await
+    }
+}
+
+async fn multi_file(backend: Backend) {
+    let mut c = judge0_config(backend);
+    c.language_tables.insert(
+        "multi".to_owned(),
+        toml::from_str(
+            "judge0-id = 89\nrootfs = \"/var/lib/compilerd/rootfs/c\"\nimage = \"compilerd-c\"",
+        )
+        .unwrap(),
+    );
+    let (d, _g) = start(c).await;
+    let (s, langs) = get(&d, "/languages").await;
+    assert_eq!(s, 200);
+    assert!(
+        langs
+            .as_array()
+            .unwrap()
+            .contains(&json!({"id": 89, "name": "Multi-file program"})),
+        "{langs}"
+    );
+    let d2 = &d;
+    let out = tokio::task::block_in_place(|| python(d2, MULTI_SCRIPT));
+    assert_eq!(out["compiled"], json!(["42\n", 3]), "{out}");
+    assert_eq!(out["script"], json!(["from a file\n", 3]), "{out}");
+    assert_eq!(out["ce"][0], 6, "{out}");
+    assert!(out["ce"][1].as_str().unwrap().contains("broken"), "{out}");
+    assert_eq!(out["ce"][2], Value::Null, "{out}");
+    // What id 89 refuses: a source file, no zip, a zip without its run script.
+    let zip = zips(&d)["module"].clone();
+    for (body, field) in [
+        (
+            json!({"language_id": 89, "source_code": "x", "additional_files": zip}),
+            "source_code",
+        ),
+        (
+            json!({"language_id": 89, "source_code": ""}),
+            "additional_files",
+        ),
+        (
+            json!({"language_id": 89, "additional_files": zip}),
+            "additional_files",
+        ),
+    ] {
+        let (s, v) = post(&d, "/submissions?base64_encoded=false", body).await;
+        assert_eq!(s, 422, "{v}");
+        assert!(v.get(field).is_some(), "{field}: {v}");
+    }
+    d.stop().await;
+}
+
 /// `judge0-client` (async): creates a submission and polls it until it is judged.
 #[tokio::test(flavor = "multi_thread")]
 async fn judge0_client_creates_and_polls() {

@@ -42,6 +42,10 @@ pub struct LanguageSettings {
     pub tmpfs_size: Option<ByteSize>,
     pub max_output_bytes: Option<ByteSize>,
     pub pool_size: Option<usize>,
+    /// Judge0: the language's id [default: Judge0 CE 1.13.1's id for the language's name]. 89
+    /// makes it Judge0's multi-file language, whose programs are a zip's `compile` (optional)
+    /// and `run` scripts, run by /bin/sh in this language's image or rootfs.
+    pub judge0_id: Option<u32>,
 }
 
 /// One language as the daemon runs it.
@@ -59,6 +63,8 @@ pub struct LanguageConfig {
     /// How far a run request may raise `limits` (the flat settings').
     pub maxima: Maxima,
     pub pool_size: usize,
+    /// Judge0's id when the table sets one.
+    pub judge0_id: Option<u32>,
     /// Docker's OCI runtime, the flat setting's for every language; `None`: the engine's default.
     pub runtime: Option<String>,
 }
@@ -95,6 +101,7 @@ impl Config {
                 limits: self.limits.clone(),
                 maxima: self.maxima,
                 pool_size: self.pool_size,
+                judge0_id: None,
                 runtime: self.runtime.clone(),
             }];
         }
@@ -134,6 +141,7 @@ impl Config {
                     },
                     maxima: self.maxima,
                     pool_size: t.pool_size.unwrap_or(self.pool_size),
+                    judge0_id: t.judge0_id,
                     runtime: self.runtime.clone(),
                 }
             })

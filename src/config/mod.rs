@@ -496,6 +496,9 @@ impl Config {
             {
                 errors.push(format!("{at}format-command must not be empty"));
             }
+            if lang.judge0_id == Some(0) {
+                errors.push(format!("{at}judge0-id must be more than 0"));
+            }
         }
         if self.language_tables.len() > MAX_LANGUAGES {
             errors.push(format!("at most {MAX_LANGUAGES} languages"));

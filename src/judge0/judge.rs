@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::b64;
-use super::langs::Table;
+use super::langs::{MULTI_FILE, Table, multi_file_stages};
 use super::record::{Record, now_ms};
 use super::status::Status;
 use super::submission::strip_shell;
@@ -291,15 +291,16 @@ pub async fn judge(table: &Table, rec: &Record) -> Judged {
         return Judged::Done(Box::new(done));
     };
     let lang = &entry.lang;
-    let mut stages = lang.stages.clone().expect("listed languages have stages");
-    if let (Some(opts), Some(compile)) = (&rec.compiler_options, stages.compile.as_mut()) {
-        compile.extend(strip_shell(opts).split_whitespace().map(str::to_owned));
+    let multi = entry.id == MULTI_FILE;
+    // A multi-file program is its zip alone: no source file.
+    let mut files = Vec::new();
+    if !multi {
+        files.push(JobFile {
+            path: String::new(),
+            executable: false,
+            content: Bytes::from(rec.source_code.clone().unwrap_or_default()),
+        });
     }
-    let mut files = vec![JobFile {
-        path: String::new(),
-        executable: false,
-        content: Bytes::from(rec.source_code.clone().unwrap_or_default()),
-    }];
     if let Some(zip) = &rec.additional_files {
         // Checked when it was submitted; the same bytes read the same way.
         match super::zip::extract(zip, &crate::run::Bounds::default()) {
@@ -311,6 +312,14 @@ pub async fn judge(table: &Table, rec: &Record) -> Judged {
                 return Judged::Done(Box::new(done));
             }
         }
+    }
+    let mut stages = if multi {
+        multi_file_stages(files.iter().any(|f| f.path == "compile"))
+    } else {
+        lang.stages.clone().expect("listed languages have stages")
+    };
+    if let (Some(opts), Some(compile)) = (&rec.compiler_options, stages.compile.as_mut()) {
+        compile.extend(strip_shell(opts).split_whitespace().map(str::to_owned));
     }
     let req = RunRequest {
         files,

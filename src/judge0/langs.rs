@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::languages::{Language, Languages};
+use crate::run::Stages;
 
 /// Judge0 CE 1.13.1's id of a language, by our language name.
 pub fn judge0_id(name: &str) -> Option<u32> {
@@ -28,6 +29,23 @@ pub fn judge0_id(name: &str) -> Option<u32> {
         "kotlin" => 78,
         _ => return None,
     })
+}
+
+/// Judge0's multi-file language: a zip's `compile` and `run` scripts, no source file.
+pub const MULTI_FILE: u32 = 89;
+
+/// How the multi-file language runs a program: the zip's `compile` script when it has one, then
+/// its `run` script, each by /bin/sh in the language's sandbox. What the compile leaves at the
+/// top of the working directory is kept for the run (`*`), since the scripts name their own
+/// outputs.
+pub fn multi_file_stages(compiles: bool) -> Stages {
+    let sh = |script: &str| vec!["/bin/sh".to_owned(), script.to_owned()];
+    Stages {
+        main_file: "run".into(),
+        compile: compiles.then(|| sh("compile")),
+        keep: vec![crate::run::KEEP_ALL.into()],
+        run: sh("run"),
+    }
 }
 
 /// The version number of a toolchain as the image records it (`python 3.11.2` → `3.11.2`).
@@ -75,17 +93,25 @@ pub struct Table {
 impl Table {
     pub fn new(languages: &Languages) -> Table {
         let mut entries: Vec<Entry> = Vec::new();
-        for l in languages.iter().filter(|l| l.stages.is_some()) {
-            let Some(id) = judge0_id(&l.name) else {
+        for l in languages.iter() {
+            let Some(id) = l.judge0_id.or_else(|| judge0_id(&l.name)) else {
                 continue;
             };
+            // The multi-file language brings its own stages; every other needs the language's.
+            if id != MULTI_FILE && l.stages.is_none() {
+                continue;
+            }
             // Two languages on one id: the first in name order keeps it.
             if entries.iter().any(|e| e.id == id) {
                 continue;
             }
             entries.push(Entry {
                 id,
-                name: display_name(&l.name, &l.version),
+                name: if id == MULTI_FILE {
+                    "Multi-file program".to_owned()
+                } else {
+                    display_name(&l.name, &l.version)
+                },
                 lang: l.clone(),
             });
         }
@@ -120,7 +146,12 @@ impl Table {
     /// `GET /languages/{id}`.
     pub fn detail(&self, id: u32) -> Option<Value> {
         let e = self.get(id)?;
-        let stages = e.lang.stages.as_ref()?;
+        let multi = multi_file_stages(true);
+        let stages = if id == MULTI_FILE {
+            &multi
+        } else {
+            e.lang.stages.as_ref()?
+        };
         Some(json!({
             "id": e.id,
             "name": e.name,

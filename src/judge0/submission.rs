@@ -7,7 +7,7 @@
 use serde_json::{Map, Value, json};
 
 use super::b64;
-use super::langs::Table;
+use super::langs::{MULTI_FILE, Table};
 use super::record::{Record, now_ms};
 use crate::config::Judge0Config;
 use crate::run::Bounds;
@@ -199,17 +199,35 @@ impl Checks<'_> {
                 }
             },
         };
+        let multi = entry.is_some_and(|en| en.id == MULTI_FILE);
         let source_code = text(&mut e, body, "source_code", base64, b.max_file_bytes);
-        if source_code.as_ref().is_none_or(|s| s.is_empty()) && !e.0.contains_key("source_code") {
+        let blank = source_code.as_ref().is_none_or(|s| s.is_empty());
+        if multi && !blank {
+            e.add("source_code", "must be blank for a multi-file program");
+        } else if !multi && blank && !e.0.contains_key("source_code") {
             e.add("source_code", "can't be blank");
         }
         let stdin = text(&mut e, body, "stdin", base64, b.max_stdin_bytes);
         let expected_output = text(&mut e, body, "expected_output", base64, b.max_stdin_bytes);
         // Always base64, whatever base64_encoded says (as Judge0).
         let additional_files = text(&mut e, body, "additional_files", true, b.max_total_bytes);
+        if multi && additional_files.is_none() && !e.0.contains_key("additional_files") {
+            e.add(
+                "additional_files",
+                "can't be blank for a multi-file program",
+            );
+        }
         if let Some(zip) = &additional_files {
             match super::zip::extract(zip, b) {
                 Err(why) => e.add("additional_files", why),
+                Ok(files) if multi => {
+                    if !files.iter().any(|f| f.path == "run") {
+                        e.add(
+                            "additional_files",
+                            "must hold a run script at its root for a multi-file program",
+                        );
+                    }
+                }
                 Ok(files) => {
                     let main = entry
                         .and_then(|en| en.lang.stages.as_ref())

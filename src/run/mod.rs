@@ -27,6 +27,12 @@ pub struct Stages {
     pub run: Vec<String>,
 }
 
+/// A keep entry that keeps every regular file at the top of the working directory whose name does
+/// not start with a dot, for stages
+/// whose outputs are named by the program rather than by the language (Judge0's multi-file
+/// programs).
+pub const KEEP_ALL: &str = "*";
+
 /// The most a compile stage may hand over to its run stage.
 pub const MAX_KEPT_BYTES: u64 = 128 << 20;
 

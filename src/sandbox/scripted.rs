@@ -123,7 +123,12 @@ impl Sandbox for ScriptedSandbox {
             report.kept = job
                 .files
                 .iter()
-                .filter(|f| job.keep.contains(&f.path))
+                .filter(|f| {
+                    job.keep.contains(&f.path)
+                        || (job.keep.iter().any(|k| k == crate::run::KEEP_ALL)
+                            && !f.path.contains('/')
+                            && !f.path.starts_with('.'))
+                })
                 .cloned()
                 .collect();
         }

@@ -12,6 +12,7 @@
  *                                                         stdin, live (no bytes here)
  *        u32 cpu_ms, u32 wall_ms                          0: no limit
  *        u32 nkeep, nkeep x (u32 len, path)               files sent back after a clean exit
+ *                                                         ("*": every regular file at the top)
  *        u64 keep_max                                     their total size at most
  *
  * Before the exit frame the relay sends an 'm' frame (u32 status, u32 signal, u32 limit (0 none,
@@ -396,46 +397,67 @@ static void put64(unsigned char *p, uint64_t v) {
     put32(p + 4, (uint32_t)v);
 }
 
+/* One kept file: sent when it is a regular file (never a link) that fits in what is left. */
+static void send_file(int dir, const char *path, uint64_t *left, job_emit_fn emit) {
+    if (!safe_path(path))
+        return;
+    int fd = openat(dir, path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size > *left ||
+        (uint64_t)st.st_size > FIELD_MAX) {
+        close(fd);
+        return;
+    }
+    size_t plen = strlen(path), size = (size_t)st.st_size;
+    unsigned char *buf = malloc(4 + plen + 4 + size);
+    if (!buf) {
+        close(fd);
+        return;
+    }
+    put32(buf, (uint32_t)plen);
+    memcpy(buf + 4, path, plen);
+    put32(buf + 4 + plen, (uint32_t)(st.st_mode & 0777));
+    size_t got = 0;
+    while (got < size) {
+        ssize_t n = read(fd, buf + 8 + plen + got, size - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    close(fd);
+    if (got == size) {
+        emit('f', buf, (uint32_t)(8 + plen + size));
+        *left -= size;
+    }
+    free(buf);
+}
+
+/* The kept files; the entry "*" keeps every regular file at the top of the working directory
+ * whose name does not start with a dot (stages whose outputs the program names, such as
+ * Judge0's multi-file scripts). */
 static void send_kept(struct job *job, job_emit_fn emit) {
     uint64_t left = job->keep_max;
     int dir = open(WORKDIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     for (uint32_t i = 0; dir >= 0 && i < job->nkeep; i++) {
-        const char *path = job->keep[i];
-        if (!safe_path(path))
-            continue;
-        int fd = openat(dir, path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-        if (fd < 0)
-            continue;
-        struct stat st;
-        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size > left ||
-            (uint64_t)st.st_size > FIELD_MAX) {
-            close(fd);
+        if (strcmp(job->keep[i], "*") != 0) {
+            send_file(dir, job->keep[i], &left, emit);
             continue;
         }
-        size_t plen = strlen(path), size = (size_t)st.st_size;
-        unsigned char *buf = malloc(4 + plen + 4 + size);
-        if (!buf) {
-            close(fd);
+        int all = dup(dir);
+        DIR *d = all >= 0 ? fdopendir(all) : NULL;
+        if (!d) {
+            if (all >= 0)
+                close(all);
             continue;
         }
-        put32(buf, (uint32_t)plen);
-        memcpy(buf + 4, path, plen);
-        put32(buf + 4 + plen, (uint32_t)(st.st_mode & 0777));
-        size_t got = 0;
-        while (got < size) {
-            ssize_t n = read(fd, buf + 8 + plen + got, size - got);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n <= 0)
-                break;
-            got += (size_t)n;
-        }
-        close(fd);
-        if (got == size) {
-            emit('f', buf, (uint32_t)(8 + plen + size));
-            left -= size;
-        }
-        free(buf);
+        for (struct dirent *e; (e = readdir(d));)
+            if (e->d_name[0] != '.')
+                send_file(dir, e->d_name, &left, emit);
+        closedir(d);
     }
     if (dir >= 0)
         close(dir);
