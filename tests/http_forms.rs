@@ -355,6 +355,15 @@ async fn origin_refusal(backend: Backend) {
     assert_eq!(r.header("access-control-allow-origin"), Some(page));
     let r = send(&d, None, None, "echo no origin").await;
     assert_eq!((r.status, r.output().as_str()), (200, "no origin\n"));
+    // The daemon's own page at `/` is served whatever the list says: its Origin is the Host.
+    let own = format!("http://{}", d.addr);
+    let r = send(&d, Some(FORM_TYPE), Some(&own), form_body("echo own page")).await;
+    assert_eq!(
+        (r.status, r.output().as_str()),
+        (200, "own page\n"),
+        "{}",
+        r.text
+    );
     assert_eq!(d.metric("compilerd_origin_refusals_total"), 3.0);
     d.stop().await;
 }

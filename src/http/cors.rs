@@ -4,7 +4,7 @@
 
 use http::HeaderValue;
 use http::header::{
-    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
+    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, HOST,
     HeaderMap, ORIGIN, VARY,
 };
 
@@ -24,13 +24,16 @@ impl Cors {
     }
 
     /// Whether a request may be served: always with the default `*`; with a list, when it has no
-    /// `Origin` (curl, server to server: not a browser page) or its `Origin` is on the list.
+    /// `Origin` (curl, server to server: not a browser page), when its `Origin` is on the list, or
+    /// when it is the daemon's own (`Origin` names the `Host` it was sent to: the page at `/`,
+    /// which the list need not name).
     pub fn allows(&self, request_headers: &HeaderMap) -> bool {
         match &self.allow {
             AllowOrigin::Any => true,
-            AllowOrigin::List(list) => request_headers
-                .get(ORIGIN)
-                .is_none_or(|origin| list.iter().any(|o| o.as_bytes() == origin.as_bytes())),
+            AllowOrigin::List(list) => request_headers.get(ORIGIN).is_none_or(|origin| {
+                list.iter().any(|o| o.as_bytes() == origin.as_bytes())
+                    || same_origin(origin, request_headers.get(HOST))
+            }),
         }
     }
 
@@ -62,6 +65,17 @@ impl Cors {
             HeaderValue::from_static(ALLOW_HEADERS),
         );
     }
+}
+
+/// `Origin: http(s)://HOST` sent to `Host: HOST`.
+fn same_origin(origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
+    let (Ok(origin), Some(Ok(host))) = (origin.to_str(), host.map(HeaderValue::to_str)) else {
+        return false;
+    };
+    !host.is_empty()
+        && ["http://", "https://"]
+            .iter()
+            .any(|scheme| origin.strip_prefix(scheme) == Some(host))
 }
 
 #[cfg(test)]
@@ -98,6 +112,18 @@ mod tests {
         assert!(!cors.allows(&with_origin("https://evil.example")));
         assert!(!cors.allows(&with_origin("https://a.example.evil")));
         assert!(!cors.allows(&with_origin("null")));
+        // The daemon's own page: Origin names the Host the request went to.
+        let mut own = with_origin("http://play.example:8181");
+        own.insert(HOST, HeaderValue::from_static("play.example:8181"));
+        assert!(cors.allows(&own));
+        own.insert(HOST, HeaderValue::from_static("other.example:8181"));
+        assert!(!cors.allows(&own));
+        let mut tls = with_origin("https://play.example");
+        tls.insert(HOST, HeaderValue::from_static("play.example"));
+        assert!(cors.allows(&tls));
+        let mut empty = with_origin("http://");
+        empty.insert(HOST, HeaderValue::from_static(""));
+        assert!(!cors.allows(&empty));
         assert!(!cors.allows(&with_origin("HTTPS://A.EXAMPLE")));
         let any = Cors::new(AllowOrigin::Any);
         assert!(any.allows(&with_origin("https://evil.example")));
