@@ -149,6 +149,8 @@ pub(super) struct Exec {
 /// A started container whose main process waits on its stdin, and, once armed, an exec too.
 pub(super) struct Started {
     pub guard: Guard,
+    /// The engine's id of the container, which names its cgroup on the host.
+    pub id: String,
     pub main: Attached,
     pub exec: Option<Exec>,
 }
@@ -258,10 +260,12 @@ impl Engine {
         let create = CreateContainerOptionsBuilder::new()
             .name(&guard.name)
             .build();
-        self.docker
+        let id = self
+            .docker
             .create_container(Some(create), body)
             .await
-            .map_err(|e| self.error(SandboxErrorKind::Start, "creating a sandbox container", e))?;
+            .map_err(|e| self.error(SandboxErrorKind::Start, "creating a sandbox container", e))?
+            .id;
         let attach = AttachContainerOptionsBuilder::new()
             .stdin(true)
             .stdout(true)
@@ -286,6 +290,7 @@ impl Engine {
             .map_err(|e| self.error(SandboxErrorKind::Start, "starting a sandbox container", e))?;
         Ok(Started {
             guard,
+            id,
             main: Attached::new(attached.output, attached.input),
             exec: None,
         })

@@ -28,6 +28,22 @@ use crate::sandbox::output::OutputCollector;
 use crate::sandbox::supervise::{Ending, Report, supervise};
 use crate::sandbox::{LiveOutput, RunOutcome, SandboxError, SandboxErrorKind};
 
+/// The memory high-water mark of container `id` as the host's cgroups count it (the engine's
+/// cgroupfs and systemd layouts, v1 and v2); `None` when the engine is not on this host.
+fn host_peak_memory(id: &str) -> Option<u64> {
+    if id.is_empty() {
+        return None;
+    }
+    [
+        format!("/sys/fs/cgroup/memory/docker/{id}/memory.max_usage_in_bytes"),
+        format!("/sys/fs/cgroup/memory/system.slice/docker-{id}.scope/memory.max_usage_in_bytes"),
+        format!("/sys/fs/cgroup/docker/{id}/memory.peak"),
+        format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/memory.peak"),
+    ]
+    .iter()
+    .find_map(|f| std::fs::read_to_string(f).ok()?.trim().parse().ok())
+}
+
 /// 128 + SIGKILL: what a run whose relay was killed under it reports.
 const SIGKILL_EXIT: i64 = 137;
 
@@ -57,7 +73,12 @@ pub(super) async fn drive(
     report: &mut Report,
     live_input: Option<LiveInput>,
 ) -> Result<Option<RunOutcome>, SandboxError> {
-    let Started { guard, main, exec } = c;
+    let Started {
+        guard,
+        id,
+        main,
+        exec,
+    } = c;
     // With an exec, the main process stays attached, its stdin open, until the run ends: with
     // stdin_once the engine would close its stdin on hang-up, it would exit, and the container
     // with it.
@@ -115,6 +136,13 @@ pub(super) async fn drive(
         }
         Ending::Exited(exit) => {
             let output = collector.into_chunks();
+            // A relay that cannot see its cgroup (gVisor's kernel has none) leaves the peak to
+            // the host's count, read while the container still exists.
+            if let Some(m) = report.measures.as_mut()
+                && m.peak_memory.is_none()
+            {
+                m.peak_memory = host_peak_memory(&id);
+            }
             // The memory cgroup's own count, read by the relay: a program that exits 137 by
             // itself is not a memory kill, and a child killed by the limit while the program
             // went on is one.
