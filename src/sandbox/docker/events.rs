@@ -66,11 +66,30 @@ impl Events {
     /// `exec` ended. Waits, at most `within`, for the engine's word that the exec ended; without
     /// it (no subscription, or the engine is slow) the answer is what was recorded so far.
     pub async fn oom_before_end(&self, name: &str, exec: &str, within: Duration) -> bool {
+        self.oom_once(name, within, |w| w.ended_execs.contains(exec))
+            .await
+    }
+
+    /// The same for a run in the container's main process: settled by the engine's word that the
+    /// container died (a relay killed under its run ends its stream before the engine has
+    /// processed the death, and with it the memory kill).
+    pub async fn oom_before_death(&self, name: &str, within: Duration) -> bool {
+        self.oom_once(name, within, |w| w.died).await
+    }
+
+    /// Whether `name` had a memory kill, once that is recorded or `ended` says the end is, waiting
+    /// at most `within`.
+    async fn oom_once(
+        &self,
+        name: &str,
+        within: Duration,
+        ended: impl Fn(&Watched) -> bool,
+    ) -> bool {
         let mut changed = self.changed.subscribe();
         let settled = |events: &Events| {
             let watched = events.watched.lock().unwrap();
             match watched.get(name) {
-                Some(w) => (w.oom, w.oom || w.ended_execs.contains(exec)),
+                Some(w) => (w.oom, w.oom || ended(w)),
                 None => (false, true),
             }
         };

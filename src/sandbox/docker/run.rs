@@ -50,6 +50,10 @@ const SIGKILL_EXIT: i64 = 137;
 /// How long a run whose relay vanished waits for the engine's word on an OOM kill (see
 /// `Events`); it comes a millisecond or so after the output ends.
 const OOM_EVENT_WAIT: Duration = Duration::from_millis(250);
+/// How long a run in a container's main process waits for the engine's word of its death before
+/// its OOMKilled flag is read: the relay's stream ends first, and a gVisor sandbox killed whole
+/// at the memory limit takes the engine longer to process than the exit of a process.
+const DEATH_EVENT_WAIT: Duration = Duration::from_secs(1);
 
 /// Hands the program over and collects the run. The deadline counts from here.
 ///
@@ -198,12 +202,17 @@ pub(super) async fn drive(
 /// (set once the container stops) or, for an exec, the OOM event it announced before the exec
 /// ended.
 async fn oom_flagged(engine: &Engine, name: &str, exec: Option<&str>) -> bool {
-    if let Some(exec) = exec
-        && engine
-            .events
-            .oom_before_end(name, exec, OOM_EVENT_WAIT)
-            .await
-    {
+    let seen = match exec {
+        Some(exec) => {
+            engine
+                .events
+                .oom_before_end(name, exec, OOM_EVENT_WAIT)
+                .await
+        }
+        // The engine's state says OOMKilled only once it has processed the death.
+        None => engine.events.oom_before_death(name, DEATH_EVENT_WAIT).await,
+    };
+    if seen {
         return true;
     }
     engine
