@@ -314,6 +314,27 @@ mod tests {
     }
 
     #[test]
+    fn a_memory_kill_after_the_build_keeps_the_fields() {
+        let out = RunOutcome::OutOfMemory {
+            output: vec![
+                record(r#"{"Errors":"","IsTest":true}"#),
+                chunk(
+                    StreamKind::Stdout,
+                    "=== RUN   TestHog\n--- FAIL: TestX (0.00s)\nhalf",
+                    1,
+                ),
+            ],
+        };
+        let (_, pg) = both(&out);
+        assert_eq!(
+            text(&pg),
+            r#"{"Errors":"","Events":[{"Message":"=== RUN   TestHog\n--- FAIL: TestX (0.00s)\nhalf","Kind":"stdout","Delay":1000000},{"Message":"\nOut of memory: the program used more than its 128 MiB and was killed.","Kind":"system","Delay":0}],"Status":0,"IsTest":true,"TestsFailed":1}"#
+        );
+        assert!(!pg.cacheable, "a memory kill is not cached");
+        assert_eq!(pg.metric, Some(RunResult::Oom));
+    }
+
+    #[test]
     fn tests_are_counted() {
         let out = RunOutcome::Exited {
             status: 1,

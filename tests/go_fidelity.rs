@@ -606,22 +606,14 @@ async fn build_timeout(backend: Backend) {
     d.stop().await;
 }
 
-/// Stopped at the memory limit or the output cap after the build: the daemon's notice, in an
-/// answer that keeps the Go playground's fields (IsTest, TestsFailed), in test mode too.
+/// Stopped at the output cap after the build: the daemon's notice, in an answer that keeps the
+/// Go playground's fields (IsTest, TestsFailed), here in test mode. (The memory kill's answer is
+/// the same table, unit-tested in goplay.rs: a real Go memory hog once ran into the deadline
+/// instead of the limit on a loaded CI machine, and languages.rs keeps the real one.)
 async fn limits(backend: Backend) {
     let (d, _one) = start(backend).await;
-    let hog = "package main\n\nfunc main() {\n\tvar keep [][]byte\n\tfor {\n\t\tb := make([]byte, 1<<20)\n\t\tfor i := range b {\n\t\t\tb[i] = 1\n\t\t}\n\t\tkeep = append(keep, b)\n\t}\n}\n";
     let flood = "package main\n\nimport (\n\t\"fmt\"\n\t\"testing\"\n)\n\nfunc TestFlood(t *testing.T) {\n\tfor {\n\t\tfmt.Println(\"flood flood flood\")\n\t}\n}\n";
     for form in [Form::Form, Form::Json] {
-        let r = compile(&d, form, hog).await;
-        assert_eq!(r.status, 200, "{form:?} {}", r.text);
-        assert!(
-            r.text.ends_with(
-                r#"Out of memory: the program used more than its 128 MiB and was killed.","Kind":"system","Delay":0}],"Status":0,"IsTest":false,"TestsFailed":0}"#
-            ),
-            "{form:?} {}",
-            r.text
-        );
         let r = compile(&d, form, flood).await;
         assert_eq!(r.status, 200, "{form:?} {}", r.text);
         assert!(
