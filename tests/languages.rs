@@ -203,31 +203,14 @@ async fn go_limits(backend: Backend) {
         r.text
     );
 
-    let hog = r#"package main
-
-func main() {
-	var keep [][]byte
-	for {
-		b := make([]byte, 1<<20)
-		for i := range b {
-			b[i] = 1
-		}
-		keep = append(keep, b)
-	}
-}
-"#;
-    let r = compile(&d, "go", hog).await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    assert!(r.output().contains("Out of memory"), "{}", r.text);
-
+    // No Go memory hog here: at its cgroup's limit a Go program at times is neither killed nor
+    // let go until the deadline (seen twice in CI under Docker, and once in 13 plain `docker run
+    // --memory 128m` of the same hog on this machine, outside compilerd). The memory kill is
+    // tested with the sandboxes' own hogs (docker_sandbox, bwrap_sandbox) and Python's (piston).
     let flood = "package main\n\nimport \"fmt\"\n\nfunc main() {\n\tfor {\n\t\tfmt.Println(\"flood flood flood\")\n\t}\n}\n";
     let r = compile(&d, "go", flood).await;
     assert_eq!(r.status, 400, "{}", r.text);
     assert_eq!(r.errors(), "Program output too large.");
-    assert_eq!(
-        d.metric("compilerd_runs_total{language=\"go\",outcome=\"oom\"}"),
-        1.0
-    );
     d.stop().await;
 }
 
