@@ -196,6 +196,18 @@ async fn image_label(image: &str, label: &str) -> Option<String> {
     info.config?.labels?.remove(label)
 }
 
+/// The digits of a toolchain's version as the image or rootfs records it (`python 3.11.2` →
+/// `3.11.2`); `None` when it has none. Each API says "unknown" in its own way.
+pub fn version_digits(version: &str) -> Option<String> {
+    let last = version.split_whitespace().last().unwrap_or("");
+    let v: String = last
+        .trim_start_matches(|c: char| !c.is_ascii_digit())
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    (!v.is_empty()).then_some(v)
+}
+
 /// One language as the routes see it.
 pub struct Language {
     pub name: String,

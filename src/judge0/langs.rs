@@ -50,13 +50,7 @@ pub fn multi_file_stages(compiles: bool) -> Stages {
 
 /// The version number of a toolchain as the image records it (`python 3.11.2` → `3.11.2`).
 pub fn version_number(version: &str) -> String {
-    let last = version.split_whitespace().last().unwrap_or("");
-    let v: String = last
-        .trim_start_matches(|c: char| !c.is_ascii_digit())
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
-    if v.is_empty() { "unknown".into() } else { v }
+    crate::languages::version_digits(version).unwrap_or_else(|| "unknown".into())
 }
 
 /// `Python (3.11.2)`, `C (GCC 12.2.0)`, as Judge0 names its languages.

@@ -54,13 +54,7 @@ fn aliases(name: &str) -> &'static [&'static str] {
 
 /// The semver of a toolchain version as the image records it (`python 3.11.2` → `3.11.2`).
 fn semver(version: &str) -> String {
-    let last = version.split_whitespace().last().unwrap_or("");
-    let v: String = last
-        .trim_start_matches(|c: char| !c.is_ascii_digit())
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
-    if v.is_empty() { "0.0.0".into() } else { v }
+    crate::languages::version_digits(version).unwrap_or_else(|| "0.0.0".into())
 }
 
 /// Whether `version` is in the range `want`: `*`, an exact version, or a prefix with `x`/`*`
