@@ -12,7 +12,7 @@ use super::App;
 use super::body::{BodyError, read_bounded};
 use super::cors::ALLOW_METHODS;
 use super::form;
-use super::routes::{Resp, answer_response, json_error, response};
+use super::response::{Resp, answer_response, json_error, response};
 use crate::answer::Dialect;
 use crate::languages::Language;
 

@@ -9,6 +9,7 @@ mod langs;
 mod piston;
 mod preface;
 pub mod request;
+mod response;
 mod routes;
 mod socket;
 mod ui;

@@ -4,9 +4,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http::header::{ALLOW, HeaderValue};
+use http::{Method, Request};
 use hyper::body::Incoming;
 
 use std::sync::Arc;
@@ -16,27 +15,10 @@ use super::body::{BodyError, read_bounded};
 use super::cors::ALLOW_METHODS;
 use super::langs;
 use super::request::{self, Decoded, Malformed, RequestForm};
+use super::response::{Resp, answer_response, json_error, response};
 use super::{piston, socket, ui};
 use crate::answer::{Dialect, Outcome};
-use crate::compile::{Answer, CacheStatus, error_body};
-
-pub(super) type Resp = Response<Full<Bytes>>;
-
-/// A `HeaderName` built once: inserting by `&str` copies a non-standard name into a fresh
-/// allocation on every response (one of the few allocations of a cache hit, per tests/hot_path.rs).
-static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
-
-pub(super) fn response(status: u16, content_type: &'static str, body: Bytes) -> Resp {
-    let mut r = Response::new(Full::new(body));
-    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r
-}
-
-pub(super) fn json_error(status: u16, message: &str) -> Resp {
-    response(status, "application/json", error_body(message))
-}
+use crate::compile::{Answer, CacheStatus};
 
 pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Resp {
     let started = Instant::now();
@@ -192,18 +174,6 @@ async fn compile(app: &App, req: Request<Incoming>, started: Instant) -> Resp {
     };
     app.cors.apply(&parts.headers, resp.headers_mut());
     resp
-}
-
-pub(super) fn answer_response(answer: Answer) -> Resp {
-    let mut r = response(answer.status, "application/json", answer.body);
-    if let Some(c) = answer.cache {
-        r.headers_mut()
-            .insert(X_CACHE.clone(), HeaderValue::from_static(c.as_str()));
-    }
-    if let Some(secs) = answer.retry_after {
-        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
-    }
-    r
 }
 
 /// One line per request; cache hits only at debug level: at tens of thousands a second, a line

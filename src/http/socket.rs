@@ -35,7 +35,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_util::sync::CancellationToken;
 
 use super::App;
-use super::routes::{Resp, json_error, response};
+use super::response::{Resp, json_error, response};
 use crate::compile::{CompileService, OUTPUT_TOO_LARGE};
 use crate::sandbox::{Chunk, StreamKind};
 

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, HeaderValue, X_CONTENT_TYPE_OPTIONS};
 
-use super::routes::{Resp, response};
+use super::response::{Resp, response};
 
 const FILES: [(&str, &str, &str); 3] = [
     (

@@ -38,7 +38,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use super::render::stage_exit;
 use crate::http::App;
 use crate::http::piston;
-use crate::http::routes::{Resp, json_error, response};
+use crate::http::response::{Resp, json_error, response};
 use crate::run::{self, Bounds, RunResult};
 use crate::sandbox::job::{StageOutcome, StdinEvent};
 

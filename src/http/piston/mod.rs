@@ -22,7 +22,7 @@ mod render;
 
 use super::App;
 use super::body::{BodyError, read_bounded};
-use super::routes::{Resp, answer_response, response};
+use super::response::{Resp, answer_response, response};
 use crate::answer::Row;
 use crate::compile::RunRender;
 use crate::languages::Language;
