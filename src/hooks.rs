@@ -110,6 +110,10 @@ pub trait Hooks: Send + Sync + 'static {
     fn pool_empty(&self) {}
     /// How long it took to create and start one pool container.
     fn pool_refill(&self, _latency: Duration) {}
+    /// A run's program is about to go to its container; the run's deadline counts from here, not
+    /// from a cold container's start before it. No metric reads it (`pool_empty` counts the cold
+    /// starts); an observer can time a run apart from its container's start.
+    fn run_handed_over(&self) {}
     /// A client connection was accepted (and counts against `--max-connections`) ...
     fn connection_opened(&self) {}
     /// ... and closed.

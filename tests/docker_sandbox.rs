@@ -82,11 +82,12 @@ async fn program_reading_stdin_gets_eof() {
     for mode in MODES {
         eprintln!("mode {mode:?}");
         let sb = ModeSandbox::connect(mode).await;
-        let started = Instant::now();
         // The shell has already read the whole (small) script; what is left on stdin is EOF.
+        // A `cat` that waited for input would meet the deadline, which counts from the hand-over
+        // (not from a cold container's start, seconds under gVisor on a loaded host) and answers
+        // TimedOut: the exit is the proof, as no clock here can be.
         let (status, out, _) = exited(sb.run("cat; read x; echo \"read=$? x=[$x]\"").await);
         assert_eq!((status, out.as_str()), (0, "read=1 x=[]\n"));
-        assert!(started.elapsed() < limits().timeout, "cat waited for input");
         sb.finish().await;
     }
 }
@@ -100,10 +101,7 @@ async fn infinite_loop_times_out_with_output_so_far() {
             "echo started; while :; do :; done",
             "echo started; sleep 100",
         ] {
-            sb.ready().await;
-            let began = Instant::now();
-            let outcome = sb.run(program).await;
-            let took = began.elapsed();
+            let (outcome, took) = sb.timed_run(program).await;
             match outcome {
                 RunOutcome::TimedOut { output } => {
                     assert_eq!(text(&output, StreamKind::Stdout), "started\n")
@@ -125,24 +123,17 @@ async fn output_flood_is_cut_at_the_cap_at_once() {
     for mode in MODES {
         eprintln!("mode {mode:?}");
         let sb = ModeSandbox::connect(mode).await;
-        // The clock measures the flood, not the pool's filling nor a cold container's start
-        // (about a second under gVisor's ptrace platform): a run of `true` in the same mode is
-        // the floor the flood is measured from.
-        sb.ready().await;
-        let began = Instant::now();
-        sb.run("true").await;
-        let floor = began.elapsed();
-        sb.ready().await;
-        let began = Instant::now();
-        let outcome = sb.run("yes").await;
+        // The clock measures the flood from its hand-over (not the pool's filling nor a cold
+        // container's start); a run of `true` in the same mode is the floor it is measured from.
+        let (_, floor) = sb.timed_run("true").await;
+        let (outcome, took) = sb.timed_run("yes").await;
         assert!(
             matches!(outcome, RunOutcome::OutputTooLarge { .. }),
             "{mode:?}: {outcome:?}"
         );
         assert!(
-            began.elapsed() < floor + limits().timeout / 2,
-            "flood took {:?} (a run of true: {floor:?})",
-            began.elapsed()
+            took < floor + limits().timeout / 2,
+            "flood took {took:?} (a run of true: {floor:?})"
         );
         // Exactly the cap is still an answer; both streams count.
         let cap = limits().max_output_bytes;
@@ -171,12 +162,10 @@ async fn fork_bomb_is_contained() {
     for mode in MODES {
         eprintln!("mode {mode:?}");
         let sb = ModeSandbox::connect(mode).await;
-        let began = Instant::now();
-        let outcome = sb.run("f() { f | f & }; f; sleep 5").await;
+        let (outcome, took) = sb.timed_run("f() { f | f & }; f; sleep 5").await;
         assert!(
-            began.elapsed() < limits().timeout + Duration::from_secs(1),
-            "took {:?}",
-            began.elapsed()
+            took < limits().timeout + Duration::from_secs(1),
+            "took {took:?}"
         );
         // Either the deadline ends it, or the shell gives up when it cannot fork any more.
         assert!(
@@ -396,17 +385,12 @@ async fn run_ends_when_the_program_exits_despite_background_processes() {
         // The background sleep keeps the program's stdout open long after the program exits; the
         // run still ends with the program, as it would if the program were the container's main
         // process.
-        sb.ready().await;
-        let began = Instant::now();
+        // A run that waited for the background process would meet the deadline (it counts from
+        // the hand-over) and answer TimedOut: the exit is the proof. A clock around the run would
+        // also count a cold container's start, which under gVisor on a loaded host can pass the
+        // deadline's length by itself.
         let (status, out, _) = exited(sb.run("sleep 30 & echo done; exit 5").await);
         assert_eq!((status, out.as_str()), (5, "done\n"));
-        // A cold run includes its container's start, which under gVisor on a loaded host can
-        // take a second of its own; an exit (not the deadline) is what tells there.
-        let bound = match (mode, gvisor()) {
-            (Mode::Cold, true) => limits().timeout,
-            _ => limits().timeout / 2,
-        };
-        assert!(began.elapsed() < bound, "took {:?}", began.elapsed());
         sb.finish().await;
     }
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::query_parameters::ListContainersOptionsBuilder;
@@ -60,6 +60,8 @@ pub struct PoolHooks {
     pub armed: watch::Sender<usize>,
     pub empty: AtomicUsize,
     pub refills: AtomicUsize,
+    /// When the last run's program went to its container (its deadline counts from there).
+    pub handed_over: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Hooks for PoolHooks {
@@ -74,6 +76,9 @@ impl Hooks for PoolHooks {
     }
     fn pool_refill(&self, _latency: Duration) {
         self.refills.fetch_add(1, Ordering::SeqCst);
+    }
+    fn run_handed_over(&self) {
+        *self.handed_over.lock().unwrap() = Some(Instant::now());
     }
 }
 
@@ -147,6 +152,20 @@ impl ModeSandbox {
         run(&self.sb, program).await
     }
 
+    /// `run`, and how long the run took from its hand-over to its answer: a cold container's
+    /// start (a second or two under gVisor on a loaded host) is not the run's, nor its deadline's.
+    pub async fn timed_run(&self, program: &str) -> (RunOutcome, Duration) {
+        *self.hooks.handed_over.lock().unwrap() = None;
+        let outcome = self.run(program).await;
+        let handed_over = self
+            .hooks
+            .handed_over
+            .lock()
+            .unwrap()
+            .expect("no hand-over reported");
+        (outcome, handed_over.elapsed())
+    }
+
     pub async fn finish(self) {
         finish(self.sb).await
     }
@@ -174,6 +193,7 @@ pub async fn connect_opts(opts: DockerOptions, limits: Limits) -> (DockerSandbox
         armed: watch::Sender::new(0),
         empty: AtomicUsize::new(0),
         refills: AtomicUsize::new(0),
+        handed_over: std::sync::Mutex::new(None),
     });
     let sandbox = DockerSandbox::connect(with_runtime(opts), limits, hooks.clone())
         .await

@@ -77,6 +77,7 @@ pub struct DockerSandbox {
     /// Follows the engine's events for `engine.events`; aborted at shutdown.
     follower: JoinHandle<()>,
     fingerprint: String,
+    hooks: Arc<dyn Hooks>,
 }
 
 impl DockerSandbox {
@@ -248,6 +249,7 @@ impl DockerSandbox {
             filler: Mutex::new(filler),
             follower,
             fingerprint,
+            hooks,
         })
     }
 
@@ -293,6 +295,7 @@ impl DockerSandbox {
                 self.engine.resize(container.name(), limits).await?;
             }
             *report = Report::default();
+            self.hooks.run_handed_over();
             let driven = run::drive(
                 &self.engine,
                 container,
