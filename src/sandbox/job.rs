@@ -135,7 +135,8 @@ pub struct StageOutcome {
     pub outcome: RunOutcome,
     /// `None` when the relay never reported (the daemon killed the sandbox first).
     pub measures: Option<Measures>,
-    /// The wall time the daemon saw, from the hand-over to the end.
+    /// The wall time the daemon saw, from asking for a sandbox to the end (a cold start included):
+    /// the wall time of a run the relay could not measure.
     pub elapsed: Duration,
     /// The kept files, after a clean exit.
     pub files: Vec<JobFile>,
