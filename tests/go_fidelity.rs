@@ -608,8 +608,8 @@ async fn build_timeout(backend: Backend) {
 
 /// Stopped at the output cap after the build: the daemon's notice, in an answer that keeps the
 /// Go playground's fields (IsTest, TestsFailed), here in test mode. (The memory kill's answer is
-/// the same table, unit-tested in goplay.rs: a real Go memory hog once ran into the deadline
-/// instead of the limit on a loaded CI machine, and languages.rs keeps the real one.)
+/// the same table, unit-tested in goplay.rs: a real Go memory hog at times meets the deadline
+/// instead, in a livelock of Go 1.19's garbage collector; docs/design.md says more.)
 async fn limits(backend: Backend) {
     let (d, _one) = start(backend).await;
     let flood = "package main\n\nimport (\n\t\"fmt\"\n\t\"testing\"\n)\n\nfunc TestFlood(t *testing.T) {\n\tfor {\n\t\tfmt.Println(\"flood flood flood\")\n\t}\n}\n";
